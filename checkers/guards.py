@@ -1,0 +1,120 @@
+"""Guards the checks run student code under: no attention shortcuts, no device mixing, no tampering."""
+import ast
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+# ---- attention shortcuts ---------------------------------------------------------------------
+FORBIDDEN_NAMES = {
+    "scaled_dot_product_attention", "multi_head_attention_forward", "MultiheadAttention", "Transformer",
+    "TransformerEncoder", "TransformerEncoderLayer", "TransformerDecoder", "TransformerDecoderLayer",
+    "_native_multi_head_attention", "_transformer_encoder_layer_fwd",
+}
+FORBIDDEN_MODULES = (nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoder, nn.TransformerEncoderLayer,
+                     nn.TransformerDecoder, nn.TransformerDecoderLayer)
+_FORBIDDEN_FUNCS = {F.scaled_dot_product_attention, F.multi_head_attention_forward}
+_FORBIDDEN_FRAGMENTS = ("scaled_dot_product", "multi_head_attention", "transformer_encoder", "flash_attention")
+
+
+class ForbiddenShortcut(BaseException):
+    """Raised when student code reaches a built-in attention function (BaseException: `except Exception` won't hide it)."""
+
+
+def scan_source(source: str, filename: str) -> list:
+    """Forbidden names reached through torch in the code (comments and docstrings are ignored).
+
+    The student's own `scaled_dot_product_attention` from lab 1 is fine; `F.scaled_dot_product_attention`
+    (or the same name imported from torch) is not.
+    """
+    tree = ast.parse(source, filename)
+    torch_aliases, hits = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            torch_aliases |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name.split(".")[0] == "torch"}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "torch":
+            for a in node.names:
+                if a.name in FORBIDDEN_NAMES:
+                    hits.append(f"line {node.lineno}: from {node.module} import {a.name}")
+                torch_aliases.add(a.asname or a.name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in FORBIDDEN_NAMES:
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in torch_aliases:
+                hits.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return hits
+
+
+def forbidden_submodules(module: nn.Module) -> list:
+    return [f"{name or 'model'} ({type(m).__name__})" for name, m in module.named_modules() if isinstance(m, FORBIDDEN_MODULES)]
+
+
+class ShortcutGuard(TorchFunctionMode):
+    """Catches a built-in attention call however it was reached (an alias, getattr, a module made in forward)."""
+
+    def __init__(self, on_hit=None):
+        super().__init__()
+        self.on_hit = on_hit
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if func in _FORBIDDEN_FUNCS or any(f in name for f in _FORBIDDEN_FRAGMENTS):
+            if self.on_hit:
+                self.on_hit(name)
+            raise ForbiddenShortcut(f"the code called torch's built-in `{name}`")
+        return func(*args, **(kwargs or {}))
+
+
+# ---- device discipline -------------------------------------------------------------------------
+class DeviceMixError(RuntimeError):
+    pass
+
+
+_COPIES = {"copy_", "_to_copy", "to", "lift_fresh", "_copy_from", "_copy_from_and_resize"}
+
+
+class DeviceGuard(TorchDispatchMode):
+    """Raises when one op's tensors live on more than one device (0-dim CPU scalars excepted, copies allowed).
+
+    The meta device alone misses the matmul family and embedding/index ops with CPU indices; this closes that gap.
+    """
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.__name__.split(".")[0] not in _COPIES:
+            devices = {t.device for t in tree_leaves((args, kwargs))
+                       if isinstance(t, torch.Tensor) and not (t.device.type == "cpu" and t.dim() == 0)}
+            if len(devices) > 1:
+                raise DeviceMixError(f"`{func.__name__.split('.')[0]}` got tensors on {sorted(map(str, devices))}")
+        return func(*args, **kwargs)
+
+
+# ---- tampering ---------------------------------------------------------------------------------
+def _namespaces():
+    import _pytest.reports
+    import torch.testing
+    spaces = {"torch": torch, "torch.nn.functional": F, "torch.Tensor": torch.Tensor, "torch.testing": torch.testing,
+              "torch.nn.Module": nn.Module, "_pytest.reports": _pytest.reports,
+              "_pytest.reports.TestReport": _pytest.reports.TestReport}
+    spaces.update({name: mod for name, mod in sys.modules.items() if name.startswith("checkers.")})
+    return spaces
+
+
+class Snapshot:
+    """Identity of every attribute of torch, the checkers and pytest's reports, taken before student code runs."""
+
+    def __init__(self):
+        self.saved = {name: dict(vars(ns)) for name, ns in _namespaces().items()}
+
+    def changed(self) -> list:
+        out = []
+        for name, ns in _namespaces().items():
+            before, now = self.saved.get(name, {}), vars(ns)
+            out += [f"{name}.{key}" for key, value in before.items() if now.get(key, value) is not value or key not in now]
+        return out

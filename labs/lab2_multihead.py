@@ -1,0 +1,39 @@
+"""Lab 2: multi-head causal self-attention, built on lab 1.
+
+Contract:
+
+class MultiHeadAttention(nn.Module)
+    __init__(self, d_model, n_heads, dropout=0.0)
+        self.n_heads, self.d_head (= d_model // n_heads)
+        self.qkv  = nn.Linear(d_model, 3 * d_model)   fused projection
+        self.proj = nn.Linear(d_model, d_model)       output projection
+        Layout of qkv's output: features [0, D) are queries, [D, 2D) keys,
+        [2D, 3D) values; head h owns features h*d_head:(h+1)*d_head of each.
+    forward(x): (B, T, D) -> (B, T, D), causal self-attention using lab 1.
+
+mha = MultiHeadAttention(d_model=16, n_heads=4)   (module level)
+
+Rules: no built-in attention functions or modules. Run `python grader.py lab2`.
+"""
+import torch
+import torch.nn as nn
+
+from lab1_attention import causal_mask, scaled_dot_product_attention
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
+        super().__init__()
+        assert d_model % n_heads == 0, "d_model must be divisible by n_heads"
+        self.n_heads = n_heads
+        self.d_head = d_model // n_heads
+        # TODO: create self.qkv = nn.Linear(d_model, 3 * d_model) and self.proj = nn.Linear(d_model, d_model)
+        raise NotImplementedError("lab2_multihead: create self.qkv = nn.Linear(d_model, 3 * d_model) and self.proj = nn.Linear(d_model, d_model)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        # TODO: split qkv into q, k, v; reshape each to (B, n_heads, T, d_head); attend with a causal mask; merge heads; project
+        raise NotImplementedError("lab2_multihead: split qkv into q, k, v; reshape each to (B, n_heads, T, d_head); attend with a causal mask; merge heads; project")
+
+
+mha = MultiHeadAttention(d_model=16, n_heads=4)

@@ -1,0 +1,44 @@
+"""Lab 3: a pre-norm transformer block.
+
+Contract:
+
+class MLP(nn.Module)
+    __init__(self, d_model, expansion=4): self.fc = nn.Linear(D, expansion * D),
+        a GELU (exact or tanh approximation), self.proj = nn.Linear(expansion * D, D)
+    forward(x): (B, T, D) -> (B, T, D)
+
+class TransformerBlock(nn.Module)
+    __init__(self, d_model, n_heads, dropout=0.0): self.ln1, self.attn (lab 2's
+        MultiHeadAttention), self.ln2, self.mlp
+    forward(x): pre-norm residuals, shape preserved:
+        x = x + attn(ln1(x))
+        x = x + mlp(ln2(x))
+
+Run `python grader.py lab3`.
+"""
+import torch
+import torch.nn as nn
+
+from lab2_multihead import MultiHeadAttention
+
+
+class MLP(nn.Module):
+    def __init__(self, d_model: int, expansion: int = 4):
+        super().__init__()
+        # TODO: create self.fc = nn.Linear(d_model, expansion * d_model), a GELU, and self.proj back to d_model
+        raise NotImplementedError("lab3_block: create self.fc = nn.Linear(d_model, expansion * d_model), a GELU, and self.proj back to d_model")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # TODO: fc, then GELU, then proj
+        raise NotImplementedError("lab3_block: fc, then GELU, then proj")
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
+        super().__init__()
+        # TODO: create self.ln1, self.attn (MultiHeadAttention), self.ln2 and self.mlp (MLP)
+        raise NotImplementedError("lab3_block: create self.ln1, self.attn (MultiHeadAttention), self.ln2 and self.mlp (MLP)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # TODO: pre-norm: x = x + attn(ln1(x)), then x = x + mlp(ln2(x))
+        raise NotImplementedError("lab3_block: pre-norm: x = x + attn(ln1(x)), then x = x + mlp(ln2(x))")
