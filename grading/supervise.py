@@ -1,0 +1,230 @@
+"""Parent side of grading: run each lab's checks in a child process under limits the parent owns.
+
+One thread, one event loop: start up to `jobs` children, read their channel and output pipes, kill a child's
+whole process group when it runs past its wall time or resident-memory cap, and reap it. Children are forked
+from this process (which imported torch but never ran an op that starts OpenMP or CUDA) or, with
+isolation="spawn", started as fresh interpreters. Nothing a child prints or returns is taken as evidence: only
+nonce-tagged records on the channel are.
+"""
+import json
+import os
+import resource
+import secrets
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAD = TAIL = 8 * 1024  # bytes of a child's output kept from its start and from its end
+MAX_CHANNEL = 8 * 1024 * 1024
+
+
+@dataclass
+class Task:
+    lab: str
+    lab_dir: str  # private copy of the lab files
+    display_dir: str  # how the student knows that folder
+    device: str = "cpu"
+    timeout: float = 60.0
+    memory: float = 4.0  # GiB
+    select: list = None
+    key: object = None  # the caller's label (a submission, say)
+
+
+@dataclass
+class Outcome:
+    task: Task
+    records: list = field(default_factory=list)
+    output: str = ""
+    output_bytes: int = 0
+    exit_code: int = None
+    signal: int = None
+    timed_out: bool = False
+    memory_killed: bool = False
+    seconds: float = 0.0
+    error: str = None  # the child could not be started
+
+
+class _Child:
+    def __init__(self, task: Task):
+        self.task, self.nonce = task, secrets.token_hex(16)
+        self.outcome = Outcome(task)
+        self.channel, self.head, self.tail = bytearray(), bytearray(), bytearray()
+        self.open_fds, self.pid, self.popen = set(), None, None
+        self.start = time.monotonic()
+
+
+def _limits(task: Task):
+    """Run in the child before any check: own process group, no core files, capped file size and address space."""
+    os.setsid()
+    os.chdir(task.lab_dir)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 20, 256 << 20))
+    if task.device == "cpu" and task.memory:  # RLIMIT_AS breaks CUDA start-up; on CUDA the parent polls RSS
+        cap = int(task.memory * (1 << 30))
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def _spec(task: Task, check_timeout: float) -> dict:
+    return {"lab": task.lab, "lab_dir": task.lab_dir, "display_dir": task.display_dir, "device": task.device,
+            "check_timeout": check_timeout, "select": task.select}
+
+
+def _start(child: _Child, isolation: str, keep_closed: set):
+    task = child.task
+    chan_r, chan_w = os.pipe()
+    out_r, out_w = os.pipe()
+    check_timeout = max(1, int(task.timeout / 2))  # pytest-timeout's clean message comes first
+    if isolation == "fork":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the parent's code
+            try:
+                for fd in keep_closed | {chan_r, out_r}:
+                    os.close(fd)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.dup2(out_w, 1)
+                os.dup2(out_w, 2)
+                os.close(out_w)
+                _limits(task)
+                from checkers.runner import run
+                run(fd=chan_w, nonce=child.nonce, **_spec(task, check_timeout))
+            finally:
+                os._exit(70)
+        child.pid = pid
+    else:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        env.update(GRADER_NONCE=child.nonce, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
+        code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import runpy; runpy.run_module('checkers.runner', run_name='__main__')"
+        child.popen = subprocess.Popen(
+            [sys.executable, "-I", "-c", code, json.dumps({**_spec(task, check_timeout), "fd": chan_w})],
+            stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w, pass_fds=(chan_w,), env=env, cwd=task.lab_dir,
+            preexec_fn=lambda: _limits(task))
+        child.pid = child.popen.pid
+    os.close(chan_w)
+    os.close(out_w)
+    for fd in (chan_r, out_r):
+        os.set_blocking(fd, False)
+    child.open_fds = {chan_r, out_r}
+    child.chan_fd, child.out_fd = chan_r, out_r
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _kill_group(pid: int):
+    for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        try:
+            target()
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _read(child: _Child, fd: int, sel) -> bool:
+    """Read what is there; False at end of file."""
+    try:
+        data = os.read(fd, 65536)
+    except BlockingIOError:
+        return True
+    except OSError:
+        data = b""
+    if not data:
+        sel.unregister(fd)
+        os.close(fd)
+        child.open_fds.discard(fd)
+        return False
+    if fd == child.chan_fd:
+        if len(child.channel) < MAX_CHANNEL:
+            child.channel += data
+    else:
+        child.outcome.output_bytes += len(data)
+        room = HEAD - len(child.head)
+        child.head += data[:room]
+        child.tail = (child.tail + data[room:])[-TAIL:] if room < len(data) else child.tail
+    return True
+
+
+def _finish(child: _Child) -> Outcome:
+    out = child.outcome
+    out.seconds = time.monotonic() - child.start
+    text = child.head.decode(errors="replace")
+    if out.output_bytes > HEAD + TAIL:
+        text += f"\n[... {out.output_bytes - HEAD - TAIL} bytes of output skipped ...]\n"
+    out.output = text + child.tail.decode(errors="replace")
+    for line in bytes(child.channel).splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and secrets.compare_digest(str(record.pop("nonce", "")), child.nonce):
+            out.records.append(record)
+    return out
+
+
+def run_tasks(tasks, jobs: int = 1, isolation: str = "fork", on_done=None, poll: float = 0.05) -> list:
+    """Run every task in its own child, at most `jobs` at a time; outcomes come back in task order."""
+    pending, running, done = list(tasks), [], {}
+    sel = selectors.DefaultSelector()
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, jobs):
+                child = _Child(pending.pop(0))
+                try:
+                    _start(child, isolation, {fd for c in running for fd in c.open_fds})
+                except OSError as exc:
+                    child.outcome.error = f"could not start the grading process: {exc}"
+                    done[id(child.task)] = child.outcome
+                    continue
+                for fd in child.open_fds:
+                    sel.register(fd, selectors.EVENT_READ, child)
+                running.append(child)
+            for key, _ in sel.select(timeout=poll):
+                _read(key.data, key.fd, sel)
+            now = time.monotonic()
+            for child in list(running):
+                task, out = child.task, child.outcome
+                if out.exit_code is None and out.signal is None:
+                    if now - child.start > task.timeout:
+                        out.timed_out = True
+                        _kill_group(child.pid)
+                    elif task.memory and _rss_bytes(child.pid) > task.memory * (1 << 30):
+                        out.memory_killed = True
+                        _kill_group(child.pid)
+                    pid, status = os.waitpid(child.pid, os.WNOHANG)
+                    if pid == 0:
+                        continue
+                    if os.WIFSIGNALED(status):
+                        out.signal = os.WTERMSIG(status)
+                    else:
+                        out.exit_code = os.WEXITSTATUS(status)
+                    _kill_group(child.pid)  # anything it left behind in its group goes too
+                    child.drain_deadline = now + 2.0
+                if child.open_fds and now < child.drain_deadline:
+                    continue  # read what is left in the pipes first
+                for fd in list(child.open_fds):
+                    sel.unregister(fd)
+                    os.close(fd)
+                running.remove(child)
+                done[id(task)] = _finish(child)
+                if on_done:
+                    on_done(done[id(task)])
+    finally:
+        for child in running:
+            _kill_group(child.pid)
+            try:
+                os.waitpid(child.pid, 0)
+            except ChildProcessError:
+                pass
+        sel.close()
+    return [done[id(t)] for t in tasks]

@@ -1,0 +1,164 @@
+"""Verdicts: turn a child's records into per-check results, a lab status and points.
+
+The list of checks and their points comes from the pack (the checker modules, imported here before any
+student code exists in any process); the child only reports outcomes. A check without a "passed" record
+is not passed; a lab without an end-of-session record did not finish.
+"""
+import importlib
+import signal
+from dataclasses import dataclass, field
+
+from checkers.common import HINTS, LABS
+
+STATUSES = ("passed", "failed", "not started", "error", "timeout", "crashed", "exited", "out of memory", "forbidden")
+# a lab whose run did not finish cleanly, or that used a shortcut, is awarded no points
+UNAWARDED = {"timeout", "crashed", "exited", "out of memory", "forbidden", "error"}
+
+
+@dataclass
+class Check:
+    name: str
+    points: int
+    doc: str
+    passed: bool = False
+    score: int = 0
+    message: str = ""
+    hint: str = None
+    kind: str = None
+    trace: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def title(self) -> str:
+        return self.name.removeprefix("test_").replace("_", " ")
+
+
+@dataclass
+class LabResult:
+    lab: str
+    status: str
+    detail: str = ""
+    checks: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    output: str = ""
+    seconds: float = 0.0
+    device: str = ""
+
+    @property
+    def score(self) -> int:
+        return sum(c.score for c in self.checks)
+
+    @property
+    def max_score(self) -> int:
+        return sum(c.points for c in self.checks)
+
+
+def expected_checks(lab: str, select=None) -> list:
+    """The checks of a lab, in file order, with their points (read from the pack, never from a child)."""
+    module = importlib.import_module(f"checkers.check_{lab}")
+    checks = [Check(name, getattr(fn, "points", 1), (fn.__doc__ or "").strip().splitlines()[0])
+              for name, fn in vars(module).items() if name.startswith("test_") and callable(fn)]
+    if select:
+        checks = [c for c in checks if any(s == c.name or s == c.title or s in c.name for s in select)]
+    return checks
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def judge(outcome, checks: list, lab_source: str = None) -> LabResult:
+    """A LabResult from a supervise.Outcome and the expected checks (mutated in place)."""
+    task = outcome.task
+    records = outcome.records
+    by_name = {}
+    for r in records:
+        if r.get("type") == "check" and r.get("name") in {c.name for c in checks}:
+            if by_name.get(r["name"], {}).get("outcome") != "failed":  # a failure always wins
+                by_name[r["name"]] = r
+    ended = any(r.get("type") == "end" for r in records)
+    start = next((r for r in records if r.get("type") == "start"), {})
+    imported = next((r for r in records if r.get("type") == "import"), None)
+    forbidden = [r.get("message", "") for r in records if r.get("type") == "forbidden"]
+    forbidden += [r["message"] for r in by_name.values() if r.get("kind") == "forbidden"]
+    kinds = {r.get("kind") for r in by_name.values() if r.get("outcome") == "failed"}
+    if imported and not imported.get("ok"):
+        kinds.add(imported.get("kind"))
+
+    for c in checks:
+        r = by_name.get(c.name)
+        if r:
+            c.passed = r.get("outcome") == "passed"
+            c.message, c.hint, c.kind = r.get("message", ""), r.get("hint"), r.get("kind")
+            c.trace, c.seconds = r.get("trace", []), r.get("seconds", 0.0)
+
+    # the lab's status: what happened to the process first, then what the records say
+    limit = f"{task.timeout:g} s"
+    if outcome.error:
+        status, detail = "error", outcome.error
+    elif forbidden:
+        status, detail = "forbidden", forbidden[0]
+    elif outcome.timed_out:
+        status, detail = "timeout", f"stopped after its time limit of {limit} (an endless loop, or far too slow)"
+    elif "timeout" in kinds:
+        status, detail = "timeout", "a check ran past its time limit"
+    elif outcome.memory_killed or "oom" in kinds:
+        status, detail = "out of memory", f"went past the memory cap of {task.memory:g} GiB"
+    elif outcome.signal == signal.SIGKILL:
+        status, detail = "out of memory", "killed by the system (SIGKILL), most likely for using too much memory"
+    elif outcome.signal is not None:
+        status, detail = "crashed", f"the process crashed ({_signal_name(outcome.signal)})"
+    elif not ended:
+        status, detail = "exited", f"the process exited with code {outcome.exit_code} before its checks finished"
+    elif imported and not imported.get("ok"):
+        kind = imported.get("kind")
+        status = {"not_started": "not started", "exit": "exited", "oom": "out of memory"}.get(kind, "error")
+        if kind == "blocked" and lab_source is not None and "raise NotImplementedError" in lab_source:
+            status = "not started"
+        detail = imported.get("message", "")
+        if kind in ("syntax", "exception"):
+            detail = "could not import the lab: " + detail
+    elif checks and all(c.passed for c in checks):
+        status, detail = "passed", ""
+    elif checks and all(c.kind == "not_started" for c in checks):
+        first = checks[0].message.removeprefix("not implemented yet: ")
+        status, detail = "not started", f"every check reached a TODO (NotImplementedError). First TODO: {first}"
+    else:
+        status, detail = "failed", ""
+
+    missing = {"timeout": f"not finished: the lab was stopped after {limit}",
+               "crashed": "not finished: the process crashed", "exited": "not finished: the process exited early",
+               "out of memory": "not finished: out of memory"}.get(status, "not run")
+    for c in checks:
+        if c.name not in by_name:
+            c.message = "not run" if imported and not imported.get("ok") else missing
+        if status == "not started" and c.kind in ("not_started", None):
+            c.message, c.hint = "not started", None
+        c.score = c.points if c.passed and status not in UNAWARDED else 0
+
+    result = LabResult(task.lab, status, detail, checks, output=outcome.output, seconds=outcome.seconds,
+                       device=start.get("device", task.device))
+    blockers = sorted({r.get("origin") for r in list(by_name.values()) + [imported or {}]
+                       if r.get("kind") == "blocked" and r.get("origin")})
+    for lab in blockers:
+        result.notes.append(f"Some failures come from {LABS[lab][0]}.py: fix lab {lab[3]} first "
+                            f"(python grader.py {lab}).")
+    return result
+
+
+def note_dependencies(results: list):
+    """A lab that fails while an earlier lab it builds on fails says so (never changes any verdict)."""
+    failing = [r.lab for r in results if r.status != "passed"]
+    for r in results:
+        earlier = [lab for lab in failing if lab < r.lab]
+        if r.status != "passed" and earlier and not r.notes:
+            r.notes.append(f"Lab {r.lab[3]} builds on lab {earlier[0][3]}, which is not passing yet: fix lab "
+                           f"{earlier[0][3]} first.")
+
+
+def hint_text(key, deep: bool = False) -> str:
+    first, second = HINTS.get(key, ("", ""))
+    return f"{first} {second}".strip() if deep and second else first

@@ -1,0 +1,119 @@
+"""Buggy variants of the reference solutions: each is one classic mistake, the checks that must catch it,
+and the hint its failure must name. Together they make every check of every lab fail at least once."""
+from dataclasses import dataclass
+
+
+@dataclass
+class Mutant:
+    id: str
+    lab: str
+    edits: list  # (old, new) replacements in the lab's solution file
+    fails: set  # checks that must fail
+    hint: str = None  # the hint key at least one of those failures must carry
+    status: str = "failed"
+
+
+L1_SCORES = "scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (..., Tq, Tk)"
+L1_MASK = 'scores = scores.masked_fill(~mask, float("-inf"))  # hidden keys get zero weight'
+L1_SOFTMAX = "weights = torch.softmax(scores, dim=-1)  # (..., Tq, Tk), rows sum to 1"
+L2_VIEW = "{0} = {0}.view(B, T, self.n_heads, self.d_head).transpose(1, 2)"
+L2_MERGE = "out = out.transpose(1, 2).contiguous().view(B, T, D)"
+L2_RETURN = "return self.dropout(self.proj(out))"
+L3_ATTN = "x = x + self.attn(self.ln1(x))"
+L3_MLP = "x = x + self.dropout(self.mlp(self.ln2(x)))"
+L4_FORWARD_END = "return self.lm_head(self.ln_f(x))  # (B, T, vocab_size)"
+L4_EMB = "x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, D)"
+
+MUTANTS = [
+    # ---- lab 1
+    Mutant("lab1-no-scale", "lab1", [(L1_SCORES, "scores = q @ k.transpose(-2, -1)")],
+           {"test_matches_oracle", "test_gradients_flow"}, "scale"),
+    Mutant("lab1-mask-after-softmax", "lab1", [(L1_MASK, "pass"), (L1_SOFTMAX, L1_SOFTMAX + "\n    weights = weights * mask if mask is not None else weights")],
+           {"test_weight_rows_sum_to_one", "test_matches_oracle"}, "mask"),
+    Mutant("lab1-mask-ignored", "lab1", [(L1_MASK, "pass")], {"test_upper_triangle_is_zero", "test_matches_oracle"}, "causal"),
+    Mutant("lab1-mask-inverted", "lab1", [(L1_MASK, 'scores = scores.masked_fill(mask, -1e9)')],
+           {"test_upper_triangle_is_zero", "test_matches_oracle"}, "mask"),
+    Mutant("lab1-softmax-wrong-dim", "lab1", [(L1_SOFTMAX, "weights = torch.softmax(scores, dim=-2)")],
+           {"test_weight_rows_sum_to_one", "test_matches_oracle"}, "softmax"),
+    Mutant("lab1-uniform-lower-triangle", "lab1", [(L1_SOFTMAX, "weights = (mask.float() / mask.float().sum(-1, keepdim=True)).expand_as(scores) if mask is not None else torch.softmax(scores, -1)")],
+           {"test_matches_oracle"}),
+    Mutant("lab1-detached-weights", "lab1", [(L1_SOFTMAX, "weights = torch.softmax(scores, dim=-1).detach()")],
+           {"test_gradients_flow"}, "grad"),
+    Mutant("lab1-out-transposed", "lab1", [("out = weights @ v  #", "out = (weights @ v).transpose(-2, -1)  #")],
+           {"test_output_shape", "test_matches_oracle"}),
+    Mutant("lab1-mask-float-upper", "lab1", [("torch.tril(torch.ones(T, T, dtype=torch.bool, device=device))",
+                                              "torch.triu(torch.ones(T, T, device=device))")], {"test_causal_mask"}, "mask"),
+    Mutant("lab1-mask-ignores-device", "lab1", [("dtype=torch.bool, device=device))", "dtype=torch.bool))")],
+           {"test_device_discipline"}, "device"),
+    Mutant("lab1-shortcut-via-getattr", "lab1", [(L1_SCORES, L1_SCORES + "\n    return getattr(torch.nn.functional, 'scaled_dot_product_' + 'attention')(q, k, v, attn_mask=mask), None")],
+           {"test_no_shortcuts"}, status="forbidden"),
+    # ---- lab 2
+    Mutant("lab2-heads-without-transpose", "lab2", [(L2_VIEW.format(c), f"{c} = {c}.reshape(B, self.n_heads, T, self.d_head)") for c in "qkv"],
+           {"test_matches_oracle", "test_causality"}, "heads"),
+    Mutant("lab2-merge-without-transpose", "lab2", [(L2_MERGE, "out = out.contiguous().view(B, T, D)")],
+           {"test_matches_oracle"}, "heads"),
+    Mutant("lab2-no-proj", "lab2", [(L2_RETURN, "return self.dropout(out)")],
+           {"test_matches_oracle", "test_gradients_reach_every_parameter"}, "proj"),
+    Mutant("lab2-no-causal-mask", "lab2", [("causal_mask(T, device=x.device))", "None)")],
+           {"test_matches_oracle", "test_causality"}, "causal"),
+    Mutant("lab2-mask-on-cpu", "lab2", [("causal_mask(T, device=x.device)", "causal_mask(T)")], {"test_device_discipline"}, "device"),
+    Mutant("lab2-one-head", "lab2", [("mha = MultiHeadAttention(d_model=16, n_heads=4)", "mha = MultiHeadAttention(d_model=16, n_heads=1)")],
+           {"test_mha_exists"}),
+    Mutant("lab2-wrong-shape", "lab2", [(L2_RETURN, L2_RETURN + ".transpose(0, 1)")], {"test_output_shape", "test_matches_oracle"}),
+    Mutant("lab2-builtin-mha", "lab2", [("self.dropout = nn.Dropout(dropout)", "self.dropout = nn.Dropout(dropout)\n        self.mha = nn.MultiheadAttention(d_model, n_heads, batch_first=True)")],
+           {"test_no_shortcuts"}, status="forbidden"),
+    # ---- lab 3
+    Mutant("lab3-post-norm", "lab3", [(L3_ATTN, "x = self.ln1(x + self.attn(x))"), (L3_MLP, "x = self.ln2(x + self.mlp(x))")],
+           {"test_matches_oracle", "test_residual_gradient"}, "prenorm"),
+    Mutant("lab3-ln1-twice", "lab3", [(L3_MLP, "x = x + self.dropout(self.mlp(self.ln1(x)))")],
+           {"test_matches_oracle", "test_gradients_reach_every_parameter"}, "prenorm"),
+    Mutant("lab3-no-residual", "lab3", [(L3_ATTN, "x = self.attn(self.ln1(x))")],
+           {"test_residual_gradient", "test_matches_oracle"}, "residual"),
+    Mutant("lab3-relu", "lab3", [("self.act = nn.GELU()", "self.act = nn.ReLU()")], {"test_mlp_matches_oracle"}, "mlp"),
+    Mutant("lab3-mlp-2x", "lab3", [("self.fc = nn.Linear(d_model, expansion * d_model)", "self.fc = nn.Linear(d_model, 2 * d_model)"),
+                                   ("nn.Linear(expansion * d_model, d_model)", "nn.Linear(2 * d_model, d_model)")],
+           {"test_mlp_matches_oracle"}, "mlp"),
+    Mutant("lab3-wrong-shape", "lab3", [("        return x\n", "        return x[:, -1]\n")], {"test_output_shape_preserved"}),
+    Mutant("lab3-future-leak", "lab3", [(L3_ATTN, L3_ATTN + " + x.mean(1, keepdim=True)")], {"test_causality"}, "causal"),
+    Mutant("lab3-cpu-tensor", "lab3", [(L3_ATTN, L3_ATTN + " + torch.zeros(x.size(-1))")], {"test_device_discipline"}, "device"),
+    Mutant("lab3-builtin-layer", "lab3", [("self.dropout = nn.Dropout(dropout)", "self.dropout = nn.Dropout(dropout)\n        self.layer = nn.TransformerEncoderLayer(d_model, n_heads, batch_first=True)")],
+           {"test_no_shortcuts"}, status="forbidden"),
+    # ---- lab 4
+    Mutant("lab4-no-ln-f", "lab4", [(L4_FORWARD_END, "return self.lm_head(x)")],
+           {"test_matches_oracle", "test_gradients_reach_every_parameter"}, "gpt"),
+    Mutant("lab4-no-pos-emb", "lab4", [(L4_EMB, "x = self.drop(self.tok_emb(idx))")],
+           {"test_matches_oracle", "test_gradients_reach_every_parameter"}, "gpt"),
+    Mutant("lab4-positions-on-cpu", "lab4", [("pos = torch.arange(T, device=idx.device)", "pos = torch.arange(T)")],
+           {"test_device_discipline"}, "device"),
+    Mutant("lab4-no-shift", "lab4", [("data[i + 1:i + seq_len + 1]", "data[i:i + seq_len]")],
+           {"test_get_batch_shift", "test_losses_are_honest", "test_greedy_continues_pattern"}, "shift"),
+    Mutant("lab4-no-crop", "lab4", [("self(idx[:, -self.max_seq_len:])", "self(idx)")],
+           {"test_generate_length_and_crop", "test_greedy_continues_pattern"}),
+    Mutant("lab4-crop-wrong-end", "lab4", [("self(idx[:, -self.max_seq_len:])", "self(idx[:, :self.max_seq_len])")],
+           {"test_generate_length_and_crop", "test_greedy_continues_pattern"}, "crop"),
+    Mutant("lab4-hard-coded-losses", "lab4", [("    seq_len = seq_len or model.max_seq_len\n",
+                                                "    return [2.9 * 0.98 ** i for i in range(steps)]\n")],
+           {"test_losses_are_honest", "test_greedy_continues_pattern"}, "train"),
+    Mutant("lab4-short-windows", "lab4", [("seq_len = seq_len or model.max_seq_len", "seq_len = seq_len or 8")],
+           {"test_train_uses_full_context"}, "train"),
+    Mutant("lab4-logs-every-other-step", "lab4", [("        losses.append(loss.item())", "        if _ % 2:\n            losses.append(loss.item())")],
+           {"test_training_logs_20_steps"}, "train"),
+    Mutant("lab4-tiny-lr", "lab4", [("AdamW(model.parameters(), lr=lr)", "AdamW(model.parameters(), lr=lr * 1e-3)")],
+           {"test_loss_drops_30_percent", "test_greedy_continues_pattern"}, "train"),
+    Mutant("lab4-top-k-ignored", "lab4", [("if top_k is not None:", "if False:")], {"test_top_k_sampling"}, "sampling"),
+    Mutant("lab4-argmax-not-sampling", "lab4", [("torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)", "logits.argmax(-1, keepdim=True)")],
+           {"test_top_k_sampling"}, "sampling"),
+    Mutant("lab4-generate-with-grad", "lab4", [("    @torch.no_grad()\n    def generate", "    def generate")],
+           {"test_generate_length_and_crop"}, "sampling"),
+    Mutant("lab4-sample-returns-ids", "lab4", [("return tokenizer.decode(out[0].tolist())", "return out[0].tolist()")],
+           {"test_sample_returns_text"}, "sampling"),
+    Mutant("lab4-tokenizer-mismatch", "lab4", [("self.itos = dict(enumerate(chars))", "self.itos = dict(enumerate(reversed(chars)))")],
+           {"test_tokenizer_round_trip"}, "tokenizer"),
+    Mutant("lab4-pos-emb-too-long", "lab4", [("self.pos_emb = nn.Embedding(max_seq_len, d_model)", "self.pos_emb = nn.Embedding(2 * max_seq_len, d_model)")],
+           {"test_model_structure"}, "gpt"),
+    Mutant("lab4-last-logits-only", "lab4", [(L4_FORWARD_END, "return self.lm_head(self.ln_f(x))[:, -1]")],
+           {"test_logits_shape", "test_matches_oracle"}, "gpt"),
+    Mutant("lab4-future-leak", "lab4", [(L4_EMB, L4_EMB + "\n        x = x + x.mean(1, keepdim=True)")], {"test_causality"}, "causal"),
+    Mutant("lab4-builtin-attention", "lab4", [(L4_EMB, L4_EMB + "\n        x = x + F.scaled_dot_product_attention(x, x, x, is_causal=True)")],
+           {"test_no_shortcuts"}, status="forbidden"),
+]

@@ -1,0 +1,37 @@
+"""Every checker can fail: each classic mistake is caught by the checks it should be, with the right hint."""
+import pytest
+
+from checkers.common import LABS
+from grading.verdict import expected_checks
+from tests.helpers import grade_many, submission
+from tests.mutants import MUTANTS
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    specs = {}
+    for m in MUTANTS:
+        folder = submission(tmp_path_factory.mktemp(m.id), m.lab, m.edits)
+        specs[m.id] = (folder, [m.lab])
+    return grade_many(specs)
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=[m.id for m in MUTANTS])
+def test_mutant_is_caught(mutant, graded):
+    result = graded[mutant.id][mutant.lab]
+    checks = result["checks"]
+    assert result["status"] == mutant.status, (result["status"], result["detail"])
+    assert result["score"] < result["max"]
+    still_passing = {name for name in mutant.fails if checks[name]["passed"]}
+    assert not still_passing, f"{mutant.id} passed {still_passing}"
+    if mutant.hint:
+        hints = {checks[name]["hint"] for name in mutant.fails}
+        assert mutant.hint in hints, f"{mutant.id}: wanted hint {mutant.hint!r}, got {hints}"
+    for name in mutant.fails:  # every failure says something
+        assert checks[name]["message"].strip(), name
+
+
+@pytest.mark.parametrize("lab", list(LABS))
+def test_every_check_has_a_mutant(lab):
+    caught = set().union(*(m.fails for m in MUTANTS if m.lab == lab))
+    assert {c.name for c in expected_checks(lab)} <= caught, "checks no mutant makes fail"
