@@ -147,7 +147,7 @@ def randn(*shape, dtype=None) -> Tensor:
 
 
 # ---- comparisons ---------------------------------------------------------------------------
-def _fmt(t: Tensor, limit: int = 8) -> str:
+def _fmt(t: Tensor, limit: int = 6) -> str:
     values = [f"{v:.4f}" for v in t.reshape(-1)[:limit].tolist()]
     return "[" + ", ".join(values) + (", ...]" if t.numel() > limit else "]")
 
@@ -173,11 +173,11 @@ def expect_close(actual, expected: Tensor, what: str, atol: float = 1e-5, rtol: 
     index = tuple(int(i) for i in bad.nonzero()[0])
     max_err = float(err[finite].max()) if bool(finite.any()) else float("nan")
     where = f" at index {list(index)}" if index else ""
-    message = (f"{what} differs from the expected values: max abs error {max_err:.3g} "
+    message = (f"{what} differ from the expected values: max abs error {max_err:.3g} "
                f"(tolerance {atol:g} + {rtol:g}*|expected|); first mismatch{where}.")
     if a.dim() >= 1:
         row = index[:-1]
-        message += f"\n  expected row {list(row)}: {_fmt(e[row])}\n  got:{' ' * (13 + len(str(list(row))))}{_fmt(a[row])}"
+        message += f"\n  expected row {list(row)}: {_fmt(e[row])}\n  got      row {list(row)}: {_fmt(a[row])}"
     fail(message, hint)
 
 
@@ -273,7 +273,7 @@ def expect_causal(fn, x: Tensor, what: str, t: int):
     with torch.no_grad():
         before, after = fn(x), fn(changed)
     expect_close(after[:, :t + 1], before[:, :t + 1],
-                 f"{what}: outputs at positions 0..{t} after changing only positions {t + 1}.. (they must not move)",
+                 f"{what}: changing only the tokens after position {t} moved the outputs at positions 0..{t}; they",
                  atol=1e-5, rtol=1e-5, hint="causal")
 
 

@@ -1,6 +1,7 @@
 """Guards the checks run student code under: no attention shortcuts, no device mixing, no tampering."""
 import ast
 import sys
+from types import ModuleType
 
 import torch
 import torch.nn as nn
@@ -111,6 +112,11 @@ def _namespaces():
     return spaces
 
 
+_MISSING = object()
+# rebound by torch's own API (torch.set_default_dtype rebinds torch.Storage) or by the warnings machinery
+_EXPECTED_CHANGES = {"torch.Storage", "__warningregistry__"}
+
+
 class Snapshot:
     """Identity of every attribute of torch, the checkers and pytest's reports, taken before student code runs."""
 
@@ -118,8 +124,13 @@ class Snapshot:
         self.saved = {name: dict(vars(ns)) for name, ns in _namespaces().items()}
 
     def changed(self) -> list:
+        """Attributes replaced, removed or added since (a lazily imported submodule is not a change)."""
         out = []
         for name, ns in _namespaces().items():
-            before, now = self.saved.get(name, {}), vars(ns)
-            out += [f"{name}.{key}" for key, value in before.items() if now.get(key, value) is not value or key not in now]
-        return out
+            before, now = self.saved.get(name), dict(vars(ns))
+            if before is None:
+                continue
+            out += [f"{name}.{key}" for key in before.keys() | now.keys()
+                    if before.get(key, _MISSING) is not now.get(key, _MISSING)
+                    and not isinstance(now.get(key), ModuleType) and not {f"{name}.{key}", key} & _EXPECTED_CHANGES]
+        return sorted(out)

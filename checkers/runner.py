@@ -16,6 +16,7 @@ import traceback
 
 import pytest
 import torch
+import torch._dynamo  # noqa: F401  (imported lazily by dispatch modes and AdamW; it rewraps torch functions)
 
 from checkers.common import LABS, ROOT, CheckFailure, configure
 from checkers.guards import HIT_LISTENERS, ForbiddenShortcut, Snapshot

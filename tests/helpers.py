@@ -32,7 +32,7 @@ def grade_many(specs: dict, timeout: float = 30, memory: float = 4, jobs: int = 
         "import json, sys; from types import SimpleNamespace; import grader\n"
         "req, opts = json.loads(sys.stdin.read()), json.loads(sys.argv[1])\n"
         "args = SimpleNamespace(check=None, isolation='fork', **opts)\n"
-        "grader.preload(['lab4'], 'fork'); out = {}\n"
+        "grader.preload('fork'); out = {}\n"
         "for labs in sorted({tuple(l) for _, l in req.values()}):\n"
         "    subs = [(k, f, f) for k, (f, l) in req.items() if tuple(l) == labs]\n"
         "    for key, results in grader.grade_submissions(subs, list(labs), args, 'cpu').items():\n"

@@ -1,0 +1,93 @@
+"""The pack as a whole: solutions pass, stubs are "not started", exit codes, JSON, stubs generated from solutions."""
+import json
+import subprocess
+
+from checkers.common import LABS
+from grading.verdict import expected_checks
+from tests.helpers import PY, ROOT, run_grader
+from tools.make_stubs import expected_stubs, solution_regions, stub_source
+
+
+def test_solutions_pass_every_check(tmp_path):
+    proc = run_grader("all", "--solutions", "--json", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert all(t["status"] == "passed" and t["score"] == t["max_score"] for t in results["tests"])
+    assert results["score"] == sum(c.points for lab in LABS for c in expected_checks(lab))
+    assert "Total 62/62" in proc.stdout
+
+
+def test_stubs_fail_every_lab_as_not_started(tmp_path):
+    proc = run_grader("all", "--json", tmp_path / "r.json")
+    assert proc.returncode == 1
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["score"] == 0
+    assert {lab: r["status"] for lab, r in results["extra_data"]["labs"].items()} == dict.fromkeys(LABS, "not started")
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_json_follows_the_gradescope_schema(tmp_path):
+    run_grader("lab2", "--solutions", "--json", tmp_path / "r.json")
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert {"score", "execution_time", "output", "tests"} <= results.keys()
+    assert len(results["tests"]) == len(expected_checks("lab2"))
+    for test in results["tests"]:
+        assert {"name", "score", "max_score", "status", "output", "tags"} <= test.keys()
+        assert test["status"] in ("passed", "failed") and test["tags"] == ["lab2"]
+
+
+def test_usage_errors_exit_2():
+    assert run_grader("lab9").returncode == 2
+    assert run_grader("lab1", "--submission", "/no/such/folder").returncode == 2
+    assert run_grader("lab1", "--solutions", "--check", "no_such_check").returncode == 2
+
+
+def test_one_check_can_be_selected(tmp_path):
+    proc = run_grader("lab1", "--solutions", "-k", "causal_mask", "--json", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stdout
+    assert [t["name"] for t in json.loads((tmp_path / "r.json").read_text())["tests"]] == ["lab1 · causal mask"]
+
+
+def test_a_missing_lab_file_is_reported(tmp_path):
+    (tmp_path / "lab1_attention.py").write_text((ROOT / "solutions" / "lab1_attention.py").read_text())
+    proc = run_grader("all", "--submission", tmp_path, "--json", tmp_path / "r.json")
+    labs = json.loads((tmp_path / "r.json").read_text())["extra_data"]["labs"]
+    assert labs["lab1"]["status"] == "passed" and labs["lab2"]["status"] == "error"
+    assert "lab2_multihead.py not found" in labs["lab2"]["detail"] and proc.returncode == 1
+
+
+def test_stubs_are_generated_from_the_solutions():
+    for name, text in expected_stubs().items():
+        assert (ROOT / "labs" / name).read_text() == text, f"labs/{name} drifted: run python tools/make_stubs.py"
+        solution = (ROOT / "solutions" / name).read_text()
+        for region in solution_regions(solution):
+            assert region.strip() not in text
+        assert "raise NotImplementedError" in text
+
+
+def test_stub_markers_are_checked():
+    bad = "def f():\n    # BEGIN SOLUTION: x\n    return 1\n"
+    try:
+        stub_source(bad, "lab")
+    except ValueError as exc:
+        assert "unterminated" in str(exc)
+    else:
+        raise AssertionError("an unterminated region must be an error")
+
+
+def test_checkers_run_under_plain_pytest():
+    proc = subprocess.run([PY, "-m", "pytest", "checkers/", "-q", "-p", "no:cacheprovider", "--lab-dir", "solutions"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    stub = subprocess.run([PY, "-m", "pytest", "checkers/check_lab1.py", "-q", "-p", "no:cacheprovider"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert stub.returncode == 1 and "8 failed" in stub.stdout
+
+
+def test_a_lab_failing_because_of_an_earlier_lab_points_at_it(tmp_path):
+    from tests.helpers import submission
+    folder = submission(tmp_path / "sub", "lab2", [("out.transpose(1, 2).contiguous().view(B, T, D)", "out.contiguous().view(B, T, D)")])
+    proc = run_grader("lab4", "--submission", folder, "--json", tmp_path / "r.json")
+    labs = json.loads((tmp_path / "r.json").read_text())["extra_data"]["labs"]
+    assert list(labs) == ["lab4"] and labs["lab4"]["status"] == "failed"
+    assert "builds on lab 2" in proc.stdout
