@@ -26,9 +26,8 @@ LAB_FILES = ("lab1_attention.py", "lab2_multihead.py", "lab3_block.py", "lab4_gp
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="grader.py", description="Grade the transformer labs.")
     p.add_argument("lab", nargs="?", default="all", choices=[*LAB_NAMES, "all"], help="which lab (default all)")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--solutions", action="store_true", help="grade the reference solutions in solutions/")
-    source.add_argument("--submission", metavar="DIR", help="grade a folder holding the four lab files")
+    p.add_argument("--solutions", action="store_true", help="grade the reference solutions in solutions/")
+    p.add_argument("--submission", metavar="DIR", help="grade a folder holding the four lab files")
     p.add_argument("--json", metavar="PATH", help="write Gradescope-format results.json to PATH")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where checks run (default auto)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="wall time per lab (default 60)")
@@ -37,11 +36,30 @@ def parse_args(argv):
     p.add_argument("-k", "--check", action="append", metavar="NAME", help="run only this check (repeatable)")
     p.add_argument("--hints", action="store_true", help="show the longer second hint for each failure")
     p.add_argument("-v", "--verbose", action="store_true", help="show each failure's student frames and the output")
+    p.add_argument("--batch", metavar="DIR", help="grade every sub-folder of DIR (one submission each) into --csv")
+    p.add_argument("--csv", metavar="PATH", default="grades.csv", help="batch results, one row per submission")
+    p.add_argument("--gradescope", action="store_true",
+                   help="grade $GRADESCOPE_ROOT/submission (default /autograder) into results/results.json")
+    p.add_argument("--visibility", default="visible", choices=("visible", "hidden", "after_due_date", "after_published"),
+                   help="Gradescope visibility of each check (default visible)")
+    p.add_argument("--docker", action="store_true", help="run the same grading inside the grading image")
+    p.add_argument("--image", default="transformer-labs-grader:latest", help="image for --docker")
+    p.add_argument("--dry-run", action="store_true", help="with --docker: print the docker command, run nothing")
     p.add_argument("--isolation", choices=("fork", "spawn"), default="fork" if sys.platform == "linux" else "spawn",
                    help="fork children from this preloaded process (fast, Linux) or start fresh interpreters")
     args = p.parse_args(argv)
-    if args.submission and not Path(args.submission).is_dir():
-        p.error(f"--submission {args.submission}: no such folder")
+    sources = [bool(args.solutions), bool(args.submission), bool(args.batch), bool(args.gradescope)]
+    if sum(sources) > 1:
+        p.error("choose one of --solutions, --submission, --batch, --gradescope")
+    for flag, folder in (("--submission", args.submission), ("--batch", args.batch)):
+        if folder and not Path(folder).is_dir():
+            p.error(f"{flag} {folder}: no such folder")
+    if args.solutions and not (ROOT / "solutions").is_dir() and not args.docker:
+        p.error("--solutions: this copy of the pack has no solutions/ folder")
+    if args.dry_run and not args.docker:
+        p.error("--dry-run goes with --docker")
+    if args.docker and (args.batch or args.gradescope):
+        p.error("--docker grades one submission; run --batch or --gradescope inside the image instead")
     if args.timeout <= 0 or args.memory < 0 or args.jobs < 1:
         p.error("--timeout and --jobs must be positive, --memory not negative")
     return args
@@ -66,7 +84,7 @@ def private_copy(source: Path) -> str:
     return folder
 
 
-def grade_submissions(submissions, labs, args, device: str, on_done=None) -> dict:
+def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=True) -> dict:
     """Grade `labs` of each (key, folder, display name); returns {key: [LabResult, ...]} in lab order.
 
     Every (submission, lab) pair is one child; all of them share one scheduler, `args.jobs` at a time.
@@ -85,24 +103,26 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None) -> dic
                     for c in missing.checks:
                         c.message = "not run: the file is missing"
                     results[key][lab] = missing
+                    if on_done:
+                        on_done(key, missing)
                     continue
                 select = [c.name for c in expected_checks(lab, args.check)] if args.check else None
                 tasks.append(Task(lab, folder, display, device, args.timeout, args.memory, select, key))
 
-        def judged(outcome):
+        def judged(outcome, quiet=False):
             task = outcome.task
             text = Path(task.lab_dir, LAB_FILES[LAB_NAMES.index(task.lab)]).read_text(errors="replace")
             results[task.key][task.lab] = judge(outcome, expected_checks(task.lab, args.check), text)
-            if on_done:
+            if on_done and not quiet:
                 on_done(task.key, results[task.key][task.lab])
 
         run_tasks(tasks, jobs=args.jobs, isolation=args.isolation, on_done=judged)
         # a failing lab may only be failing because of an earlier one it builds on: grade those too, for notes only
         probes = [Task(lab, t.lab_dir, t.display_dir, device, args.timeout, args.memory, None, t.key)
                   for t in tasks if results[t.key][t.lab].status != "passed"
-                  for lab in LAB_NAMES[:LAB_NAMES.index(t.lab)] if lab not in labs]
+                  for lab in LAB_NAMES[:LAB_NAMES.index(t.lab)] if lab not in labs and probe]
         probes = list({(t.key, t.lab): t for t in probes}.values())
-        run_tasks(probes, jobs=args.jobs, isolation=args.isolation, on_done=judged)
+        run_tasks(probes, jobs=args.jobs, isolation=args.isolation, on_done=lambda o: judged(o, quiet=True))
         for labs_done in results.values():
             note_dependencies([labs_done[lab] for lab in LAB_NAMES if lab in labs_done])
         return {key: [labs_done[lab] for lab in labs] for key, labs_done in results.items()}
@@ -121,10 +141,25 @@ def preload(isolation: str):
     import checkers.runner  # noqa: F401  (imports torch._dynamo: once here, not once per child)
 
 
+def find_lab_files(folder: Path) -> Path:
+    """The folder holding the lab files: `folder` itself, or the one sub-folder an upload unpacked them into."""
+    if any((folder / name).is_file() for name in LAB_FILES):
+        return folder
+    found = sorted(p.parent for name in LAB_FILES for p in folder.rglob(name))
+    return found[0] if found else folder
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     labs = list(LAB_NAMES) if args.lab == "all" else [args.lab]
+    if args.gradescope:
+        autograder = Path(os.environ.get("GRADESCOPE_ROOT", "/autograder"))
+        args.submission = str(find_lab_files(autograder / "submission"))
+        args.json = str(autograder / "results" / "results.json")
     source = ROOT / "solutions" if args.solutions else Path(args.submission) if args.submission else ROOT / "labs"
+    if args.docker:
+        from grading.container import run_in_docker
+        return run_in_docker(args, args.lab, source, resolve_device(args.device))
     display = os.path.relpath(source) if not os.path.relpath(source).startswith("..") else str(source)
     started, results, error = time.monotonic(), [], None
     sys.path.insert(0, str(ROOT))
@@ -138,6 +173,9 @@ def main(argv=None) -> int:
                 print(f"grader.py: error: no check matches {args.check}", file=sys.stderr)
                 return 2
         preload(args.isolation)
+        if args.batch:
+            from grading.batch import run_batch
+            return run_batch(args.batch, labs, args, device, grade_submissions)
         results = grade_submissions([(None, source, display)], labs, args, device)[None]
         report.print_scorecard(results, report.console(), args.hints, args.verbose, display, time.monotonic() - started)
     except KeyboardInterrupt:
@@ -152,9 +190,9 @@ def main(argv=None) -> int:
         error = f"{type(exc).__name__}: {exc}"
         print(f"grader.py: internal error: {error}", file=sys.stderr)
     finally:
-        if args.json:
+        if args.json and not args.batch:
             from grading.report import write_json
-            write_json(args.json, results, time.monotonic() - started, error)
+            write_json(args.json, results, time.monotonic() - started, error, args.visibility)
     return 0 if results and not error and all(r.status == "passed" for r in results) else 1
 
 

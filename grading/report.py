@@ -63,7 +63,7 @@ def print_scorecard(results, out: Console, hints=False, verbose=False, source=""
                    style="bold green" if total == best and all(r.status == "passed" for r in results) else "bold"))
 
 
-def results_json(results, elapsed: float, error: str = None) -> dict:
+def results_json(results, elapsed: float, error: str = None, visibility: str = "visible") -> dict:
     """Gradescope's results.json: one test per check, tagged with its lab."""
     tests = []
     for r in results:
@@ -75,20 +75,21 @@ def results_json(results, elapsed: float, error: str = None) -> dict:
                 output = f"[lab {r.status}: {r.detail}]\n{output}".strip()
             tests.append({"name": f"{r.lab} · {c.title}", "number": f"{r.lab[3]}.{i}", "score": c.score,
                           "max_score": c.points, "status": "passed" if c.passed and c.score == c.points else "failed",
-                          "output": output.strip(), "output_format": "text", "tags": [r.lab], "visibility": "visible"})
+                          "output": output.strip(), "output_format": "text", "tags": [r.lab], "visibility": visibility})
     summary = [f"{r.lab}: {r.status} {r.score}/{r.max_score}" + (f" ({r.detail})" if r.detail else "") for r in results]
     if error:
         summary.append(f"grading error: {error}")
     return {"score": sum(r.score for r in results), "execution_time": round(elapsed, 2), "output": "\n".join(summary),
             "output_format": "text", "visibility": "visible", "stdout_visibility": "hidden",
             "extra_data": {"labs": {r.lab: {"status": r.status, "detail": r.detail, "score": r.score,
-                                            "max_score": r.max_score} for r in results}, "error": error},
+                                            "max_score": r.max_score, "seconds": round(r.seconds, 3), "device": r.device}
+                                     for r in results}, "error": error},
             "tests": tests}
 
 
-def write_json(path, results, elapsed: float, error: str = None):
+def write_json(path, results, elapsed: float, error: str = None, visibility: str = "visible"):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(results_json(results, elapsed, error), f, indent=2)
+        json.dump(results_json(results, elapsed, error, visibility), f, indent=2)
     os.replace(tmp, path)
