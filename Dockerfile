@@ -1,10 +1,30 @@
-# Placeholder: the CUDA grading image is built in a later step (see README).
-FROM python:3.11-slim
+# Grading image: the same grader, on CUDA when the host has a GPU (docker run --gpus all).
+#   docker build -t transformer-labs-grader .                                # students' image: no solutions
+#   docker build --build-arg WITH_SOLUTIONS=1 -t transformer-labs-grader .   # instructors' image
+# torch 2.13.0 comes from the base image (pinned by digest) and matches requirements.txt; it is not reinstalled.
+ARG WITH_SOLUTIONS=0
+FROM pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime@sha256:6acf597eeb8e376a96580dde4952f37cc017fef732bb40bfc73f28f25e3f64b4 AS base
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /pack
 COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+# only what the image lacks: every pin but torch
+RUN grep -v '^torch==' requirements.txt > /tmp/requirements-extra.txt \
+    && pip install --no-cache-dir -r /tmp/requirements-extra.txt \
+    && rm /tmp/requirements-extra.txt
+COPY grader.py pytest.ini ./
 COPY checkers/ checkers/
 COPY grading/ grading/
-COPY grader.py pytest.ini ./
-USER 65534:65534
-ENTRYPOINT ["python", "grader.py"]
+COPY labs/ labs/
+RUN useradd --no-create-home --uid 10001 --shell /usr/sbin/nologin grader
+
+FROM base AS pack-0
+
+FROM base AS pack-1
+COPY solutions/ solutions/
+
+# student labs are mounted read-only at run time: -v "$PWD/labs:/submission:ro"
+# hadolint ignore=DL3006
+FROM pack-${WITH_SOLUTIONS}
+USER 10001
+ENTRYPOINT ["python", "/pack/grader.py"]
+CMD ["all", "--submission", "/submission"]

@@ -1,0 +1,36 @@
+"""Batch grading: one CSV row per submission, hangs and crashes recorded and skipped over, re-runs resume."""
+import csv
+
+from tests.helpers import run_grader, submission
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return {r["submission"]: r for r in csv.DictReader(f)}
+
+
+def test_batch_grades_records_and_resumes(tmp_path):
+    subs = tmp_path / "submissions"
+    submission(subs / "good")
+    submission(subs / "broken", "lab3", [("nn.GELU()", "nn.ReLU()")])
+    submission(subs / "hanging", "lab4", [("    seq_len = seq_len or model.max_seq_len\n", "    while True:\n        pass\n")])
+    submission(subs / "crashing", "lab2", [("        B, T, D = x.shape\n", "        B, T, D = x.shape\n        import ctypes; ctypes.string_at(0)\n")])
+    (subs / "empty").mkdir()
+    out = tmp_path / "grades.csv"
+    proc = run_grader("all", "--batch", subs, "--csv", out, "--timeout", "6", "--jobs", "2")
+    assert proc.returncode == 0, proc.stderr
+    graded = rows(out)
+    assert set(graded) == {"good", "broken", "hanging", "crashing", "empty"}
+    assert graded["good"]["score"] == graded["good"]["max_score"] == "62"
+    assert graded["broken"]["lab3_status"] == "failed" and graded["broken"]["lab1_status"] == "passed"
+    assert graded["hanging"]["lab4_status"] == "timeout" and graded["hanging"]["lab4_score"] == "0"
+    assert graded["crashing"]["lab2_status"] == "crashed" and graded["crashing"]["lab1_status"] == "passed"
+    assert {graded["empty"][f"lab{n}_status"] for n in range(1, 5)} == {"error"}
+
+    again = run_grader("all", "--batch", subs, "--csv", out)  # everything is graded already
+    assert "grading 0" in again.stderr and rows(out) == graded
+
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(line for line in lines if not line.startswith("broken,")) + "\n")
+    resumed = run_grader("all", "--batch", subs, "--csv", out, "--timeout", "6")
+    assert "grading 1" in resumed.stderr and rows(out)["broken"] == graded["broken"]
