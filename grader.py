@@ -112,7 +112,7 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=
         def judged(outcome, quiet=False):
             task = outcome.task
             text = Path(task.lab_dir, LAB_FILES[LAB_NAMES.index(task.lab)]).read_text(errors="replace")
-            results[task.key][task.lab] = judge(outcome, expected_checks(task.lab, args.check), text)
+            results[task.key][task.lab] = judge(outcome, expected_checks(task.lab, task.select), text)
             if on_done and not quiet:
                 on_done(task.key, results[task.key][task.lab])
 

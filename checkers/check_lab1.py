@@ -3,8 +3,8 @@ import math
 
 import torch
 
-from checkers.common import (attr, causal, device, expect_close, expect_tensor, fail, oracle_attention, points,
-                             randn, student)
+from checkers.common import (attr, causal, device, expect_close, expect_tensor, fail, heatmap_on_failure,
+                             oracle_attention, points, randn, student)
 from checkers.guards import DeviceGuard, ShortcutGuard, reject, scan_source
 
 LAB = "lab1_attention"
@@ -17,7 +17,7 @@ def lab():
 def attend(q, k, v, mask=None):
     out = attr(lab(), "scaled_dot_product_attention")(q, k, v, mask)
     if not (isinstance(out, tuple) and len(out) == 2):
-        fail(f"scaled_dot_product_attention must return a tuple (out, weights), got {type(out).__name__}.")
+        fail(f"scaled_dot_product_attention must return a tuple (out, weights), got {type(out).__name__}.", "shape")
     return out
 
 
@@ -41,9 +41,10 @@ def diagnose(q, k, mask, weights) -> str:
 def compare(q, k, v, mask, what, atol=1e-5):
     out, weights = attend(q, k, v, mask)
     want_out, want_w = oracle_attention(q, k, v, mask)
-    expect_tensor(weights, f"{what}: weights", want_w.shape)
+    expect_tensor(weights, f"{what}: weights", want_w.shape, "shape")
     hint = lambda: diagnose(q, k, mask, weights)
-    expect_close(weights, want_w, f"{what}: weights", atol=atol, hint=hint)
+    with heatmap_on_failure(weights, want_w, f"{what}: weights of batch 0"):
+        expect_close(weights, want_w, f"{what}: weights", atol=atol, hint=hint)
     expect_close(out, want_out, f"{what}: out", atol=atol, hint=hint)
 
 
@@ -68,8 +69,8 @@ def test_output_shape():
     """With B=2, T=8, D=16 the output is (2, 8, 16) and the weights (2, 8, 8)."""
     x = randn(2, 8, 16)
     out, weights = attend(x, x, x, causal(8))
-    expect_tensor(out, "out", (2, 8, 16))
-    expect_tensor(weights, "weights", (2, 8, 8))
+    expect_tensor(out, "out", (2, 8, 16), hint="shape")
+    expect_tensor(weights, "weights", (2, 8, 8), hint="shape")
 
 
 @points(1)
@@ -77,8 +78,9 @@ def test_weight_rows_sum_to_one():
     """Every row of the attention weights sums to 1."""
     x = randn(2, 8, 16)
     _, weights = attend(x, x, x, causal(8))
-    expect_close(weights.sum(-1), torch.ones(2, 8, dtype=weights.dtype, device=device()),
-                 "row sums of the weights", atol=1e-5, hint="mask")
+    with heatmap_on_failure(weights, oracle_attention(x, x, x, causal(8))[1], "causal self-attention, batch 0"):
+        expect_close(weights.sum(-1), torch.ones(2, 8, dtype=weights.dtype, device=device()),
+                     "row sums of the weights", atol=1e-5, hint="mask")
 
 
 @points(2)
@@ -86,11 +88,12 @@ def test_upper_triangle_is_zero():
     """With the causal mask, triu(weights, diagonal=1).abs().max() < 1e-6: no query sees the future."""
     x = randn(2, 8, 16)
     _, weights = attend(x, x, x, causal(8))
-    expect_tensor(weights, "weights", (2, 8, 8))
+    expect_tensor(weights, "weights", (2, 8, 8), hint="shape")
     leak = float(torch.triu(weights.detach(), diagonal=1).abs().max())
-    if not leak < 1e-6:
-        row = int(torch.triu(weights.detach(), diagonal=1).abs().amax(dim=(0, 2)).argmax())
-        fail(f"weights above the diagonal must be 0, largest is {leak:.3g} (query {row} sees a later key).", "mask")
+    with heatmap_on_failure(weights, oracle_attention(x, x, x, causal(8))[1], "causal self-attention, batch 0"):
+        if not leak < 1e-6:
+            row = int(torch.triu(weights.detach(), diagonal=1).abs().amax(dim=(0, 2)).argmax())
+            fail(f"weights above the diagonal must be 0, largest is {leak:.3g} (query {row} sees a later key).", "mask")
 
 
 @points(3)
@@ -114,7 +117,7 @@ def test_gradients_flow():
     q, k, v = (randn(2, 6, 8, dtype=torch.float64).requires_grad_() for _ in range(3))
     out, _ = attend(q, k, v, causal(6))
     grad_out = randn(2, 6, 8, dtype=torch.float64)
-    expect_tensor(out, "out", (2, 6, 8))
+    expect_tensor(out, "out", (2, 6, 8), hint="shape")
     if not out.requires_grad:
         fail("out is not connected to q, k and v (no autograd graph): avoid .detach(), .data and torch.no_grad().", "grad")
     got = torch.autograd.grad(out, (q, k, v), grad_out, allow_unused=True)

@@ -4,8 +4,9 @@ import math
 import torch
 import torch.nn as nn
 
-from checkers.common import (attr, device, eval_mode, expect_causal, expect_close, expect_every_parameter_gets_a_gradient,
-                             expect_tensor, fail, oracle_mha, points, randn, student)
+from checkers.common import (CheckFailure, attr, causal, device, eval_mode, expect_causal, expect_close,
+                             expect_every_parameter_gets_a_gradient, expect_tensor, fail, figure, oracle_attention,
+                             oracle_mha, points, randn, student, _grid)
 from checkers.guards import DeviceGuard, ShortcutGuard, reject, forbidden_submodules, scan_source
 
 LAB = "lab2_multihead"
@@ -38,13 +39,43 @@ def diagnose(mha, x, out) -> str:
     return "heads"
 
 
+def head0_heatmap(mha, x):
+    """Attach head 0's weights (batch 0) as the student's lab 1 call computed them, beside the expected ones."""
+    seen, modules = [], [student(LAB), student("lab1_attention")]
+    originals = [getattr(m, "scaled_dot_product_attention", None) for m in modules]
+
+    def spy(*args, **kwargs):
+        out = originals[1](*args, **kwargs)
+        seen.append(out[1])
+        return out
+    try:
+        for m, original in zip(modules, originals):
+            if original is not None:
+                m.scaled_dot_product_attention = spy
+        with torch.no_grad():
+            mha(x)
+    except Exception:
+        return
+    finally:
+        for m, original in zip(modules, originals):
+            if original is not None:
+                m.scaled_dot_product_attention = original
+    B, T, D = x.shape
+    d_head = D // mha.n_heads
+    q, k, _ = (x @ mha.qkv.weight.T + mha.qkv.bias).split(D, dim=-1)
+    want = oracle_attention(q[..., :d_head], k[..., :d_head], k[..., :d_head], causal(T))[1]
+    got = seen[0] if seen else None
+    if got is not None and got.dim() == 4 and got.shape[-2:] == (T, T):
+        figure("heatmap", title="attention weights of head 0, batch 0", got=_grid(got[0, 0]), want=_grid(want[0]))
+
+
 @points(2)
 def test_mha_exists():
     """Module-level `mha` is a MultiHeadAttention with n_heads > 1, D % n_heads == 0, fused qkv and proj."""
     module = student(LAB)
     cls, mha = attr(module, "MultiHeadAttention"), attr(module, "mha")
     if not isinstance(mha, cls):
-        fail(f"`mha` must be an instance of MultiHeadAttention, got {type(mha).__name__}.")
+        fail(f"`mha` must be an instance of MultiHeadAttention, got {type(mha).__name__}.", "heads")
     qkv, proj = getattr(mha, "qkv", None), getattr(mha, "proj", None)
     if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)):
         fail("MultiHeadAttention needs self.qkv = nn.Linear(d_model, 3 * d_model) and self.proj = "
@@ -77,8 +108,12 @@ def test_matches_oracle():
         with torch.no_grad():
             out = mha(x)
             expect_tensor(out, f"MultiHeadAttention({D}, {mha.n_heads}) output", (B, T, D), "heads")
-            expect_close(out, oracle_mha(mha, x), f"MultiHeadAttention({D}, n_heads={mha.n_heads}) on (B={B}, T={T})",
-                         hint=lambda: diagnose(mha, x, out))
+            try:
+                expect_close(out, oracle_mha(mha, x), f"MultiHeadAttention({D}, n_heads={mha.n_heads}) on (B={B}, T={T})",
+                             hint=lambda: diagnose(mha, x, out))
+            except CheckFailure:
+                head0_heatmap(mha, x)
+                raise
 
 
 @points(2)
@@ -97,8 +132,12 @@ def test_causality():
     """Changing future tokens never changes earlier outputs."""
     mha = build(16, 4)
     x = randn(2, 8, 16)
-    for t in (0, 3, 6):
-        expect_causal(mha, x, "MultiHeadAttention", t)
+    try:
+        for t in (0, 3, 6):
+            expect_causal(mha, x, "MultiHeadAttention", t)
+    except CheckFailure:
+        head0_heatmap(mha, x)
+        raise
 
 
 @points(1)

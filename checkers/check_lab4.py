@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from checkers.common import (attr, device, eval_mode, expect_causal, expect_close, expect_every_parameter_gets_a_gradient,
-                             expect_tensor, fail, gelu_flavour, next_token_loss, oracle_gpt, points, randn,
+                             expect_tensor, fail, figure, gelu_flavour, next_token_loss, oracle_gpt, points, randn,
                              randomize_norms_and_biases, student)
 from checkers.guards import DeviceGuard, ShortcutGuard, reject, forbidden_submodules, scan_source
 
@@ -192,6 +192,7 @@ def test_training_logs_20_steps():
 def test_loss_drops_30_percent():
     """The mean of the last 5 losses is more than 30% below the mean of the first 5."""
     losses = trained().losses
+    figure("losses", values=[round(x, 4) for x in losses])
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     if not (len(losses) >= 10 and last < 0.7 * first):
         fail(f"loss went from {first:.3f} (first 5) to {last:.3f} (last 5): a drop of "
@@ -231,6 +232,7 @@ def test_greedy_continues_pattern():
     out = run.model.generate(idx, NEW_TOKENS, top_k=1)
     expect_tensor(out, "generate's output", (1, len(PROMPT) + NEW_TOKENS), "crop")
     got = run.tok.decode(out[0].tolist())
+    figure("text", label="greedy sample", text=got)
     want = (PROMPT + (TEXT * 10)[len(PROMPT):])[:len(PROMPT) + NEW_TOKENS]
     if got != want:
         at = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)

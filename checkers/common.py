@@ -9,6 +9,7 @@ internals look `torch.isclose` up on the module at call time.)
 import importlib
 import math
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -84,6 +85,20 @@ HINTS = {
                  "With top_k=1 sampling must be greedy: always the most likely next token."),
     "tokenizer": ("One id per distinct character: decode(encode(s)) must give s back.",
                   "Sort the set of characters so ids are stable between runs."),
+    "shape": ("Check the shapes against the contract: out is (..., Tq, d_v) and weights (..., Tq, Tk); return the "
+              "tuple (out, weights).",
+              "Print x.shape after each step; q @ k.transpose(-2, -1) is (..., Tq, Tk), and (..., Tq, Tk) @ v gives "
+              "(..., Tq, d_v)."),
+    "todo": ("Replace the `raise NotImplementedError` under each TODO with your code.",
+             "The TODO comment says what to write; the module docstring gives the exact contract."),
+    "earlier": ("This lab calls your code from an earlier lab: grade that lab first and fix it.", ""),
+    "crash": ("Your code raised an error: the line it came from is shown above.",
+              "Run `python grader.py labN --verbose` for the full traceback, or call the function yourself with small "
+              "tensors and print shapes."),
+    "slow": ("A check ran past its time limit: look for a loop that never ends or far more work than the lab needs.", ""),
+    "memory": ("Your code asked for far more memory than the lab needs: look at the sizes of the tensors you create.", ""),
+    "exit": ("Do not call sys.exit(), exit() or os._exit() in lab code: the grader needs the process to finish.", ""),
+    "syntax": ("Fix the syntax error at the line shown, then run the grader again.", ""),
     "shortcut": ("Write the attention maths yourself: built-in attention functions and modules are not allowed.", ""),
 }
 
@@ -99,6 +114,30 @@ class CheckFailure(AssertionError):
 def fail(message: str, hint=None):
     """Fail the check; `hint` is a HINTS key, or a callable returning one (run only on failure, to diagnose)."""
     raise CheckFailure(message, hint() if callable(hint) else hint)
+
+
+FIGURES = []  # pictures a check attaches to its result (heatmaps, loss curves, samples); the runner sends them
+
+
+def figure(kind: str, **data):
+    FIGURES.append({"kind": kind, **data})
+
+
+def _grid(t) -> list:
+    """The first (T, T) matrix of a (..., T, T) tensor, as rounded floats."""
+    t = t.detach().to("cpu", torch.float64)
+    return [[round(float(v), 3) for v in row] for row in t.reshape(-1, t.size(-2), t.size(-1))[0].tolist()]
+
+
+@contextmanager
+def heatmap_on_failure(got, want, title: str):
+    """If the block fails, attach the student's attention weights beside the expected ones."""
+    try:
+        yield
+    except CheckFailure:
+        if isinstance(got, Tensor) and got.dim() >= 2 and got.shape[-2:] == want.shape[-2:] and got.device.type != "meta":
+            figure("heatmap", title=title, got=_grid(got), want=_grid(want))
+        raise
 
 
 def points(n: int):

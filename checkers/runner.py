@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch._dynamo  # noqa: F401  (imported lazily by dispatch modes and AdamW; it rewraps torch functions)
 
-from checkers.common import LABS, ROOT, CheckFailure, configure
+from checkers.common import FIGURES, LABS, ROOT, CheckFailure, configure
 from checkers.guards import HIT_LISTENERS, ForbiddenShortcut, Snapshot
 
 _write, _exit, _dumps, _perf = os.write, os._exit, json.dumps, time.perf_counter
@@ -72,9 +72,13 @@ def describe(exc: BaseException, lab: str, lab_dir: str, display_dir: str) -> di
         kind = "syntax"
     else:
         kind = "blocked" if origin_lab not in (None, lab) else "exception"
+    hint = hint or {"not_started": "todo", "blocked": "earlier", "exception": "crash", "timeout": "slow", "oom": "memory",
+                    "exit": "exit", "syntax": "syntax"}.get(kind)
     if origin is not None and kind not in ("assert", "not_started"):
         text += f"\n  raised at {show(origin)}" + (f" in {origin.name}" if origin.name != "<module>" else "")
-    return {"kind": kind, "message": text[:MAX_MESSAGE], "hint": hint, "origin": origin_lab, "trace": trace}
+    full = "".join(traceback.format_exception(exc))[-MAX_MESSAGE:] if kind not in ("assert", "not_started") else ""
+    return {"kind": kind, "message": text[:MAX_MESSAGE], "hint": hint, "origin": origin_lab, "trace": trace,
+            "traceback": full}
 
 
 class Recorder:
@@ -95,15 +99,17 @@ class Recorder:
         check = self.checks.get(name)
         if check is None:
             return None
+        FIGURES.clear()
         start = _perf()
         try:
             check()
         except BaseException as exc:
-            self.emit(type="check", name=name, outcome="failed", seconds=_perf() - start, **describe(exc, *self.args))
+            self.emit(type="check", name=name, outcome="failed", seconds=_perf() - start, figures=FIGURES[:4],
+                      **describe(exc, *self.args))
             raise
         finally:
             self.tampered()
-        self.emit(type="check", name=name, outcome="passed", seconds=_perf() - start)
+        self.emit(type="check", name=name, outcome="passed", seconds=_perf() - start, figures=FIGURES[:4])
         return True
 
 

@@ -20,12 +20,59 @@ def console() -> Console:
     return Console(highlight=False, soft_wrap=False, width=None if tty else 110, color_system="auto" if tty else None)
 
 
+SHADES = "·░▒▓█"  # 0, then quarters of the way to 1
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def shade(v: float) -> str:
+    return SHADES[0] if v <= 1e-6 else SHADES[1 + min(3, int(v * 4))]
+
+
+def heatmap(fig) -> Group:
+    """The student's attention weights beside the expected ones, one character pair per weight."""
+    grid = Table.grid(padding=(0, 4))
+    panes = []
+    for label, rows in (("yours", fig["got"]), ("expected", fig["want"])):
+        pane = Text(f"{label} (row = query, column = key)\n", style="bold")
+        for i, row in enumerate(rows):
+            for j, v in enumerate(row):
+                leak = j > i and v > 1e-6 and label == "yours"
+                pane.append(shade(v) * 2, style="bold red" if leak else f"grey{min(100, 30 + int(70 * v))}")
+            pane.append(f" {sum(row):.2f}\n", style="dim")
+        panes.append(pane)
+    grid.add_row(*panes)
+    return Group(Text(fig.get("title", ""), style="italic"), grid,
+                 Text("· 0   ░ < .25   ▒ < .5   ▓ < .75   █ ≥ .75   (row sums at the right)", style="dim"))
+
+
+def sparkline(values, width: int = 48) -> str:
+    if not values:
+        return ""
+    step = max(1, len(values) // width)
+    means = [sum(values[i:i + step]) / len(values[i:i + step]) for i in range(0, len(values), step)]
+    low, high = min(means), max(means)
+    return "".join(SPARKS[int((v - low) / (high - low + 1e-12) * (len(SPARKS) - 1))] for v in means)
+
+
+def figure_view(fig):
+    if fig.get("kind") == "heatmap":
+        return heatmap(fig)
+    if fig.get("kind") == "losses" and fig.get("values"):
+        v = fig["values"]
+        return Text(f"loss {v[0]:.3f} → {v[-1]:.3f} over {len(v)} steps  {sparkline(v)}")
+    if fig.get("kind") == "text":
+        return Text(f"{fig.get('label', 'text')}: {fig.get('text', '')!r}")
+    return None
+
+
 def check_text(check, hints: bool, verbose: bool) -> Text:
     text = Text(check.message or "")
     if not check.passed and check.hint:
         text.append(("\n" if text else "") + "Hint: " + hint_text(check.hint, deep=hints), style="cyan")
-    if verbose and check.trace:
-        text.append("\n" + "\n".join(check.trace), style="dim")
+    if verbose and check.traceback:
+        text.append("\n" + check.traceback.rstrip(), style="dim")
+    elif check.trace and check.kind not in ("assert", "not_started"):
+        text.append("\nyour code, innermost last:\n  " + "\n  ".join(check.trace), style="dim")
     return text
 
 
@@ -40,6 +87,10 @@ def lab_panel(result, hints: bool = False, verbose: bool = False) -> Panel:
         table.add_row(mark, c.title, f"{c.score}/{c.points}", check_text(c, hints, verbose) if not c.passed else
                       Text(c.doc, style="dim") if verbose else "")
     parts = [table]
+    for c in result.checks:
+        views = [v for v in map(figure_view, c.figures) if v is not None]
+        if views:
+            parts += [Text(f"{c.title}:", style="bold"), *views]
     if result.detail and result.status != "failed":
         parts.insert(0, Text(result.detail, style=STYLE.get(result.status, "bold magenta")))
     for note in result.notes:

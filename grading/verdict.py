@@ -26,6 +26,8 @@ class Check:
     hint: str = None
     kind: str = None
     trace: list = field(default_factory=list)
+    traceback: str = ""
+    figures: list = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -94,6 +96,7 @@ def judge(outcome, checks: list, lab_source: str = None) -> LabResult:
             c.passed = r.get("outcome") == "passed"
             c.message, c.hint, c.kind = r.get("message", ""), r.get("hint"), r.get("kind")
             c.trace, c.seconds = r.get("trace", []), r.get("seconds", 0.0)
+            c.traceback, c.figures = r.get("traceback", ""), [f for f in r.get("figures", []) if isinstance(f, dict)]
 
     # the lab's status: what happened to the process first, then what the records say
     limit = f"{task.timeout:g} s"

@@ -125,12 +125,31 @@ def sample(model: TinyGPT, tokenizer: CharTokenizer, prompt: str, max_new_tokens
     # END SOLUTION
 
 
-if __name__ == "__main__":
+def main(steps: int = 200, chunk: int = 10):
+    """Train on PATTERN with a progress bar, then sample at a few temperatures."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # tiny tensors: extra threads only add overhead
     tok = CharTokenizer(PATTERN)
     data = torch.tensor(tok.encode(PATTERN * 50), dtype=torch.long)
     model = TinyGPT(tok.vocab_size)
-    losses = train(model, data, steps=200)
-    print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} after {len(losses)} steps")
-    for temperature in (0.5, 1.0):
-        print(f"T={temperature}: {sample(model, tok, 'hello', 60, temperature=temperature)!r}")
+    losses = []
+    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
+               TextColumn("{task.fields[rate]:.0f} steps/s"), TimeElapsedColumn())
+    with Progress(*columns) as progress:
+        task = progress.add_task("train", total=steps, loss=float("nan"), rate=0.0)
+        while len(losses) < steps:  # train in chunks so the bar moves (each chunk starts a fresh optimizer)
+            losses += train(model, data, steps=min(chunk, steps - len(losses)))
+            elapsed = progress.tasks[0].elapsed or 1e-9
+            progress.update(task, completed=len(losses), loss=losses[-1], rate=len(losses) / elapsed)
+    console = Console()
+    console.print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} after {len(losses)} steps")
+    for temperature in (0.5, 1.0, 1.5):
+        text = sample(model, tok, "hello", 60, temperature=temperature)
+        console.print(f"temperature {temperature}: {text!r}", highlight=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,7 @@
 """Every checker can fail: each classic mistake is caught by the checks it should be, with the right hint."""
 import pytest
 
-from checkers.common import LABS
+from checkers.common import HINTS, LABS
 from grading.verdict import expected_checks
 from tests.helpers import grade_many, submission
 from tests.mutants import MUTANTS
@@ -35,3 +35,10 @@ def test_mutant_is_caught(mutant, graded):
 def test_every_check_has_a_mutant(lab):
     caught = set().union(*(m.fails for m in MUTANTS if m.lab == lab))
     assert {c.name for c in expected_checks(lab)} <= caught, "checks no mutant makes fail"
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=[m.id for m in MUTANTS])
+def test_every_failure_carries_a_hint(mutant, graded):
+    checks = graded[mutant.id][mutant.lab]["checks"]
+    unhinted = [name for name, c in checks.items() if not c["passed"] and c["hint"] not in HINTS]
+    assert not unhinted, f"{mutant.id}: failures without a hint: {unhinted}"

@@ -1,0 +1,42 @@
+"""What a student sees (captured with colour off): heatmaps, the loss sparkline, hints, trimmed tracebacks."""
+from checkers.common import HINTS
+from tests.helpers import run_grader, submission
+
+
+def flat(out: str) -> str:
+    """The scorecard's words in order, without panel borders or line wraps."""
+    return " ".join(out.replace("│", " ").split())
+
+
+def test_a_leaking_mask_is_drawn_as_a_heatmap_with_its_hint(tmp_path):
+    folder = submission(tmp_path / "s", "lab1", [('scores = scores.masked_fill(~mask, float("-inf"))', "pass  #")])
+    out = run_grader("lab1", "--submission", folder, "-k", "upper_triangle_is_zero", "--hints").stdout
+    assert "\x1b[" not in out  # no colour codes when not a terminal
+    assert "yours (row = query, column = key)" in out and "expected (row = query, column = key)" in out
+    yours_row0 = out.split("yours (row = query")[1].splitlines()[1]
+    assert "·" not in yours_row0.split("  ")[0].strip("│ ")  # the student's first row leaks into the future
+    assert HINTS["mask"][0][:40] in flat(out) and "Hint:" in out
+    assert HINTS["mask"][1][:30] in flat(out)  # --hints adds the second, deeper hint
+
+
+def test_lab2_draws_head_0_when_causality_fails(tmp_path):
+    folder = submission(tmp_path / "s", "lab2", [("causal_mask(T, device=x.device))", "None)")])
+    out = run_grader("lab2", "--submission", folder, "-k", "causality").stdout
+    assert "attention weights of head 0, batch 0" in out and "█" in out
+    assert HINTS["causal"][0][:40] in flat(out)
+
+
+def test_lab4_shows_the_loss_curve_and_the_sample():
+    out = run_grader("lab4", "--solutions", "-k", "loss_drops_30_percent", "-k", "greedy_continues_pattern").stdout
+    line = next(l for l in out.splitlines() if "over 150 steps" in l)
+    assert set("▁▂▃▄▅▆▇█") & set(line)
+    assert "greedy sample: 'hello transformer! hello" in out
+
+
+def test_crashes_show_the_students_frames_and_verbose_the_full_traceback(tmp_path):
+    folder = submission(tmp_path / "s", "lab3", [("return self.proj(self.act(self.fc(x)))", "return self.proj(self.act(self.fc(x, 1)))")])
+    out = run_grader("lab3", "--submission", folder, "-k", "mlp_matches_oracle").stdout
+    assert "TypeError" in out and "your code, innermost last" in out and "lab3_block.py:" in out
+    assert "Traceback (most recent call last)" not in out
+    verbose = run_grader("lab3", "--submission", folder, "-k", "mlp_matches_oracle", "--verbose").stdout
+    assert "Traceback (most recent call last)" in verbose and HINTS["crash"][0][:30] in flat(verbose)
