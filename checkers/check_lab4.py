@@ -12,7 +12,7 @@ import torch.nn as nn
 from checkers.common import (attr, device, eval_mode, expect_causal, expect_close, expect_every_parameter_gets_a_gradient,
                              expect_tensor, fail, figure, gelu_flavour, next_token_loss, oracle_gpt, points, randn,
                              randomize_norms_and_biases, student)
-from checkers.guards import DeviceGuard, ShortcutGuard, reject, forbidden_submodules, scan_source
+from checkers.guards import expect_device_discipline, expect_no_shortcuts
 
 LAB = "lab4_gpt"
 TEXT = "hello transformer! "
@@ -292,24 +292,15 @@ def test_sample_returns_text():
 @points(1)
 def test_no_shortcuts():
     """No built-in attention or transformer layers in the source, the module tree, or at run time."""
-    path = lab().__file__
     model = build(11)
-    hits = scan_source(open(path).read(), path) + forbidden_submodules(model)
-    reject(hits)
-    with ShortcutGuard():
+
+    def run():
         model(tokens(2, 8, 11)).sum().backward()
         model.generate(tokens(1, 4, 11), 3)
+    expect_no_shortcuts(lab(), run, model)
 
 
 @points(1)
 def test_device_discipline():
     """forward builds positions and every other tensor on the input's device."""
-    target = device() if device().type == "cuda" else torch.device("meta")
-    model = build(11).to(target)
-    with DeviceGuard():
-        try:
-            out = model(tokens(2, 8, 11).to(target))
-        except RuntimeError as exc:
-            fail(f"forward failed with the model and idx on {target.type}: {exc}", "device")
-    if out.device.type != target.type:
-        fail(f"idx on {target.type}, logits on {out.device}.", "device")
+    expect_device_discipline(build(11), tokens(2, 8, 11), "TinyGPT forward")

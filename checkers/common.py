@@ -295,9 +295,8 @@ def oracle_gpt(model: nn.Module, idx: Tensor, approximate: str = "none") -> Tens
 
 def next_token_loss(model: nn.Module, data: Tensor, seq_len: int) -> float:
     """Mean next-token cross-entropy over every window of `data` (the checker's own evaluation)."""
-    starts = range(0, len(data) - seq_len)
-    x = torch.stack([data[i:i + seq_len] for i in starts])
-    y = torch.stack([data[i + 1:i + seq_len + 1] for i in starts])
+    windows = data.unfold(0, seq_len + 1, 1)  # (N, seq_len + 1): every window, plus the token after it
+    x, y = windows[:, :-1], windows[:, 1:]
     with torch.no_grad():
         logits = model(x)
     return float(_cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1)))

@@ -134,3 +134,28 @@ class Snapshot:
                     if before.get(key, _MISSING) is not now.get(key, _MISSING)
                     and not isinstance(now.get(key), ModuleType) and not {f"{name}.{key}", key} & _EXPECTED_CHANGES]
         return sorted(out)
+
+
+# ---- the two guarded checks every lab runs ---------------------------------------------------------
+def expect_no_shortcuts(lab_module, run, model: nn.Module = None):
+    """No forbidden name in the lab's source or module tree, and none reached while `run()` executes."""
+    path = lab_module.__file__
+    with open(path) as f:
+        hits = scan_source(f.read(), path)
+    reject(hits + (forbidden_submodules(model) if model is not None else []))
+    with ShortcutGuard():
+        run()
+
+
+def expect_device_discipline(model: nn.Module, example: torch.Tensor, what: str):
+    """Run `model(example)` with both on another device (CUDA when checking there, else meta) under DeviceGuard."""
+    from checkers.common import device, fail
+    target = device() if device().type == "cuda" else torch.device("meta")
+    model = model.to(target)
+    with DeviceGuard():
+        try:
+            out = model(example.to(target))
+        except RuntimeError as exc:  # DeviceMixError, or torch's own device mismatch
+            fail(f"{what} failed with the module and its input on {target.type}: {exc}", "device")
+    if out.device.type != target.type:
+        fail(f"{what}: input on {target.type}, output on {out.device}.", "device")

@@ -1,0 +1,134 @@
+"""The student release (tools/release.py) and the Gradescope autograder zip (tools/gradescope.py)."""
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import LAB_FILES, ROOT
+from tools.gradescope import build_zip, torch_pin
+from tools.make_stubs import expected_stubs, solution_regions
+from tools.release import write_release
+
+RELEASE_TOP = {"labs", "checkers", "grading", "grader.py", "pytest.ini", "requirements.txt", "Dockerfile", "README.md"}
+RELEASE_TOP |= {".dockerignore"} if (ROOT / ".dockerignore").is_file() else set()
+# Idioms the checkers' oracles (checkers/common.py) necessarily share with the solutions; allowed under checkers/
+# only. Any other overlap fails the leak test and needs a look.
+ORACLE_IDIOMS = {"d_k = q.size(-1)", "if mask is not None:", "return out, weights", "loss.backward()"}
+
+
+def run_in(folder: Path, *args, env=None):
+    """`python grader.py ARGS` in `folder` (a release or an unpacked zip), writing no bytecode there."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "grader.py", *map(str, args)], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("release")
+    write_release(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def autograder_zip(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gradescope") / "autograder.zip"
+    build_zip(out, "--visibility after_due_date")
+    return out
+
+
+def test_release_holds_exactly_the_student_files(release):
+    assert {p.name for p in release.iterdir()} == RELEASE_TOP
+    assert {p.name: p.read_text() for p in (release / "labs").iterdir()} == expected_stubs()
+    for package in ("checkers", "grading"):
+        shipped = {p.relative_to(release) for p in (release / package).rglob("*")}
+        assert shipped == {p.relative_to(ROOT) for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts}
+
+
+def test_release_refuses_a_folder_that_is_not_empty(release):
+    with pytest.raises(FileExistsError):
+        write_release(release)
+
+
+def test_no_solution_code_leaks_into_the_release(release):
+    texts = {p.relative_to(release): p.read_text(errors="replace") for p in release.rglob("*") if p.is_file()}
+    assert not [p for p in release.rglob("*") if p.is_dir() and p.name == "solutions"]
+    public = "".join(expected_stubs().values())  # contract docstrings and TODOs are the stubs' own text
+    for name in LAB_FILES.values():
+        for region in solution_regions((ROOT / "solutions" / name).read_text()):
+            for line in (line.strip() for line in region.splitlines()):
+                if len(line) <= 12 or line.startswith("#") or line in public:
+                    continue
+                leaks = [str(p) for p, text in texts.items()
+                         if line in text and not (line in ORACLE_IDIOMS and p.parts[0] == "checkers")]
+                assert not leaks, f"solutions/{name}: {line!r} appears in {leaks}"
+
+
+def test_release_readme_has_no_instructor_section(release):
+    readme = (release / "README.md").read_text()
+    assert "instructors-only" not in readme and "--solutions" not in readme
+    assert "## For students" in readme and "\n\n\n" not in readme
+
+
+def test_release_grades_its_stubs_and_has_no_solutions(release):
+    proc = run_in(release, "lab1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "not started" in proc.stdout
+    proc = run_in(release, "lab1", "--solutions")
+    assert proc.returncode == 2 and "no solutions/ folder" in proc.stderr
+
+
+def test_gradescope_zip_layout_and_scripts(autograder_zip):
+    with zipfile.ZipFile(autograder_zip) as zf:
+        names = set(zf.namelist())
+        assert {"setup.sh", "run_autograder", "grader.py", "pytest.ini", "requirements.txt"} <= names
+        assert {f"checkers/{p.name}" for p in (ROOT / "checkers").glob("*.py")} <= names
+        assert {f"grading/{p.name}" for p in (ROOT / "grading").glob("*.py")} <= names
+        assert not [n for n in names if n.split("/")[0] in ("solutions", "labs", "tests", "tools")]
+        for script in ("setup.sh", "run_autograder"):
+            assert stat.S_IMODE(zf.getinfo(script).external_attr >> 16) == 0o755
+        run = zf.read("run_autograder").decode()
+        setup = zf.read("setup.sh").decode()
+    assert "grader.py all --gradescope --visibility after_due_date" in run
+    assert run.rstrip().splitlines()[-1] == "exit 0"
+    pin = torch_pin((ROOT / "requirements.txt").read_text())
+    assert f"pip install {pin} --index-url https://download.pytorch.org/whl/cpu" in setup
+    assert "grep -v '^torch==' requirements.txt" in setup
+
+
+def test_gradescope_grades_a_submission_end_to_end(autograder_zip, tmp_path):
+    source, autograder = tmp_path / "source", tmp_path / "autograder"
+    with zipfile.ZipFile(autograder_zip) as zf:
+        zf.extractall(source)
+    nested = autograder / "submission" / "my-labs"  # students often upload a folder
+    nested.mkdir(parents=True)
+    for name in LAB_FILES.values():
+        shutil.copyfile(ROOT / "solutions" / name, nested / name)
+    proc = run_in(source, "lab1", "--gradescope", "--visibility", "after_due_date",
+                  env={"GRADESCOPE_ROOT": str(autograder)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((autograder / "results" / "results.json").read_text())
+    assert {"score", "execution_time", "output", "tests", "visibility", "stdout_visibility"} <= results.keys()
+    assert results["tests"]
+    for test in results["tests"]:
+        assert {"name", "score", "max_score", "status", "output"} <= test.keys()
+        assert test["status"] in ("passed", "failed")
+        assert test["tags"] == ["lab1"] and test["visibility"] == "after_due_date"
+    assert results["score"] == sum(t["max_score"] for t in results["tests"]) > 0
+
+
+def test_gradescope_writes_results_for_an_empty_submission(autograder_zip, tmp_path):
+    source, autograder = tmp_path / "source", tmp_path / "autograder"
+    with zipfile.ZipFile(autograder_zip) as zf:
+        zf.extractall(source)
+    (autograder / "submission").mkdir(parents=True)
+    proc = run_in(source, "lab1", "--gradescope", env={"GRADESCOPE_ROOT": str(autograder)})
+    assert proc.returncode != 0
+    results = json.loads((autograder / "results" / "results.json").read_text())
+    assert results["score"] == 0 and results["tests"]

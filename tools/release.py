@@ -1,0 +1,105 @@
+"""Write the student release of the pack: everything students need, nothing of the solutions.
+
+    python tools/release.py OUT_DIR            # OUT_DIR must be missing or empty
+    python tools/release.py OUT_DIR --force    # empty OUT_DIR first
+
+The release holds labs/ (stubs regenerated from solutions/, so never stale), checkers/, grading/, grader.py,
+pytest.ini, requirements.txt, Dockerfile, .dockerignore and README.md without its instructors-only regions
+(from a line `<!-- instructors-only -->` to a line `<!-- /instructors-only -->`, markers included).
+No solutions/, tools/, tests/ or bench/.
+"""
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script, tools/ is on sys.path but the repository root is not
+    sys.path.insert(0, str(ROOT))
+
+from tools.make_stubs import expected_stubs  # noqa: E402
+
+PACKAGES = ("checkers", "grading")  # copied as their .py files
+FILES = ("grader.py", "pytest.ini", "requirements.txt", "Dockerfile")
+OPTIONAL_FILES = (".dockerignore",)
+BEGIN_PRIVATE, END_PRIVATE = "<!-- instructors-only -->", "<!-- /instructors-only -->"
+
+
+def package_files(package: str) -> list:
+    """The .py files of one of the pack's packages, relative to the repository root (no __pycache__)."""
+    return sorted(p.relative_to(ROOT) for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def student_readme(text: str) -> str:
+    """README.md without its instructors-only regions, and without the doubled blank line a removal leaves."""
+    out, private, seam = [], False, False
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        marker = line.strip()
+        if marker == BEGIN_PRIVATE:
+            if private:
+                raise ValueError(f"README.md:{number}: nested {BEGIN_PRIVATE}")
+            private = True
+        elif marker == END_PRIVATE:
+            if not private:
+                raise ValueError(f"README.md:{number}: {END_PRIVATE} without {BEGIN_PRIVATE}")
+            private, seam = False, True
+        elif not private:
+            if not (seam and not marker and (not out or not out[-1].strip())):
+                out.append(line)
+            seam = False
+    if private:
+        raise ValueError(f"README.md: unterminated {BEGIN_PRIVATE}")
+    return "".join(out)
+
+
+def write_release(out: Path) -> list:
+    """Write the release into `out` (missing or empty); returns the paths of the files written."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty")
+    texts = {Path("labs", name): text for name, text in expected_stubs().items()}
+    texts[Path("README.md")] = student_readme((ROOT / "README.md").read_text())
+    copies = [Path(name) for name in FILES] + [Path(name) for name in OPTIONAL_FILES if (ROOT / name).is_file()]
+    copies += [path for package in PACKAGES for path in package_files(package)]
+    written = []
+    for rel, text in texts.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+        written.append(out / rel)
+    for rel in copies:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, out / rel)
+        written.append(out / rel)
+    return written
+
+
+def empty_folder(folder: Path):
+    """Remove everything inside `folder` (a symlink is removed, never followed)."""
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, metavar="OUT_DIR", help="folder to write the release into")
+    parser.add_argument("--force", action="store_true", help="empty OUT_DIR first when it is not empty")
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    if out.exists() and not out.is_dir():
+        parser.error(f"{args.out} exists and is not a folder")
+    if out == ROOT or out in ROOT.parents:  # --force would wipe the pack itself
+        parser.error(f"{args.out} holds the pack; choose another folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not args.force:
+            parser.error(f"{args.out} is not empty (use --force to empty it first)")
+        empty_folder(out)
+    written = write_release(out)
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
