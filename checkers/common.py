@@ -212,7 +212,7 @@ def expect_close(actual, expected: Tensor, what: str, atol: float = 1e-5, rtol: 
     index = tuple(int(i) for i in bad.nonzero()[0])
     max_err = float(err[finite].max()) if bool(finite.any()) else float("nan")
     where = f" at index {list(index)}" if index else ""
-    message = (f"{what} differ from the expected values: max abs error {max_err:.3g} "
+    message = (f"{what}: mismatch with the reference, max abs error {max_err:.3g} "
                f"(tolerance {atol:g} + {rtol:g}*|expected|); first mismatch{where}.")
     if a.dim() >= 1:
         row = index[:-1]
@@ -311,7 +311,7 @@ def expect_causal(fn, x: Tensor, what: str, t: int):
     with torch.no_grad():
         before, after = fn(x), fn(changed)
     expect_close(after[:, :t + 1], before[:, :t + 1],
-                 f"{what}: changing only the tokens after position {t} moved the outputs at positions 0..{t}; they",
+                 f"{what}: changing only the tokens after position {t} moved the outputs at positions 0..{t}",
                  atol=1e-5, rtol=1e-5, hint="causal")
 
 

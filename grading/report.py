@@ -87,8 +87,11 @@ def lab_panel(result, hints: bool = False, verbose: bool = False) -> Panel:
         table.add_row(mark, c.title, f"{c.score}/{c.points}", check_text(c, hints, verbose) if not c.passed else
                       Text(c.doc, style="dim") if verbose else "")
     parts = [table]
+    drawn = set()
     for c in result.checks:
-        views = [v for v in map(figure_view, c.figures) if v is not None]
+        figures = [f for f in c.figures if f.get("kind") not in drawn]  # one heatmap per lab is enough
+        drawn |= {f.get("kind") for f in figures if f.get("kind") == "heatmap"}
+        views = [v for v in map(figure_view, figures) if v is not None]
         if views:
             parts += [Text(f"{c.title}:", style="bold"), *views]
     if result.detail and result.status != "failed":
