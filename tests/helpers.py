@@ -37,7 +37,7 @@ def grade_many(specs: dict, timeout: float = 30, memory: float = 4, jobs: int = 
         "    subs = [(k, f, f) for k, (f, l) in req.items() if tuple(l) == labs]\n"
         "    for key, results in grader.grade_submissions(subs, list(labs), args, 'cpu').items():\n"
         "        out[key] = {r.lab: {'status': r.status, 'detail': r.detail, 'score': r.score, 'max': r.max_score,\n"
-        "                    'notes': r.notes, 'checks': {c.name: {'passed': c.passed, 'message': c.message,\n"
+        "                    'notes': r.notes, 'output_chars': len(r.output), 'checks': {c.name: {'passed': c.passed, 'message': c.message,\n"
         "                    'hint': c.hint, 'kind': c.kind} for c in r.checks}} for r in results}\n"
         "print('@@' + json.dumps(out))\n")
     opts = json.dumps({"timeout": timeout, "memory": memory, "jobs": jobs})

@@ -82,6 +82,10 @@ def test_hostile_submission(case, graded):
         assert graded[case][earlier]["status"] == "passed", (earlier, graded[case][earlier]["detail"])
 
 
+def test_a_flood_of_output_is_kept_as_head_and_tail(graded):
+    assert 16_000 <= graded["flood-output"]["lab1"]["output_chars"] < 20_000  # 8 KB + 8 KB of 5 MB, and a marker
+
+
 def test_grader_returns_within_its_limits(graded):
     # 13 submissions x 4 labs, 2 at a time, 8 s per lab: the time-outs dominate and stay bounded
     assert graded["_seconds"] < 120
