@@ -303,8 +303,13 @@ def next_token_loss(model: nn.Module, data: Tensor, seq_len: int) -> float:
 
 
 # ---- checks shared by several labs ------------------------------------------------------------
-def expect_causal(fn, x: Tensor, what: str, t: int):
-    """Changing inputs after position t must leave outputs 0..t unchanged."""
+def expect_causal(fn, x: Tensor, what: str, positions=(0, 3, 6)):
+    """For each t, changing inputs after position t must leave outputs 0..t unchanged."""
+    for t in positions:
+        _expect_causal_at(fn, x, what, t)
+
+
+def _expect_causal_at(fn, x: Tensor, what: str, t: int):
     changed = x.clone()
     changed[:, t + 1:] = randn(*changed[:, t + 1:].shape, dtype=x.dtype) if x.is_floating_point() else \
         (changed[:, t + 1:] + 1) % (int(x.max()) + 1)
