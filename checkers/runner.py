@@ -139,7 +139,7 @@ def run(lab, lab_dir, display_dir, device, fd, nonce, check_timeout, select=None
         targets = [f"{path}::{name}" for name in select] if select else [path]
         pytest.main([*targets, "-q", "--tb=short", "--no-header", "-p", "no:cacheprovider", "--noconftest",
                      "-c", str(ROOT / "pytest.ini"), "--rootdir", str(ROOT), "-p", "pytest_timeout",
-                     "-p", "checkers.plugin", "--lab-dir", lab_dir, "--lab-device", device,
+                     "-p", "checkers.plugin", "-p", "no:unraisableexception", "-p", "no:threadexception", "--lab-dir", lab_dir, "--lab-device", device,
                      "-o", f"timeout={check_timeout}", "-o", "timeout_method=signal"], plugins=[recorder])
         emit(type="end")
     except BaseException:

@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Benchmark grading speed against the floor every grade pays: starting Python and importing torch.
+
+    python bench/bench.py --runs 5 --out bench/results.md
+
+Every command starts as a fresh subprocess from the repository root, its output discarded. The commands run
+round-robin (one of each per round, the starting one rotating), so machine noise hits all of them alike, and
+each figure is the median of --runs rounds. Timed: the floor (`python -c "import torch, torch._dynamo"`),
+`grader.py all --solutions`, each lab alone, lab 4's own checks (the child's seconds, read from the JSON that
+`all --json` writes) and a batch of --batch-size generated submissions graded with --jobs 1 and with --jobs 2.
+Ratios from one interleaved run are what to compare; absolute seconds move with the machine's load.
+This is a benchmark, not a test: pytest never collects it.
+"""
+import argparse
+import csv
+import itertools
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+LABS = ("lab1", "lab2", "lab3", "lab4")
+LAB_FILES = ("lab1_attention.py", "lab2_multihead.py", "lab3_block.py", "lab4_gpt.py")
+BUG = ("/ math.sqrt(d_k)", "")  # every 5th generated submission: lab 1 without its 1/sqrt(d_k) scale
+FLOOR = 'python -c "import torch, torch._dynamo"'
+ALL = "grader.py all --solutions"
+HEADER = ("measure", "median s", "figure", "target")
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description="Measure grading speed (see the module docstring).")
+    p.add_argument("--runs", type=int, default=5, help="rounds of the single-submission commands (default 5)")
+    p.add_argument("--batch-runs", type=int, default=1, help="rounds of the two batch commands (default 1)")
+    p.add_argument("--batch-size", type=int, default=20, help="generated submissions in the batch (default 20)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="passed to every grader.py")
+    p.add_argument("--skip-batch", action="store_true", help="time the single-submission commands only")
+    p.add_argument("--out", metavar="PATH", help="also write the results as a markdown section to PATH")
+    args = p.parse_args()
+    if min(args.runs, args.batch_runs, args.batch_size) < 1:
+        p.error("--runs, --batch-runs and --batch-size must be positive")
+    return args
+
+
+def timed(argv) -> float:
+    """Wall seconds of one run of argv; a command that fails makes every figure meaningless, so stop there."""
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"bench: {shlex.join(argv)} exited with {done.returncode}")
+    return seconds
+
+
+def round_robin(labels, runs, argv_for) -> dict:
+    """{label: median seconds}; each round runs every label's argv_for(label, round) once."""
+    times = {label: [] for label in labels}
+    for r in range(runs):
+        shift = r % len(labels)  # rotate the start, so no command always runs right after the same one
+        for label in labels[shift:] + labels[:shift]:
+            times[label].append(timed(argv_for(label, r)))
+            print(f"round {r + 1}/{runs}  {times[label][-1]:6.2f} s  {label}", file=sys.stderr)
+    return {label: statistics.median(t) for label, t in times.items()}
+
+
+def make_submissions(folder: Path, count: int) -> int:
+    """`count` sub-folders holding copies of the reference solutions, every 5th one broken; returns how many are."""
+    lab1 = (ROOT / "solutions" / LAB_FILES[0]).read_text()
+    if BUG[0] not in lab1:
+        sys.exit(f"bench: solutions/{LAB_FILES[0]} no longer contains {BUG[0]!r}: update BUG")
+    for i in range(1, count + 1):
+        sub = folder / f"sub{i:03d}"
+        sub.mkdir(parents=True)
+        for name in LAB_FILES:
+            shutil.copyfile(ROOT / "solutions" / name, sub / name)
+        if i % 5 == 0:
+            (sub / LAB_FILES[0]).write_text(lab1.replace(*BUG))
+    return count // 5
+
+
+def check_csv(path: Path, count: int, broken: int):
+    """A batch that skipped or mis-graded submissions timed something else: say so (the figures still print)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    failed = sum(row["score"] != row["max_score"] for row in rows)
+    if len(rows) != count or failed != broken:
+        print(f"bench: WARNING {path.name}: {len(rows)} rows, {failed} not full marks; expected {count}, {broken}",
+              file=sys.stderr)
+
+
+def markdown_table(rows) -> str:
+    widths = [max(map(len, column)) for column in zip(HEADER, *rows)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(HEADER), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def git_version() -> str:
+    """The commit measured, flagged when the working tree differs from it (read-only git commands)."""
+    git = lambda *cmd: subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True)  # noqa: E731
+    commit = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
+    return commit + (" with uncommitted changes" if git("diff", "--quiet", "HEAD", "--").returncode else "")
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def main():
+    args = parse_args()
+    version = git_version()  # taken first: others may commit while this runs
+    py, device = sys.executable, ["--device", args.device]
+    commands = {FLOOR: [py, "-c", "import torch, torch._dynamo"]}
+    for lab in ("all", *LABS):
+        commands[f"grader.py {lab} --solutions"] = [py, "grader.py", lab, "--solutions", *device]
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        tmp = Path(tmp)
+        # `all` writes a JSON per round, read afterwards for lab 4's child seconds
+        medians = round_robin(list(commands), args.runs, lambda label, r: commands[label] + (
+            ["--json", str(tmp / f"all-{r}.json")] if label == ALL else []))
+        lab4 = statistics.median(json.loads(p.read_text())["extra_data"]["labs"]["lab4"]["seconds"]
+                                 for p in tmp.glob("all-*.json"))
+        floor, full = medians[FLOOR], medians[ALL]
+        # ratios and lab 4's seconds get 3 decimals: a figure by its threshold never shows as the other verdict
+        full_target = f"<= 2.0x: {verdict(full <= 2 * floor)}, stretch <= 1.5x: {verdict(full <= 1.5 * floor)}"
+        rows = [(label, f"{s:.2f}", f"{s / floor:.3f}x floor", full_target if label == ALL else "")
+                for label, s in medians.items()]
+        rows.append(("lab 4's checks (child seconds, --json)", f"{lab4:.3f}", "", f"<= 1.5 s: {verdict(lab4 <= 1.5)}"))
+        if not args.skip_batch:
+            n = args.batch_size
+            broken = make_submissions(tmp / "subs", n)
+            batch = {f"batch of {n}, --jobs {j}": [py, "grader.py", "all", "--batch", str(tmp / "subs"),
+                                                   "--jobs", str(j), *device] for j in (1, 2)}
+            # a new CSV path for every run: an existing CSV makes the batch resume and skip what it lists
+            fresh = itertools.count()
+            one, two = round_robin(list(batch), args.batch_runs, lambda label, r: batch[label] + [
+                "--csv", str(tmp / f"grades-{next(fresh)}.csv")]).values()
+            for path in tmp.glob("grades-*.csv"):
+                check_csv(path, n, broken)
+            rows += [(label, f"{s:.2f}", f"{n / s:.2f} submissions/s", "") for label, s in zip(batch, (one, two))]
+            scaling = one / two
+            rows.append(("batch scaling, jobs 1 -> 2", "", f"{scaling:.3f}x", f">= 1.7x: {verdict(scaling >= 1.7)}"))
+    if sys.stdout.isatty():
+        table = Table(title=f"Grading speed (--device {args.device}, median of {args.runs})")
+        for name in HEADER:
+            table.add_column(name, justify="right" if name == "median s" else "left")
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+    else:
+        print(markdown_table(rows))
+    if args.out:
+        nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        Path(args.out).write_text(
+            f"## Grading speed\n\nMeasured {date.today().isoformat()} on {nproc} CPU(s) (`nproc`) at commit {version}: "
+            f"every grader.py command with `--device {args.device}`, each figure the median of {args.runs} "
+            f"interleaved runs (batch: {args.batch_runs}), each run a fresh process.\n\n"
+            f"```bash\npython bench/bench.py {shlex.join(sys.argv[1:])}\n```\n\n{markdown_table(rows)}\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
