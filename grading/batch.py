@@ -7,6 +7,7 @@ crashes is recorded with its status and the batch goes on.
 import csv
 import os
 import sys
+import time
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -42,7 +43,7 @@ def run_batch(folder, labs, args, device, grade_submissions) -> int:
     os.makedirs(out.parent if str(out.parent) else ".", exist_ok=True)
     print(f"{len(submissions)} submissions in {folder}: {len(skip & {p.name for p in submissions})} already in "
           f"{out}, grading {len(todo)} ({len(labs)} lab(s) each, {args.jobs} at a time)", file=sys.stderr)
-    finished = {}
+    finished, started = {}, time.monotonic()
     with open(out, "a", newline="") as f, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                                    TimeElapsedColumn(), disable=not sys.stderr.isatty()) as bar:
         writer = csv.DictWriter(f, fieldnames=columns(labs))
@@ -61,5 +62,7 @@ def run_batch(folder, labs, args, device, grade_submissions) -> int:
                           file=sys.stderr)
 
         grade_submissions([(p.name, p, p.name) for p in todo], labs, args, device, on_done=lab_done, probe=False)
-    print(f"wrote {out}", file=sys.stderr)
+    seconds = time.monotonic() - started
+    print(f"wrote {out}: {len(todo)} submissions graded in {seconds:.2f} s "
+          f"({len(todo) / max(seconds, 1e-9):.2f} per second)", file=sys.stderr)
     return 0
