@@ -117,3 +117,35 @@ MUTANTS = [
     Mutant("lab4-builtin-attention", "lab4", [(L4_EMB, L4_EMB + "\n        x = x + F.scaled_dot_product_attention(x, x, x, is_causal=True)")],
            {"test_no_shortcuts"}, status="forbidden"),
 ]
+
+
+# Correct implementations in other styles: every one must pass every check.
+L2_SPLIT = ("        q, k, v = self.qkv(x).split(D, dim=-1)  # each (B, T, D)\n"
+            "        # (B, T, D) -> (B, n_heads, T, d_head): each head attends on its own slice\n"
+            "        q = q.view(B, T, self.n_heads, self.d_head).transpose(1, 2)\n"
+            "        k = k.view(B, T, self.n_heads, self.d_head).transpose(1, 2)\n"
+            "        v = v.view(B, T, self.n_heads, self.d_head).transpose(1, 2)\n")
+NANOGPT_INIT = '''        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+'''
+LM_HEAD = "        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)\n"
+VARIANTS = [
+    Mutant("lab1-einsum-and-large-negative", "lab1", [(L1_SCORES, "scores = torch.einsum('...qd,...kd->...qk', q, k) * d_k ** -0.5"),
+                                                     (L1_MASK, "scores = scores.masked_fill(mask == 0, -1e9)")], set(), status="passed"),
+    Mutant("lab2-fused-view-permute", "lab2", [(L2_SPLIT, "        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)\n"),
+                                               (L2_MERGE, "out = out.permute(0, 2, 1, 3).reshape(B, T, D)")], set(), status="passed"),
+    Mutant("lab3-tanh-gelu", "lab3", [("nn.GELU()", 'nn.GELU(approximate="tanh")')], set(), status="passed"),
+    Mutant("lab4-nanogpt-init", "lab4", [(LM_HEAD, LM_HEAD + NANOGPT_INIT)], set(), status="passed"),
+    Mutant("lab4-tied-with-bias-dropout-default", "lab4", [
+        (LM_HEAD, "        self.lm_head = nn.Linear(d_model, vocab_size, bias=True)\n        self.lm_head.weight = self.tok_emb.weight\n"),
+        ("max_seq_len: int = 32, dropout: float = 0.0):", "max_seq_len: int = 32, dropout: float = 0.1):")], set(), status="passed"),
+    Mutant("lab4-clipped-gradients", "lab4", [("        optimizer.zero_grad(set_to_none=True)\n        loss.backward()\n",
+                                              "        optimizer.zero_grad()\n        loss.backward()\n"
+                                              "        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n")], set(), status="passed"),
+]

@@ -4,13 +4,13 @@ import pytest
 from checkers.common import HINTS, LABS
 from grading.verdict import expected_checks
 from tests.helpers import grade_many, submission
-from tests.mutants import MUTANTS
+from tests.mutants import MUTANTS, VARIANTS
 
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     specs = {}
-    for m in MUTANTS:
+    for m in MUTANTS + VARIANTS:
         folder = submission(tmp_path_factory.mktemp(m.id), m.lab, m.edits)
         specs[m.id] = (folder, [m.lab])
     return grade_many(specs)
@@ -42,3 +42,10 @@ def test_every_failure_carries_a_hint(mutant, graded):
     checks = graded[mutant.id][mutant.lab]["checks"]
     unhinted = [name for name, c in checks.items() if not c["passed"] and c["hint"] not in HINTS]
     assert not unhinted, f"{mutant.id}: failures without a hint: {unhinted}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v.id for v in VARIANTS])
+def test_correct_variant_passes(variant, graded):
+    result = graded[variant.id][variant.lab]
+    failing = {name: c["message"][:200] for name, c in result["checks"].items() if not c["passed"]}
+    assert result["status"] == "passed" and result["score"] == result["max"], failing
