@@ -72,8 +72,9 @@ def round_robin(labels, runs, argv_for, measure=lambda seconds, stderr: seconds)
     for r in range(runs):
         shift = r % len(labels)  # rotate the start, so no command always runs right after the same one
         for label in labels[shift:] + labels[:shift]:
-            times[label].append(measure(*timed(argv_for(label, r))))
-            print(f"round {r + 1}/{runs}  {times[label][-1]}  {label}", file=sys.stderr)
+            wall, stderr = timed(argv_for(label, r))
+            times[label].append(measure(wall, stderr))
+            print(f"round {r + 1}/{runs}  {wall:6.2f} s  {label}", file=sys.stderr)
     return {label: statistics.median(t) for label, t in times.items()}
 
 

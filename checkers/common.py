@@ -22,7 +22,7 @@ _sdpa = F.scaled_dot_product_attention
 _linear, _layer_norm, _gelu, _embedding = F.linear, F.layer_norm, F.gelu, F.embedding
 _softmax, _cross_entropy = torch.softmax, F.cross_entropy
 _abs, _sub, _isnan, _tril, _ones = torch.abs, torch.sub, torch.isnan, torch.tril, torch.ones
-_matmul, _cat = torch.matmul, torch.cat
+_matmul = torch.matmul
 
 ROOT = Path(__file__).resolve().parent.parent
 LABS = {  # lab -> (module name, title); lab N builds on lab N-1

@@ -3,8 +3,6 @@ import os
 import shlex
 from pathlib import Path
 
-IMAGE = "transformer-labs-grader:latest"
-
 
 def docker_command(args, labs_arg: str, source: Path, device: str) -> list:
     """The `docker run` command that grades `source` inside the image (student files mounted read-only)."""

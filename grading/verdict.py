@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 from checkers.common import HINTS, LABS
 
-STATUSES = ("passed", "failed", "not started", "error", "timeout", "crashed", "exited", "out of memory", "forbidden")
 # a lab whose run did not finish cleanly, or that used a shortcut, is awarded no points
 UNAWARDED = {"timeout", "crashed", "exited", "out of memory", "forbidden", "error"}
 
