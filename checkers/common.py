@@ -192,7 +192,7 @@ def _fmt(t: Tensor, limit: int = 6) -> str:
 
 
 def expect_tensor(actual, what: str, shape=None, hint=None) -> Tensor:
-    if type(actual) is not Tensor and not isinstance(actual, Tensor):
+    if not isinstance(actual, Tensor):
         fail(f"{what}: expected a torch.Tensor, got {type(actual).__name__}.", hint)
     if shape is not None and tuple(actual.shape) != tuple(shape):
         fail(f"{what}: expected shape {tuple(shape)}, got {tuple(actual.shape)}.", hint)

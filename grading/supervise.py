@@ -208,6 +208,8 @@ def run_tasks(tasks, jobs: int = 1, isolation: str = "fork", on_done=None, poll:
                         out.signal = os.WTERMSIG(status)
                     else:
                         out.exit_code = os.WEXITSTATUS(status)
+                    if child.popen:  # reaped here, so tell Popen (else it warns that the child still runs)
+                        child.popen.returncode = -out.signal if out.signal is not None else out.exit_code
                     _kill_group(child.pid)  # anything it left behind in its group goes too
                     child.drain_deadline = now + 2.0
                 if child.open_fds and now < child.drain_deadline:
