@@ -6,15 +6,14 @@
     python grader.py all --submission DIR      # grade a folder holding the four lab files
     python grader.py lab1 --json results.json  # also write Gradescope-format results
 
-Each lab's checks run in a child process under a wall-time and memory limit; this process never imports
-student code, owns the list of checks and their points, and decides every verdict.
+Each lab is judged in a child process (the judge) that never runs student code: it asks a worker process, forked
+from a zygote that holds torch and nothing of the grader, to run the student's code, and decides every verdict
+from the plain data that comes back. This process owns the list of checks, their points and the limits.
 Exit code: 0 when every check of the chosen labs passed, 1 when any failed, 2 for a usage error.
 """
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -75,13 +74,22 @@ def resolve_device(requested: str) -> str:
     return "cuda" if requested == "cuda" or (requested == "auto" and available) else "cpu"
 
 
-def private_copy(source: Path) -> str:
-    """Only the four lab files are taken from a submission: no conftest.py, .pth, sitecustomize or helpers."""
-    folder = tempfile.mkdtemp(prefix="labgrade-")
+def read_submission(source: Path) -> tuple:
+    """({file: bytes}, {file: why it was refused}) for the four lab files: nothing else of a submission is read.
+
+    Only regular files of at most 1 MB are taken (no symlinks, FIFOs or devices); they are read once, here, before
+    any worker runs, and every judge and worker works from these bytes.
+    """
+    from checkers.static import read_lab_file
+    sources, refused = {}, {}
     for name in LAB_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, os.path.join(folder, name))
-    return folder
+        try:
+            sources[name] = read_lab_file(str(source / name))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            refused[name] = exc.strerror or str(exc)
+    return sources, refused
 
 
 def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=True) -> dict:
@@ -90,55 +98,71 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=
     Every (submission, lab) pair is one child; all of them share one scheduler, `args.jobs` at a time.
     """
     from grading.supervise import Task, run_tasks
-    from grading.verdict import LabResult, expected_checks, judge, note_dependencies
-    copies, results, tasks = {}, {}, []
-    try:
-        for key, source, display in submissions:
-            copies[key] = folder = private_copy(Path(source))
-            results[key] = {}
-            for lab in sorted(labs, reverse=True):  # the longest lab (lab 4) first: the others fit beside it
-                file = LAB_FILES[LAB_NAMES.index(lab)]
-                if not os.path.exists(os.path.join(folder, file)):
-                    missing = LabResult(lab, "error", f"{display}/{file} not found", expected_checks(lab, args.check))
-                    for c in missing.checks:
-                        c.message = "not run: the file is missing"
-                    results[key][lab] = missing
-                    if on_done:
-                        on_done(key, missing)
-                    continue
-                select = [c.name for c in expected_checks(lab, args.check)] if args.check else None
-                tasks.append(Task(lab, folder, display, device, args.timeout, args.memory, select, key))
+    from grading.verdict import LabResult, decide, expected_checks, note_dependencies
+    results, tasks = {}, []
+    for key, source, display in submissions:
+        sources, refused = read_submission(Path(source))
+        results[key] = {}
+        for lab in sorted(labs, reverse=True):  # the longest lab (lab 4) first: the others fit beside it
+            file = LAB_FILES[LAB_NAMES.index(lab)]
+            if file not in sources:
+                why = refused.get(file, f"{display}/{file} not found")
+                missing = LabResult(lab, "error", why, expected_checks(lab, args.check))
+                for c in missing.checks:
+                    c.message = "not run: the file is missing" if file not in refused else f"not run: {why}"
+                results[key][lab] = missing
+                if on_done:
+                    on_done(key, missing)
+                continue
+            select = [c.name for c in expected_checks(lab, args.check)] if args.check else None
+            tasks.append(Task(lab, sources, display, device, args.timeout, args.memory, select, key))
 
-        def judged(outcome, quiet=False):
-            task = outcome.task
-            text = Path(task.lab_dir, LAB_FILES[LAB_NAMES.index(task.lab)]).read_text(errors="replace")
-            results[task.key][task.lab] = judge(outcome, expected_checks(task.lab, task.select), text)
-            if on_done and not quiet:
-                on_done(task.key, results[task.key][task.lab])
+    def judged(outcome, quiet=False):
+        task = outcome.task
+        text = task.sources[LAB_FILES[LAB_NAMES.index(task.lab)]].decode(errors="replace")
+        results[task.key][task.lab] = decide(outcome, expected_checks(task.lab, task.select), text)
+        if on_done and not quiet:
+            on_done(task.key, results[task.key][task.lab])
 
-        run_tasks(tasks, jobs=args.jobs, isolation=args.isolation, on_done=judged)
-        # a failing lab may only be failing because of an earlier one it builds on: grade those too, for notes only
-        probes = [Task(lab, t.lab_dir, t.display_dir, device, args.timeout, args.memory, None, t.key)
-                  for t in tasks if results[t.key][t.lab].status != "passed"
-                  for lab in LAB_NAMES[:LAB_NAMES.index(t.lab)] if lab not in labs and probe]
-        probes = list({(t.key, t.lab): t for t in probes}.values())
-        run_tasks(probes, jobs=args.jobs, isolation=args.isolation, on_done=lambda o: judged(o, quiet=True))
-        for labs_done in results.values():
-            note_dependencies([labs_done[lab] for lab in LAB_NAMES if lab in labs_done])
-        return {key: [labs_done[lab] for lab in labs] for key, labs_done in results.items()}
-    finally:
-        for folder in copies.values():
-            shutil.rmtree(folder, ignore_errors=True)
+    zygote = ZYGOTE.get("socket")
+    run_tasks(tasks, jobs=args.jobs, isolation=args.isolation, on_done=judged, zygote=zygote)
+    # a failing lab may only be failing because of an earlier one it builds on: grade those too, for notes only
+    probes = [Task(lab, t.sources, t.display_dir, device, args.timeout, args.memory, None, t.key)
+              for t in tasks if results[t.key][t.lab].status != "passed"
+              for lab in LAB_NAMES[:LAB_NAMES.index(t.lab)] if lab not in labs and probe
+              and LAB_FILES[LAB_NAMES.index(lab)] in t.sources]
+    probes = list({(t.key, t.lab): t for t in probes}.values())
+    run_tasks(probes, jobs=args.jobs, isolation=args.isolation, on_done=lambda o: judged(o, quiet=True), zygote=zygote)
+    for labs_done in results.values():
+        note_dependencies([labs_done[lab] for lab in LAB_NAMES if lab in labs_done])
+    return {key: [labs_done[lab] for lab in labs] for key, labs_done in results.items()}
+
+
+ZYGOTE = {}
+# what lab code may import, loaded before the zygote forks: a worker under another uid may not be able to read
+# the interpreter's own folders later
+STDLIB = ("math", "random", "itertools", "functools", "collections", "collections.abc", "dataclasses", "typing",
+          "string", "re", "json", "copy", "time", "operator", "statistics", "heapq", "bisect", "numbers", "enum",
+          "contextlib", "warnings", "textwrap", "numpy", "numpy.ctypeslib", "torch.nn", "torch.nn.functional", "torch.optim",
+          "torch.utils.data", "torch._dynamo", "safetensors.torch")
 
 
 def preload(isolation: str):
-    """Import once here what every forked child needs, so each child starts in a fraction of a second."""
-    if isolation != "fork":
+    """Start the zygote, then import what every forked judge needs, so each starts in a fraction of a second.
+
+    Order matters: the zygote is forked after torch (and the worker's own code) but before any checker module is
+    imported, so no worker forked from it holds a check, an oracle or an expected value.
+    """
+    if isolation != "fork" or ZYGOTE:
         return
-    import pytest  # noqa: F401
-    import pytest_timeout  # noqa: F401
-    import checkers.plugin  # noqa: F401
-    import checkers.runner  # noqa: F401  (imports torch._dynamo: once here, not once per child)
+    import importlib
+    for name in STDLIB:
+        importlib.import_module(name)
+    import worker.serve  # noqa: F401
+    from worker import zygote
+    ZYGOTE["socket"] = zygote.start()
+    zygote.prctl(zygote.PR_SET_DUMPABLE, 0)  # this process's memory is closed to a same-user worker
+    import checkers.judge  # noqa: F401
     import gc
     gc.freeze()  # the preloaded heap: children's garbage collections skip it (and do not copy its pages)
 
@@ -167,6 +191,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     try:
         device = resolve_device(args.device)
+        preload(args.isolation)  # first: the zygote must fork before any checker is imported
         from grading import report
         from grading.verdict import expected_checks
         if args.check:
@@ -174,7 +199,6 @@ def main(argv=None) -> int:
             if not labs:
                 print(f"grader.py: error: no check matches {args.check}", file=sys.stderr)
                 return 2
-        preload(args.isolation)
         if args.batch:
             from grading.batch import run_batch
             return run_batch(args.batch, labs, args, device, grade_submissions)

@@ -1,22 +1,22 @@
-"""Lab 1 checks: scaled dot-product attention with a causal mask."""
+"""Lab 1 checks: scaled dot-product attention with a causal mask.
+
+Each check takes the worker (`w`) that runs the student's code; inputs are made here, outputs come back as
+plain tensors and are compared here.
+"""
 import math
 
 import torch
 
-from checkers.common import (attr, causal, device, expect_close, expect_tensor, fail, heatmap_on_failure,
-                             oracle_attention, points, randn, student)
-from checkers.guards import DeviceGuard, expect_no_shortcuts
+from checkers.client import On, StudentError
+from checkers.common import (causal, expect_close, expect_no_shortcuts, expect_tensor, fail, heatmap_if_failing,
+                             oracle_attention, points, randn)
 
 LAB = "lab1_attention"
 
 
-def lab():
-    return student(LAB)
-
-
-def attend(q, k, v, mask=None):
-    out = attr(lab(), "scaled_dot_product_attention")(q, k, v, mask)
-    if not (isinstance(out, tuple) and len(out) == 2):
+def attend(w, q, k, v, mask=None, **options):
+    out = w.call((LAB, "scaled_dot_product_attention"), q, k, v, mask, **options)
+    if not options and not (isinstance(out, tuple) and len(out) == 2):
         fail(f"scaled_dot_product_attention must return a tuple (out, weights), got {type(out).__name__}.", "shape")
     return out
 
@@ -32,122 +32,142 @@ def diagnose(q, k, mask, weights) -> str:
     }
     if mask is not None:
         variants["causal"] = torch.softmax(scores / math.sqrt(q.size(-1)), -1)
-    for hint, w in variants.items():
-        if w.shape == weights.shape and bool(((w - weights.detach()).abs() < 1e-4).all()):
+    for hint, want in variants.items():
+        if want.shape == weights.shape and bool(((want - weights.to(want.dtype)).abs() < 1e-4).all()):
             return hint
     return "mask" if mask is not None else "scale"
 
 
-def compare(q, k, v, mask, what, atol=1e-5):
-    out, weights = attend(q, k, v, mask)
+def compare(w, q, k, v, mask, what, atol=1e-5):
+    out, weights = attend(w, q, k, v, mask)
     want_out, want_w = oracle_attention(q, k, v, mask)
     expect_tensor(weights, f"{what}: weights", want_w.shape, "shape")
-    hint = lambda: diagnose(q, k, mask, weights)
-    with heatmap_on_failure(weights, want_w, f"{what}: weights of batch 0"):
+    hint = lambda: diagnose(q, k, mask, weights)  # noqa: E731
+    try:
         expect_close(weights, want_w, f"{what}: weights", atol=atol, hint=hint)
+    except AssertionError:
+        heatmap_if_failing(weights, want_w, f"{what}: weights of batch 0")
+        raise
     expect_close(out, want_out, f"{what}: out", atol=atol, hint=hint)
 
 
 def random_mask(Tq, Tk):
     mask = torch.rand(Tq, Tk) > 0.5
     mask[:, 0] = True  # every query sees at least one key
-    return mask.to(device())
+    return mask
 
 
 @points(2)
-def test_causal_mask():
+def test_causal_mask(w):
     """causal_mask(T) is a (T, T) bool tensor, True on and below the diagonal."""
     for T in (1, 5, 8):
-        mask = expect_tensor(attr(lab(), "causal_mask")(T), f"causal_mask({T})", (T, T), hint="mask")
+        mask = expect_tensor(w.call((LAB, "causal_mask"), T), f"causal_mask({T})", (T, T), hint="mask")
         if mask.dtype != torch.bool:
             fail(f"causal_mask({T}) must have dtype torch.bool, got {mask.dtype}.", "mask")
         expect_close(mask.float(), torch.tril(torch.ones(T, T)), f"causal_mask({T}) (1 = may attend)", atol=0, hint="mask")
 
 
 @points(1)
-def test_output_shape():
+def test_output_shape(w):
     """With B=2, T=8, D=16 the output is (2, 8, 16) and the weights (2, 8, 8)."""
     x = randn(2, 8, 16)
-    out, weights = attend(x, x, x, causal(8))
+    out, weights = attend(w, x, x, x, causal(8))
     expect_tensor(out, "out", (2, 8, 16), hint="shape")
     expect_tensor(weights, "weights", (2, 8, 8), hint="shape")
 
 
 @points(1)
-def test_weight_rows_sum_to_one():
+def test_weight_rows_sum_to_one(w):
     """Every row of the attention weights sums to 1."""
     x = randn(2, 8, 16)
-    _, weights = attend(x, x, x, causal(8))
-    with heatmap_on_failure(weights, oracle_attention(x, x, x, causal(8))[1], "causal self-attention, batch 0"):
-        expect_close(weights.sum(-1), torch.ones(2, 8, dtype=weights.dtype, device=device()),
-                     "row sums of the weights", atol=1e-5, hint="mask")
+    _, weights = attend(w, x, x, x, causal(8))
+    expect_tensor(weights, "weights", (2, 8, 8), hint="shape")
+    try:
+        expect_close(weights.sum(-1), torch.ones(2, 8, dtype=weights.dtype), "row sums of the weights", atol=1e-5,
+                     hint="mask")
+    except AssertionError:
+        heatmap_if_failing(weights, oracle_attention(x, x, x, causal(8))[1], "causal self-attention, batch 0")
+        raise
 
 
 @points(2)
-def test_upper_triangle_is_zero():
+def test_upper_triangle_is_zero(w):
     """With the causal mask, triu(weights, diagonal=1).abs().max() < 1e-6: no query sees the future."""
     x = randn(2, 8, 16)
-    _, weights = attend(x, x, x, causal(8))
+    _, weights = attend(w, x, x, x, causal(8))
     expect_tensor(weights, "weights", (2, 8, 8), hint="shape")
-    leak = float(torch.triu(weights.detach(), diagonal=1).abs().max())
-    with heatmap_on_failure(weights, oracle_attention(x, x, x, causal(8))[1], "causal self-attention, batch 0"):
-        if not leak < 1e-6:
-            row = int(torch.triu(weights.detach(), diagonal=1).abs().amax(dim=(0, 2)).argmax())
-            fail(f"weights above the diagonal must be 0, largest is {leak:.3g} (query {row} sees a later key).", "mask")
+    upper = torch.triu(weights.to(torch.float64), diagonal=1).abs()
+    leak = float(upper.max())
+    if not leak < 1e-6:  # NaN fails too
+        heatmap_if_failing(weights, oracle_attention(x, x, x, causal(8))[1], "causal self-attention, batch 0")
+        row = int(upper.nan_to_num(1.0).amax(dim=(0, 2)).argmax())
+        fail(f"weights above the diagonal must be 0, largest is {leak:.3g} (query {row} sees a later key).", "mask")
 
 
 @points(3)
-def test_matches_oracle():
+def test_matches_oracle(w):
     """Matches an independent attention on 3-d and 4-d inputs, Tq != Tk, d_v != d_k, random, absent and causal masks, float64."""
     x = randn(2, 8, 16)
-    compare(x, x, x, causal(8), "3-d input, causal mask")
+    compare(w, x, x, x, causal(8), "3-d input, causal mask")
     q, k, v = randn(2, 3, 8, 16), randn(2, 3, 8, 16), randn(2, 3, 8, 16)
-    compare(q, k, v, causal(8), "4-d input (B, heads, T, d), causal mask")
+    compare(w, q, k, v, causal(8), "4-d input (B, heads, T, d), causal mask")
     q, k, v = randn(2, 5, 16), randn(2, 7, 16), randn(2, 7, 12)
-    compare(q, k, v, random_mask(5, 7), "Tq=5, Tk=7, d_k=16, d_v=12, random non-causal mask")
+    compare(w, q, k, v, random_mask(5, 7), "Tq=5, Tk=7, d_k=16, d_v=12, random non-causal mask")
     q, k, v = randn(2, 6, 8), randn(2, 6, 8), randn(2, 6, 8)
-    compare(q, k, v, None, "no mask")
+    compare(w, q, k, v, None, "no mask")
     q = randn(2, 4, 8, 16, dtype=torch.float64)
-    compare(q, q, q, causal(8), "float64 input", atol=1e-10)
+    compare(w, q, q, q, causal(8), "float64 input", atol=1e-10)
 
 
 @points(1)
-def test_gradients_flow():
+def test_gradients_flow(w):
     """Backward works: q, k and v receive the same gradients as the reference."""
-    q, k, v = (randn(2, 6, 8, dtype=torch.float64).requires_grad_() for _ in range(3))
-    out, _ = attend(q, k, v, causal(6))
+    q, k, v = (randn(2, 6, 8, dtype=torch.float64) for _ in range(3))
     grad_out = randn(2, 6, 8, dtype=torch.float64)
-    expect_tensor(out, "out", (2, 6, 8), hint="shape")
-    if not out.requires_grad:
+    result = attend(w, On(q, grad=True), On(k, grad=True), On(v, grad=True), causal(6),
+                    backward={"grad_out": grad_out, "index": 0})
+    out = result["out"]
+    if not (isinstance(out, tuple) and len(out) == 2):
+        fail(f"scaled_dot_product_attention must return a tuple (out, weights), got {type(out).__name__}.", "shape")
+    expect_tensor(out[0], "out", (2, 6, 8), hint="shape")
+    grads = result["grads"]
+    if grads.get("connected") is not True:
         fail("out is not connected to q, k and v (no autograd graph): avoid .detach(), .data and torch.no_grad().", "grad")
-    got = torch.autograd.grad(out, (q, k, v), grad_out, allow_unused=True)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
     want = torch.autograd.grad(oracle_attention(q, k, v, causal(6))[0], (q, k, v), grad_out)
-    for name, g, w in zip("qkv", got, want):
-        if g is None:
+    got = grads.get("inputs") if type(grads.get("inputs")) is list else []
+    for i, (name, wanted) in enumerate(zip("qkv", want)):
+        g = got[i] if i < len(got) else None
+        if not isinstance(g, torch.Tensor):
             fail(f"{name} received no gradient.", "grad")
-        expect_close(g, w, f"gradient of {name}", atol=1e-8, hint="mask")
+        expect_close(g, wanted, f"gradient of {name}", atol=1e-8, hint="mask")
 
 
 @points(1)
-def test_no_shortcuts():
+def test_no_shortcuts(w):
     """No built-in attention: the source does not name one, and none is reached at run time."""
     x = randn(2, 8, 16)
-    expect_no_shortcuts(lab(), lambda: (attend(x, x, x, causal(8)), attend(x, x, x, None)))
+    expect_no_shortcuts(w, lambda: (attend(w, x, x, x, causal(8), guard=True), attend(w, x, x, x, None, guard=True)))
 
 
 @points(1)
-def test_device_discipline():
+def test_device_discipline(w):
     """causal_mask honours `device`, and attention runs with every tensor on the inputs' device."""
-    target = device() if device().type == "cuda" else torch.device("meta")
-    mask = attr(lab(), "causal_mask")(8, device=target)
-    if mask.device.type != target.type:
-        fail(f"causal_mask(8, device={str(target)!r}) returned a tensor on {mask.device}: pass `device` when you "
+    target = "cuda" if w.device == "cuda" else "meta"
+    mask = expect_tensor(w.call((LAB, "causal_mask"), 8, device=target), "causal_mask(8)", (8, 8), "mask")
+    if not mask.remote_device.startswith(target):
+        fail(f"causal_mask(8, device={target!r}) returned a tensor on {mask.remote_device}: pass `device` when you "
              "create it.", "device")
-    x = torch.randn(2, 8, 16).to(target)
-    with DeviceGuard():
-        try:
-            out, weights = attend(x, x, x, mask)
-        except RuntimeError as exc:  # also DeviceMixError
-            fail(f"attention failed with inputs on {target.type}: {exc}", "device")
-    if out.device.type != target.type or weights.device.type != target.type:
-        fail(f"with inputs on {target.type}, out came back on {out.device} and weights on {weights.device}.", "device")
+    x = torch.randn(2, 8, 16)
+    try:
+        out = w.call((LAB, "scaled_dot_product_attention"), On(x, target), On(x, target), On(x, target),
+                     On(causal(8), target), device_guard=True)
+    except StudentError as exc:
+        if exc.type not in ("DeviceMixError", "RuntimeError"):
+            raise
+        fail(f"attention failed with inputs on {target}: {exc.message}", "device")
+    if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
+        fail("scaled_dot_product_attention must return a tuple (out, weights).", "shape")
+    if not all(t.remote_device.startswith(target) for t in out):
+        fail(f"with inputs on {target}, out came back on {out[0].remote_device} and weights on "
+             f"{out[1].remote_device}.", "device")

@@ -1,157 +1,163 @@
-"""Lab 2 checks: multi-head causal self-attention."""
+"""Lab 2 checks: multi-head causal self-attention.
+
+The judge builds the student's MultiHeadAttention in the worker, loads weights it chose, and compares what the
+worker returns with a recomputation from those weights.
+"""
 import math
-from contextlib import contextmanager
 
 import torch
-import torch.nn as nn
 
-from checkers.common import (CheckFailure, attr, causal, eval_mode, expect_causal, expect_close,
-                             expect_every_parameter_gets_a_gradient, expect_tensor, fail, figure, oracle_attention,
-                             oracle_mha, points, randn, student, _grid)
-from checkers.guards import expect_device_discipline, expect_no_shortcuts
+from checkers.common import (causal, expect_causal, expect_close, expect_device_discipline,
+                             expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_params,
+                             expect_tensor, fail, figure, fill, grid, oracle_attention, oracle_mha, points, randn)
 
 LAB = "lab2_multihead"
 
 
-def build(d_model=16, n_heads=4, **kwargs) -> nn.Module:
-    return eval_mode(attr(student(LAB), "MultiHeadAttention")(d_model, n_heads, **kwargs))
+def contract(D: int) -> dict:
+    return {"qkv.weight": (3 * D, D), "qkv.bias": (3 * D,), "proj.weight": (D, D), "proj.bias": (D,)}
 
 
-def buggy_mha(mha, x, bug: str):
+def build(w, d_model=16, n_heads=4, **kwargs):
+    """The student's MultiHeadAttention with judge-chosen weights: (handle, weights)."""
+    mha = w.new(LAB, "MultiHeadAttention", d_model, n_heads, **kwargs)
+    expect_params(mha, contract(d_model), f"MultiHeadAttention({d_model}, {n_heads})", "heads",
+                  optional=("qkv.bias", "proj.bias"))
+    return mha, fill(mha)
+
+
+def buggy_mha(wts, x, n_heads, bug: str):
     """The oracle with one classic mistake in it, to name the mistake a wrong output matches."""
     B, T, D = x.shape
-    H = mha.n_heads
-    q, k, v = (x @ mha.qkv.weight.T + mha.qkv.bias).split(D, dim=-1)
-    split = (lambda t: t.reshape(B, H, T, D // H)) if bug == "heads" else (lambda t: t.view(B, T, H, D // H).transpose(1, 2))
+    H = n_heads
+    q, k, v = torch.nn.functional.linear(x, wts["qkv.weight"], wts.get("qkv.bias")).split(D, dim=-1)
+    split = (lambda t: t.reshape(B, H, T, D // H)) if bug == "heads" else \
+        (lambda t: t.view(B, T, H, D // H).transpose(1, 2))
     q, k, v = split(q), split(k), split(v)
     scores = q @ k.transpose(-2, -1) / (1 if bug == "scale" else math.sqrt(D // H))
     if bug != "causal":
-        scores = scores.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device)), float("-inf"))
+        scores = scores.masked_fill(~causal(T), float("-inf"))
     out = torch.softmax(scores, -1) @ v
     out = out.reshape(B, T, D) if bug == "merge" else out.transpose(1, 2).reshape(B, T, D)
-    return out if bug == "proj" else out @ mha.proj.weight.T + mha.proj.bias
+    return out if bug == "proj" else torch.nn.functional.linear(out, wts["proj.weight"], wts.get("proj.bias"))
 
 
-def diagnose(mha, x, out) -> str:
+def diagnose(wts, x, n_heads, out) -> str:
     for bug, hint in (("heads", "heads"), ("merge", "heads"), ("scale", "scale"), ("causal", "causal"), ("proj", "proj")):
-        want = buggy_mha(mha, x, bug)
-        if want.shape == out.shape and bool(((want - out.detach()).abs() < 1e-4).all()):
+        want = buggy_mha(wts, x, n_heads, bug)
+        if want.shape == out.shape and bool(((want - out.to(want.dtype)).abs() < 1e-4).all()):
             return hint
     return "heads"
 
 
-@contextmanager
-def head0_heatmap_on_failure(mha, x):
-    """If the block fails, attach head 0's attention weights beside the expected ones."""
-    try:
-        yield
-    except CheckFailure:
-        head0_heatmap(mha, x)
-        raise
-
-
-def head0_heatmap(mha, x):
+def head0_heatmap(w, mha, wts, x):
     """Attach head 0's weights (batch 0) as the student's lab 1 call computed them, beside the expected ones."""
-    seen, modules = [], [student(LAB), student("lab1_attention")]
-    originals = [getattr(m, "scaled_dot_product_attention", None) for m in modules]
-
-    def spy(*args, **kwargs):
-        out = originals[1](*args, **kwargs)
-        seen.append(out[1])
-        return out
     try:
-        for m, original in zip(modules, originals):
-            if original is not None:
-                m.scaled_dot_product_attention = spy
-        with torch.no_grad():
-            mha(x)
+        got = w.call(("handle", mha.id, "forward"), x, capture=True, no_grad=True).get("captured", [])
     except Exception:
         return
-    finally:
-        for m, original in zip(modules, originals):
-            if original is not None:
-                m.scaled_dot_product_attention = original
     B, T, D = x.shape
-    d_head = D // mha.n_heads
-    q, k, _ = (x @ mha.qkv.weight.T + mha.qkv.bias).split(D, dim=-1)
+    d_head = D // int(mha.attr("n_heads") or 4)
+    q, k, _ = torch.nn.functional.linear(x, wts["qkv.weight"], wts.get("qkv.bias")).split(D, dim=-1)
     want = oracle_attention(q[..., :d_head], k[..., :d_head], k[..., :d_head], causal(T))[1]
-    got = seen[0] if seen else None
-    if got is not None and got.dim() == 4 and got.shape[-2:] == (T, T):
-        figure("heatmap", title="attention weights of head 0, batch 0", got=_grid(got[0, 0]), want=_grid(want[0]))
+    got = got[0] if got else None
+    if isinstance(got, torch.Tensor) and got.dim() == 4 and got.shape[-2:] == (T, T):
+        figure("heatmap", title="attention weights of head 0, batch 0", got=grid(got[0, 0]), want=grid(want[0]))
 
 
 @points(2)
-def test_mha_exists():
+def test_mha_exists(w):
     """Module-level `mha` is a MultiHeadAttention with n_heads > 1, D % n_heads == 0, fused qkv and proj."""
-    module = student(LAB)
-    cls, mha = attr(module, "MultiHeadAttention"), attr(module, "mha")
-    if not isinstance(mha, cls):
-        fail(f"`mha` must be an instance of MultiHeadAttention, got {type(mha).__name__}.", "heads")
-    qkv, proj = getattr(mha, "qkv", None), getattr(mha, "proj", None)
-    if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)):
+    mha = w.get(LAB, "mha")
+    if not hasattr(mha, "modules") or mha.info.get("type") != "MultiHeadAttention" or mha.info.get("module") != LAB:
+        fail(f"`mha` must be an instance of MultiHeadAttention, got {getattr(mha, 'info', {}).get('type', type(mha).__name__)}.", "heads")
+    modules = mha.modules
+    if not all("Linear" in modules.get(name, ("", "", []))[2] for name in ("qkv", "proj")):
         fail("MultiHeadAttention needs self.qkv = nn.Linear(d_model, 3 * d_model) and self.proj = "
              "nn.Linear(d_model, d_model).", "heads")
-    D, n_heads = proj.in_features, getattr(mha, "n_heads", None)
-    if (qkv.in_features, qkv.out_features, proj.out_features) != (D, 3 * D, D):
-        fail(f"qkv must map D -> 3D and proj D -> D; got qkv {qkv.in_features} -> {qkv.out_features}, proj "
-             f"{proj.in_features} -> {proj.out_features}.", "heads")
-    if not (isinstance(n_heads, int) and n_heads > 1 and D % n_heads == 0):
+    shapes = {name: shape for name, (shape, _) in mha.params.items()}
+    D = shapes.get("proj.weight", (0, 0))[1]
+    if (shapes.get("qkv.weight"), shapes.get("proj.weight")) != ((3 * D, D), (D, D)):
+        fail(f"qkv must map D -> 3D and proj D -> D; got qkv weight {shapes.get('qkv.weight')}, proj weight "
+             f"{shapes.get('proj.weight')}.", "heads")
+    n_heads = mha.attr("n_heads")
+    if not (type(n_heads) is int and n_heads > 1 and D % n_heads == 0):
         fail(f"mha.n_heads must be an int > 1 that divides d_model={D}; got {n_heads!r}.", "heads")
-    if getattr(mha, "d_head", None) != D // n_heads:
-        fail(f"mha.d_head must be d_model // n_heads = {D // n_heads}; got {getattr(mha, 'd_head', None)!r}.", "heads")
+    if mha.attr("d_head") != D // n_heads:
+        fail(f"mha.d_head must be d_model // n_heads = {D // n_heads}; got {mha.attr('d_head')!r}.", "heads")
 
 
 @points(1)
-def test_output_shape():
+def test_output_shape(w):
     """forward maps (B, T, D) to (B, T, D)."""
     for D, H, T in ((16, 4, 8), (24, 3, 5)):
-        expect_tensor(build(D, H)(randn(2, T, D)), f"MultiHeadAttention({D}, {H}) on (2, {T}, {D})", (2, T, D), "heads")
+        mha, _ = build(w, D, H)
+        expect_tensor(mha(randn(2, T, D), no_grad=True), f"MultiHeadAttention({D}, {H}) on (2, {T}, {D})", (2, T, D),
+                      "heads")
 
 
 @points(3)
-def test_matches_oracle():
+def test_matches_oracle(w):
     """Matches a recomputation from its own qkv/proj parameters under the contract's head layout."""
-    cases = [(attr(student(LAB), "mha"), 2, 8), (build(24, 3), 3, 5), (build(8, 2, dropout=0.1), 2, 6), (build(16, 4), 2, 1)]
-    for mha, B, T in cases:
-        mha = eval_mode(mha)
-        D = mha.proj.in_features
+    module_level = w.get(LAB, "mha")
+    cases = [(module_level, 2, 8, {}), (None, 3, 5, {"d_model": 24, "n_heads": 3}),
+             (None, 2, 6, {"d_model": 8, "n_heads": 2, "dropout": 0.1}), (None, 2, 1, {})]
+    for mha, B, T, kwargs in cases:
+        if mha is None:
+            mha, wts = build(w, **kwargs)
+            H = kwargs.get("n_heads", 4)
+        else:
+            if not hasattr(mha, "params"):
+                fail("`mha` must be a MultiHeadAttention module.", "heads")
+            D = mha.params.get("proj.weight", ((0, 0),))[0][1]
+            expect_params(mha, contract(D), "mha", "heads", optional=("qkv.bias", "proj.bias"))
+            wts, H = fill(mha), mha.attr("n_heads")
+            if type(H) is not int or H < 1 or D % H:
+                fail(f"mha.n_heads must be an int that divides d_model; got {H!r}.", "heads")
+            mha.method("eval")
+        D = wts["proj.weight"].shape[1]
         x = randn(B, T, D)
-        with torch.no_grad():
-            out = mha(x)
-            expect_tensor(out, f"MultiHeadAttention({D}, {mha.n_heads}) output", (B, T, D), "heads")
-            with head0_heatmap_on_failure(mha, x):
-                expect_close(out, oracle_mha(mha, x), f"MultiHeadAttention({D}, n_heads={mha.n_heads}) on (B={B}, T={T})",
-                             hint=lambda: diagnose(mha, x, out))
+        out = expect_tensor(mha(x, no_grad=True), f"MultiHeadAttention({D}, {H}) output", (B, T, D), "heads")
+        try:
+            expect_close(out, oracle_mha(wts, x, H), f"MultiHeadAttention({D}, n_heads={H}) on (B={B}, T={T})",
+                         hint=lambda: diagnose(wts, x, H, out))
+        except AssertionError:
+            head0_heatmap(w, mha, wts, x)
+            raise
 
 
 @points(2)
-def test_gradients_reach_every_parameter():
+def test_gradients_reach_every_parameter(w):
     """Backward works and qkv and proj (weights and biases) all receive a gradient."""
-    mha = build(16, 4)
-    x = randn(2, 8, 16, dtype=None).requires_grad_()
-    out = mha(x)
-    expect_every_parameter_gets_a_gradient(mha, (out * randn(*out.shape)).sum(), "MultiHeadAttention")
-    if x.grad is None:
+    mha, _ = build(w, 16, 4)
+    from checkers.client import On
+    result = expect_every_parameter_gets_a_gradient(mha, On(randn(2, 8, 16), grad=True), "MultiHeadAttention")
+    inputs = result["grads"].get("inputs")
+    if not (type(inputs) is list and inputs and isinstance(inputs[0], torch.Tensor)):
         fail("no gradient reached the input x.", "grad")
 
 
 @points(2)
-def test_causality():
+def test_causality(w):
     """Changing future tokens never changes earlier outputs."""
-    mha = build(16, 4)
+    mha, wts = build(w, 16, 4)
     x = randn(2, 8, 16)
-    with head0_heatmap_on_failure(mha, x):
-        expect_causal(mha, x, "MultiHeadAttention")
+    try:
+        expect_causal(lambda t: mha(t, no_grad=True), x, "MultiHeadAttention")
+    except AssertionError:
+        head0_heatmap(w, mha, wts, x)
+        raise
 
 
 @points(1)
-def test_no_shortcuts():
+def test_no_shortcuts(w):
     """No built-in attention in the source, in the module tree, or reached at run time."""
-    mha = build(16, 4)
-    expect_no_shortcuts(student(LAB), lambda: mha(randn(2, 8, 16)).sum().backward(), mha)
+    mha, _ = build(w, 16, 4)
+    expect_no_shortcuts(w, lambda: mha(randn(2, 8, 16), guard=True), mha)
 
 
 @points(1)
-def test_device_discipline():
+def test_device_discipline(w):
     """forward builds every tensor (the causal mask) on the input's device."""
-    expect_device_discipline(build(16, 4), torch.randn(2, 8, 16), "MultiHeadAttention")
+    mha, _ = build(w, 16, 4)
+    expect_device_discipline(w, mha, torch.randn(2, 8, 16), "MultiHeadAttention")

@@ -1,28 +1,41 @@
-"""Lab 3 checks: the pre-norm transformer block."""
+"""Lab 3 checks: the pre-norm transformer block, compared with recomputations from weights the judge chose."""
 import torch
-import torch.nn as nn
 
-from checkers.common import (attr, eval_mode, expect_causal, expect_close, expect_every_parameter_gets_a_gradient,
-                             expect_tensor, fail, gelu_flavour, oracle_block, oracle_layer_norm, oracle_mha, oracle_mlp,
-                             points, randn, randomize_norms_and_biases, student)
-from checkers.guards import expect_device_discipline, expect_no_shortcuts
+from checkers.client import On
+from checkers.common import (expect_causal, expect_close, expect_device_discipline,
+                             expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_params, expect_tensor,
+                             fail, fill, gelu_flavour, oracle_block, oracle_layer_norm, oracle_mha, oracle_mlp, points,
+                             randn, sub, zeroed)
 
 LAB = "lab3_block"
 
 
-def build(d_model=16, n_heads=4, **kwargs) -> nn.Module:
-    block = eval_mode(attr(student(LAB), "TransformerBlock")(d_model, n_heads, **kwargs))
+def contract(D: int) -> dict:
+    mlp = {"mlp.fc.weight": (4 * D, D), "mlp.fc.bias": (4 * D,), "mlp.proj.weight": (D, 4 * D), "mlp.proj.bias": (D,)}
+    attn = {"attn.qkv.weight": (3 * D, D), "attn.qkv.bias": (3 * D,), "attn.proj.weight": (D, D),
+            "attn.proj.bias": (D,)}
+    return {"ln1.weight": (D,), "ln1.bias": (D,), **attn, "ln2.weight": (D,), "ln2.bias": (D,), **mlp}
+
+
+OPTIONAL = ("attn.qkv.bias", "attn.proj.bias", "mlp.fc.bias", "mlp.proj.bias")
+
+
+def build(w, d_model=16, n_heads=4, **kwargs):
+    """The student's TransformerBlock with judge-chosen weights: (handle, weights)."""
+    block = w.new(LAB, "TransformerBlock", d_model, n_heads, **kwargs)
     for name in ("ln1", "attn", "ln2", "mlp"):
-        if not isinstance(getattr(block, name, None), nn.Module):
+        if name not in block.modules:
             fail(f"TransformerBlock needs a sub-module self.{name} (contract: ln1, attn, ln2, mlp).", "prenorm")
-    return block
+    expect_params(block, contract(d_model), f"TransformerBlock({d_model}, {n_heads})", "prenorm", optional=OPTIONAL)
+    return block, fill(block)
 
 
-def diagnose(block, x, out, approximate) -> str:
+def diagnose(wts, x, n_heads, out, approximate) -> str:
     """Name the mistake when the output matches a classic wrong wiring."""
-    attn = lambda h: oracle_mha(block.attn, h)
-    mlp = lambda h: oracle_mlp(block.mlp, h, approximate)
-    ln1, ln2 = (lambda h: oracle_layer_norm(block.ln1, h)), (lambda h: oracle_layer_norm(block.ln2, h))
+    attn = lambda h: oracle_mha(sub(wts, "attn"), h, n_heads)  # noqa: E731
+    mlp = lambda h: oracle_mlp(sub(wts, "mlp"), h, approximate)  # noqa: E731
+    ln1 = lambda h: oracle_layer_norm(sub(wts, "ln1"), h)  # noqa: E731
+    ln2 = lambda h: oracle_layer_norm(sub(wts, "ln2"), h)  # noqa: E731
     wirings = {
         "post-norm": lambda x: (lambda y: ln2(y + mlp(y)))(ln1(x + attn(x))),
         "ln1 used twice": lambda x: (lambda y: y + mlp(ln1(y)))(x + attn(ln1(x))),
@@ -32,91 +45,87 @@ def diagnose(block, x, out, approximate) -> str:
     }
     for name, wiring in wirings.items():
         want = wiring(x)
-        if want.shape == out.shape and bool(((want - out.detach()).abs() < 1e-4).all()):
+        if want.shape == out.shape and bool(((want - out.to(want.dtype)).abs() < 1e-4).all()):
             return "residual" if "residual" in name else "prenorm"
     return "prenorm"
 
 
 @points(1)
-def test_output_shape_preserved():
+def test_output_shape_preserved(w):
     """forward maps (B, T, D) to (B, T, D)."""
     for D, H, T in ((16, 4, 8), (24, 3, 5)):
-        expect_tensor(build(D, H)(randn(2, T, D)), f"TransformerBlock({D}, {H}) on (2, {T}, {D})", (2, T, D), "residual")
+        block, _ = build(w, D, H)
+        expect_tensor(block(randn(2, T, D), no_grad=True), f"TransformerBlock({D}, {H}) on (2, {T}, {D})", (2, T, D),
+                      "residual")
 
 
 @points(2)
-def test_residual_gradient():
+def test_residual_gradient(w):
     """With the sub-layers' output projections zeroed the block is the identity and d out / d x = I."""
-    block = build(16, 4)
-    with torch.no_grad():
-        for proj in (block.attn.proj, block.mlp.proj):
-            for p in proj.parameters():
-                p.zero_()
-    x = randn(2, 8, 16).requires_grad_()
-    out = block(x)
-    expect_close(out, x, "output with attn.proj and mlp.proj zeroed (should equal the input)", hint="residual")
-    grad_out = randn(2, 8, 16)
-    (grad_x,) = torch.autograd.grad(out, x, grad_out)
-    expect_close(grad_x, grad_out, "d out / d x applied to a random vector (should be the vector itself)", hint="residual")
+    block, wts = build(w, 16, 4)
+    block.load(zeroed(wts, "attn.proj.", "mlp.proj."))
+    x, grad_out = randn(2, 8, 16), randn(2, 8, 16)
+    result = block(On(x, grad=True), backward={"grad_out": grad_out, "index": None})
+    expect_close(result["out"], x, "output with attn.proj and mlp.proj zeroed (should equal the input)", hint="residual")
+    inputs = result["grads"].get("inputs") if result["grads"].get("connected") is True else None
+    if not (type(inputs) is list and inputs and isinstance(inputs[0], torch.Tensor)):
+        fail("no gradient reached the input x through the block.", "residual")
+    expect_close(inputs[0], grad_out, "d out / d x applied to a random vector (should be the vector itself)",
+                 hint="residual")
 
 
 @points(2)
-def test_mlp_matches_oracle():
+def test_mlp_matches_oracle(w):
     """MLP: fc (D -> 4D), GELU (exact or tanh), proj (4D -> D), recomputed from its own parameters."""
-    mlp = eval_mode(attr(student(LAB), "MLP")(16))
-    fc, proj = getattr(mlp, "fc", None), getattr(mlp, "proj", None)
-    if not (isinstance(fc, nn.Linear) and isinstance(proj, nn.Linear)):
+    mlp = w.new(LAB, "MLP", 16)
+    shapes = {name: shape for name, (shape, _) in mlp.params.items()}
+    if not all("Linear" in mlp.modules.get(name, ("", "", []))[2] for name in ("fc", "proj")):
         fail("MLP needs self.fc = nn.Linear(d_model, 4 * d_model) and self.proj = nn.Linear(4 * d_model, d_model).", "mlp")
-    if (fc.in_features, fc.out_features, proj.out_features) != (16, 64, 16):
-        fail(f"MLP(16): fc must map 16 -> 64 and proj 64 -> 16; got fc {fc.in_features} -> {fc.out_features}, "
-             f"proj {proj.in_features} -> {proj.out_features}.", "mlp")
+    if (shapes.get("fc.weight"), shapes.get("proj.weight")) != ((64, 16), (16, 64)):
+        fail(f"MLP(16): fc must map 16 -> 64 and proj 64 -> 16; got fc weight {shapes.get('fc.weight')}, "
+             f"proj weight {shapes.get('proj.weight')}.", "mlp")
+    wts = fill(mlp)
     x = randn(2, 8, 16) * 2
-    with torch.no_grad():
-        out = mlp(x)
-        expect_close(out, oracle_mlp(mlp, x, gelu_flavour(mlp, x)), "MLP output", hint="mlp")
+    out = expect_tensor(mlp(x, no_grad=True), "MLP output", (2, 8, 16), "mlp")
+    approximate = gelu_flavour(out, lambda a: oracle_mlp(wts, x, a))
+    expect_close(out, oracle_mlp(wts, x, approximate), "MLP output", hint="mlp")
 
 
 @points(3)
-def test_matches_oracle():
+def test_matches_oracle(w):
     """Matches x + attn(ln1(x)), then + mlp(ln2(.)), recomputed with random LayerNorm and bias values."""
     for D, H, kwargs in ((16, 4, {}), (24, 3, {"dropout": 0.1})):
-        block = build(D, H, **kwargs)
-        randomize_norms_and_biases(block)
+        block, wts = build(w, D, H, **kwargs)
         x = randn(2, 6, D)
-        with torch.no_grad():
-            out = block(x)
-            approximate = gelu_flavour(block.mlp, x)
-            expect_tensor(out, "block output", x.shape, "residual")
-            expect_close(out, oracle_block(block, x, approximate), f"TransformerBlock({D}, {H}) output",
-                         hint=lambda: diagnose(block, x, out, approximate))
+        out = expect_tensor(block(x, no_grad=True), "block output", x.shape, "residual")
+        approximate = gelu_flavour(out, lambda a: oracle_block(wts, x, H, a))
+        expect_close(out, oracle_block(wts, x, H, approximate), f"TransformerBlock({D}, {H}) output",
+                     hint=lambda: diagnose(wts, x, H, out, approximate))
 
 
 @points(2)
-def test_gradients_reach_every_parameter():
+def test_gradients_reach_every_parameter(w):
     """Backward works and every parameter (both LayerNorms, attention, MLP) receives a gradient."""
-    block = build(16, 4)
-    randomize_norms_and_biases(block)
-    out = block(randn(2, 8, 16))
-    expect_every_parameter_gets_a_gradient(block, (out * randn(*out.shape)).sum(), "TransformerBlock")
+    block, _ = build(w, 16, 4)
+    expect_every_parameter_gets_a_gradient(block, randn(2, 8, 16), "TransformerBlock")
 
 
 @points(1)
-def test_causality():
+def test_causality(w):
     """Changing future tokens never changes earlier outputs."""
-    block = build(16, 4)
-    randomize_norms_and_biases(block)
-    x = randn(2, 8, 16)
-    expect_causal(block, x, "TransformerBlock", positions=(0, 4))
+    block, _ = build(w, 16, 4)
+    expect_causal(lambda t: block(t, no_grad=True), randn(2, 8, 16), "TransformerBlock", positions=(0, 4))
 
 
 @points(1)
-def test_no_shortcuts():
+def test_no_shortcuts(w):
     """No built-in attention or transformer layers in the source, the module tree, or at run time."""
-    block = build(16, 4)
-    expect_no_shortcuts(student(LAB), lambda: block(randn(2, 8, 16)).sum().backward(), block)
+    block, _ = build(w, 16, 4)
+    expect_no_shortcuts(w, lambda: block(randn(2, 8, 16), guard=True), block)
 
 
 @points(1)
-def test_device_discipline():
+def test_device_discipline(w):
     """forward keeps every tensor on the input's device."""
-    expect_device_discipline(build(16, 4), torch.randn(2, 8, 16), "TransformerBlock")
+    block, _ = build(w, 16, 4)
+    expect_device_discipline(w, block, torch.randn(2, 8, 16), "TransformerBlock")

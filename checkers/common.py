@@ -1,30 +1,20 @@
-"""Shared helpers for every checker: student loading, comparisons, oracles and hints.
+"""Shared helpers for every checker: the lab registry, hints, comparisons, oracles and the checks labs share.
 
-Everything a verdict depends on is bound here, at import, before any student module is
-imported: a submission that patches `torch.allclose`, `torch.testing.assert_close` or
-`F.scaled_dot_product_attention` at import time changes none of the references below.
-(The comparisons are written with these bound built-ins rather than torch.testing, whose
-internals look `torch.isclose` up on the module at call time.)
+This runs in the judge, which never imports student code: the student's objects live in the worker and are
+reached through checkers/client.py, and everything compared here is a plain tensor decoded from the worker's
+answer. Oracles take weights (state dicts the judge chose and loaded), never modules.
 """
-import importlib
 import math
-import sys
-from contextlib import contextmanager
-from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-# ---- pristine references ------------------------------------------------------------------
-Tensor = torch.Tensor
-_sdpa = F.scaled_dot_product_attention
-_linear, _layer_norm, _gelu, _embedding = F.linear, F.layer_norm, F.gelu, F.embedding
-_softmax, _cross_entropy = torch.softmax, F.cross_entropy
-_abs, _sub, _isnan, _tril, _ones = torch.abs, torch.sub, torch.isnan, torch.tril, torch.ones
-_matmul = torch.matmul
+from checkers.client import Handle, On, StudentError, Worker
+from checkers.static import Forbidden
 
-ROOT = Path(__file__).resolve().parent.parent
+Tensor = torch.Tensor
+ROOT_HINT = "the lab's contract (module docstring) asks for it"
+
 LABS = {  # lab -> (module name, title); lab N builds on lab N-1
     "lab1": ("lab1_attention", "Scaled dot-product attention"),
     "lab2": ("lab2_multihead", "Multi-head attention"),
@@ -103,6 +93,7 @@ HINTS = {
 }
 
 
+
 class CheckFailure(AssertionError):
     """A check's verdict: what was expected, what came back, and which mistake it points at."""
 
@@ -116,73 +107,40 @@ def fail(message: str, hint=None):
     raise CheckFailure(message, hint() if callable(hint) else hint)
 
 
-FIGURES = []  # pictures a check attaches to its result (heatmaps, loss curves, samples); the runner sends them
-
-
-def figure(kind: str, **data):
-    FIGURES.append({"kind": kind, **data})
-
-
-def _grid(t) -> list:
-    """The first (T, T) matrix of a (..., T, T) tensor, as rounded floats."""
-    t = t.detach().to("cpu", torch.float64)
-    return [[round(float(v), 3) for v in row] for row in t.reshape(-1, t.size(-2), t.size(-1))[0].tolist()]
-
-
-@contextmanager
-def heatmap_on_failure(got, want, title: str):
-    """If the block fails, attach the student's attention weights beside the expected ones."""
-    try:
-        yield
-    except CheckFailure:
-        if isinstance(got, Tensor) and got.dim() >= 2 and got.shape[-2:] == want.shape[-2:] and got.device.type != "meta":
-            figure("heatmap", title=title, got=_grid(got), want=_grid(want))
-        raise
-
-
 def points(n: int):
-    """Mark a check with the points it is worth (the grader reads them before any student code runs)."""
+    """Mark a check with the points it is worth (the grader reads them before any worker starts)."""
     def mark(fn):
         fn.points = n
         return fn
     return mark
 
 
-# ---- where the student code lives and which device the checks use ----------------------------
-class _Config:
-    lab_dir: Path = ROOT / "labs"
-    device: torch.device = torch.device("cpu")
+FIGURES = []  # pictures a check attaches to its result (heatmaps, loss curves, samples); the judge sends them
 
 
-CONFIG = _Config()
+def figure(kind: str, **data):
+    FIGURES.append({"kind": kind, **data})
 
 
-def configure(lab_dir, device="cpu"):
-    CONFIG.lab_dir = Path(lab_dir).resolve()
-    CONFIG.device = torch.device(device)
-    if str(CONFIG.lab_dir) not in sys.path:
-        sys.path.insert(0, str(CONFIG.lab_dir))
+def grid(t) -> list:
+    """The first (T, T) matrix of a (..., T, T) tensor, as rounded floats."""
+    t = t.detach().to("cpu", torch.float64)
+    return [[round(float(v), 3) for v in row] for row in t.reshape(-1, t.size(-2), t.size(-1))[0].tolist()]
 
 
-def student(module_name: str):
-    """Import (once) a lab module from the configured lab folder."""
-    return importlib.import_module(module_name)
-
-
-def attr(module, name: str):
-    """module.name, or a failure that says which name the contract expects."""
-    if not hasattr(module, name):
-        fail(f"{module.__name__}.py defines no `{name}`: the lab's contract (module docstring) asks for it.")
-    return getattr(module, name)
-
-
-def device() -> torch.device:
-    return CONFIG.device
+def heatmap_if_failing(got, want, title: str):
+    """Attach the student's attention weights beside the expected ones (call when a check is about to fail)."""
+    if isinstance(got, Tensor) and got.dim() >= 2 and got.shape[-2:] == want.shape[-2:] and got.device.type != "meta":
+        figure("heatmap", title=title, got=grid(got), want=grid(want))
 
 
 def randn(*shape, dtype=None) -> Tensor:
-    """Seeded normal noise made on the CPU (same numbers on every device), then moved to the checks' device."""
-    return torch.randn(*shape, dtype=dtype).to(CONFIG.device)
+    """Seeded normal noise (the judge seeds each check)."""
+    return torch.randn(*shape, dtype=dtype)
+
+
+def causal(T: int) -> Tensor:
+    return torch.tril(torch.ones(T, T, dtype=torch.bool))
 
 
 # ---- comparisons ---------------------------------------------------------------------------
@@ -193,7 +151,7 @@ def _fmt(t: Tensor, limit: int = 6) -> str:
 
 def expect_tensor(actual, what: str, shape=None, hint=None) -> Tensor:
     if not isinstance(actual, Tensor):
-        fail(f"{what}: expected a torch.Tensor, got {type(actual).__name__}.", hint)
+        fail(f"{what}: expected a torch.Tensor, got {getattr(actual, 'type_name', type(actual).__name__)}.", hint)
     if shape is not None and tuple(actual.shape) != tuple(shape):
         fail(f"{what}: expected shape {tuple(shape)}, got {tuple(actual.shape)}.", hint)
     return actual
@@ -202,11 +160,13 @@ def expect_tensor(actual, what: str, shape=None, hint=None) -> Tensor:
 def expect_close(actual, expected: Tensor, what: str, atol: float = 1e-5, rtol: float = 1e-4, hint=None):
     """Fail with the max abs error and the first offending row unless |actual - expected| <= atol + rtol*|expected|."""
     expect_tensor(actual, what, expected.shape, hint)
+    if actual.device.type == "meta":
+        fail(f"{what}: came back on the meta device, with no values.", hint)
     a = actual.detach().to("cpu", torch.float64)
     e = expected.detach().to("cpu", torch.float64)
-    err = _abs(_sub(a, e))
-    finite = ~(_isnan(a) | _isnan(e))
-    bad = (err > atol + rtol * _abs(e)) | (_isnan(a) != _isnan(e)) | (err.isinf() & finite)
+    err = (a - e).abs()
+    finite = ~(a.isnan() | e.isnan())
+    bad = (err > atol + rtol * e.abs()) | (a.isnan() != e.isnan()) | (err.isinf() & finite)
     if not bool(bad.any()):
         return
     index = tuple(int(i) for i in bad.nonzero()[0])
@@ -220,109 +180,190 @@ def expect_close(actual, expected: Tensor, what: str, atol: float = 1e-5, rtol: 
     fail(message, hint)
 
 
-def eval_mode(module: nn.Module) -> nn.Module:
-    """Eval mode (dropout off) on the checks' device."""
-    return module.to(CONFIG.device).eval()
+# ---- the student's modules, with weights the judge chooses ------------------------------------
+def build(w: Worker, module: str, cls: str, *args, **kwargs) -> Handle:
+    """module.cls(*args, **kwargs) built in the worker (eval mode), or a failure naming what the contract wants."""
+    return w.new(module, cls, *args, **kwargs)
 
 
-@torch.no_grad()
-def randomize_norms_and_biases(module: nn.Module):
-    """Give LayerNorms and biases random values so identity initialisation cannot hide a mistake."""
-    g = torch.Generator().manual_seed(1234)
-    for name, p in module.named_parameters():
-        leaf = name.rsplit(".", 1)[-1]
-        owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
-        if isinstance(owner, nn.LayerNorm) and leaf == "weight":
-            p.copy_(torch.rand(p.shape, generator=g).mul(1.0).add(0.5))  # U(0.5, 1.5)
+def expect_params(h: Handle, want: dict, what: str, hint=None, optional=()):
+    """The module has each parameter of `want` ({name: shape}); names in `optional` may be absent."""
+    have = h.params
+    for name, shape in want.items():
+        if name not in have:
+            if name in optional:
+                continue
+            fail(f"{what} has no parameter `{name}` (has: {', '.join(sorted(have)) or 'none'}); {ROOT_HINT}.", hint)
+        if have[name][0] != tuple(shape):
+            fail(f"{what}: `{name}` has shape {have[name][0]}, the contract gives {tuple(shape)}.", hint)
+
+
+def owner_kinds(h: Handle, name: str) -> list:
+    return h.modules.get(name.rsplit(".", 1)[0] if "." in name else "", ("", "", []))[2]
+
+
+def fill(h: Handle, seed: int = 1234, style: str = "check") -> dict:
+    """Judge-chosen values for every parameter of h, loaded into it; returns {name: value} (tied names share one).
+
+    style "check": LayerNorm weights U(0.5, 1.5) and biases N(0, 0.3), so identity initialisation hides nothing;
+    style "default": PyTorch's own initialisation (what a model trains from).
+    """
+    g = torch.Generator().manual_seed(seed)
+    values, ties = {}, h.ties
+    for name, (shape, dtype) in h.params.items():
+        tied = next((values[other] for group in ties if name in group for other in group if other in values), None)
+        if tied is not None:
+            values[name] = tied
+            continue
+        kinds, leaf = owner_kinds(h, name), name.rsplit(".", 1)[-1]
+        fan_in = shape[-1] if len(shape) > 1 else max(1, shape[0] if shape else 1)
+        if "LayerNorm" in kinds and leaf == "weight":
+            v = torch.rand(shape, generator=g) + 0.5 if style == "check" else torch.ones(shape)
         elif leaf == "bias":
-            p.copy_(torch.randn(p.shape, generator=g).mul(0.3))
+            v = torch.randn(shape, generator=g) * 0.3 if style == "check" else torch.zeros(shape) \
+                if "LayerNorm" in kinds else (torch.rand(shape, generator=g) * 2 - 1) / math.sqrt(fan_in)
+        elif "Embedding" in kinds:
+            v = torch.randn(shape, generator=g)
+        elif len(shape) >= 2:
+            v = (torch.rand(shape, generator=g) * 2 - 1) / math.sqrt(fan_in)
+        else:
+            v = torch.rand(shape, generator=g) + 0.5 if style == "check" else torch.ones(shape)
+        values[name] = v
+    h.load(values)
+    return values
 
 
-# ---- oracles: recomputations from the student's own parameters under the contract layout -----
+def zeroed(values: dict, *prefixes) -> dict:
+    """A copy of values with every parameter under the given prefixes set to zero."""
+    return {n: torch.zeros_like(v) if n.startswith(prefixes) else v for n, v in values.items()}
+
+
+def sub(values: dict, prefix: str) -> dict:
+    """The entries under `prefix.` with the prefix removed."""
+    return {n[len(prefix) + 1:]: v for n, v in values.items() if n.startswith(prefix + ".")}
+
+
+# ---- oracles: recomputations from weights under the contract's layout ------------------------
 def oracle_attention(q, k, v, mask=None):
     """(out, weights), computed independently of the submission."""
-    scores = _matmul(q, k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+    scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.size(-1))
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    weights = _softmax(scores, dim=-1)
-    out = _sdpa(q, k, v, attn_mask=mask) if q.dtype != torch.float64 else _matmul(weights, v)
+    weights = torch.softmax(scores, dim=-1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask) if q.dtype != torch.float64 else weights @ v
     return out, weights
 
 
-def causal(T: int) -> Tensor:
-    return _tril(_ones(T, T, dtype=torch.bool, device=CONFIG.device))
-
-
-def oracle_mha(mha: nn.Module, x: Tensor) -> Tensor:
+def oracle_mha(w: dict, x: Tensor, n_heads: int) -> Tensor:
     B, T, D = x.shape
-    H = mha.n_heads
-    q, k, v = _linear(x, mha.qkv.weight, mha.qkv.bias).split(D, dim=-1)
-    heads = [t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v)]  # (B, H, T, d_head)
+    q, k, v = F.linear(x, w["qkv.weight"], w.get("qkv.bias")).split(D, dim=-1)
+    heads = [t.view(B, T, n_heads, D // n_heads).transpose(1, 2) for t in (q, k, v)]  # (B, H, T, d_head)
     out, _ = oracle_attention(*heads, mask=causal(T))
     out = out.transpose(1, 2).reshape(B, T, D)
-    return _linear(out, mha.proj.weight, mha.proj.bias)
+    return F.linear(out, w["proj.weight"], w.get("proj.bias"))
 
 
-def oracle_mlp(mlp: nn.Module, x: Tensor, approximate: str = "none") -> Tensor:
-    h = _gelu(_linear(x, mlp.fc.weight, mlp.fc.bias), approximate=approximate)
-    return _linear(h, mlp.proj.weight, mlp.proj.bias)
+def oracle_mlp(w: dict, x: Tensor, approximate: str = "none") -> Tensor:
+    h = F.gelu(F.linear(x, w["fc.weight"], w.get("fc.bias")), approximate=approximate)
+    return F.linear(h, w["proj.weight"], w.get("proj.bias"))
 
 
-def gelu_flavour(mlp: nn.Module, x: Tensor) -> str:
-    """'none' or 'tanh': whichever GELU the student's MLP matches (both are accepted)."""
-    out = mlp(x)
-    err = {a: float((oracle_mlp(mlp, x, a) - out).abs().max()) for a in ("none", "tanh")}
+def oracle_layer_norm(w: dict, x: Tensor) -> Tensor:
+    return F.layer_norm(x, (x.size(-1),), w.get("weight"), w.get("bias"), 1e-5)
+
+
+def oracle_block(w: dict, x: Tensor, n_heads: int, approximate: str = "none") -> Tensor:
+    x = x + oracle_mha(sub(w, "attn"), oracle_layer_norm(sub(w, "ln1"), x), n_heads)
+    return x + oracle_mlp(sub(w, "mlp"), oracle_layer_norm(sub(w, "ln2"), x), approximate)
+
+
+def oracle_gpt(w: dict, idx: Tensor, n_heads: int, n_layers: int, approximate: str = "none") -> Tensor:
+    T = idx.size(1)
+    x = F.embedding(idx, w["tok_emb.weight"]) + F.embedding(torch.arange(T), w["pos_emb.weight"])
+    for i in range(n_layers):
+        x = oracle_block(sub(w, f"blocks.{i}"), x, n_heads, approximate)
+    return F.linear(oracle_layer_norm(sub(w, "ln_f"), x), w["lm_head.weight"], w.get("lm_head.bias"))
+
+
+def gelu_flavour(out: Tensor, oracle) -> str:
+    """'none' or 'tanh': whichever GELU makes oracle(approximate) closest to the student's output."""
+    if not isinstance(out, Tensor) or out.device.type == "meta":
+        return "none"
+    err = {}
+    for a in ("none", "tanh"):
+        want = oracle(a)
+        err[a] = float((want - out.to(want.dtype)).abs().max()) if want.shape == out.shape else float("inf")
     return min(err, key=err.get)
 
 
-def oracle_layer_norm(ln: nn.Module, x: Tensor) -> Tensor:
-    return _layer_norm(x, (x.size(-1),), ln.weight, ln.bias, getattr(ln, "eps", 1e-5))
-
-
-def oracle_block(block: nn.Module, x: Tensor, approximate: str = "none") -> Tensor:
-    x = x + oracle_mha(block.attn, oracle_layer_norm(block.ln1, x))
-    return x + oracle_mlp(block.mlp, oracle_layer_norm(block.ln2, x), approximate)
-
-
-def oracle_gpt(model: nn.Module, idx: Tensor, approximate: str = "none") -> Tensor:
-    T = idx.size(1)
-    x = _embedding(idx, model.tok_emb.weight) + _embedding(torch.arange(T, device=idx.device), model.pos_emb.weight)
-    for block in model.blocks:
-        x = oracle_block(block, x, approximate)
-    head = model.lm_head
-    return _linear(oracle_layer_norm(model.ln_f, x), head.weight, getattr(head, "bias", None))
-
-
-def next_token_loss(model: nn.Module, data: Tensor, seq_len: int) -> float:
-    """Mean next-token cross-entropy over every window of `data` (the checker's own evaluation)."""
+def next_token_loss(w: dict, data: Tensor, seq_len: int, n_heads: int, n_layers: int, approximate="none") -> float:
+    """Mean next-token cross-entropy over every window of `data`, with the judge's own forward."""
     windows = data.unfold(0, seq_len + 1, 1)  # (N, seq_len + 1): every window, plus the token after it
     x, y = windows[:, :-1], windows[:, 1:]
     with torch.no_grad():
-        logits = model(x)
-    return float(_cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1)))
+        logits = oracle_gpt({k: v.float() for k, v in w.items()}, x, n_heads, n_layers, approximate)
+    return float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)))
 
 
 # ---- checks shared by several labs ------------------------------------------------------------
 def expect_causal(fn, x: Tensor, what: str, positions=(0, 3, 6)):
-    """For each t, changing inputs after position t must leave outputs 0..t unchanged."""
+    """For each t, changing inputs after position t must leave outputs 0..t unchanged (fn runs in the worker)."""
+    before = expect_tensor(fn(x), what)
     for t in positions:
-        _expect_causal_at(fn, x, what, t)
+        changed = x.clone()
+        changed[:, t + 1:] = randn(*changed[:, t + 1:].shape, dtype=x.dtype) if x.is_floating_point() else \
+            (changed[:, t + 1:] + 1) % (int(x.max()) + 1)
+        after = expect_tensor(fn(changed), what, before.shape)
+        expect_close(after[:, :t + 1], before[:, :t + 1],
+                     f"{what}: changing only the tokens after position {t} moved the outputs at positions 0..{t}",
+                     atol=1e-5, rtol=1e-5, hint="causal")
 
 
-def _expect_causal_at(fn, x: Tensor, what: str, t: int):
-    changed = x.clone()
-    changed[:, t + 1:] = randn(*changed[:, t + 1:].shape, dtype=x.dtype) if x.is_floating_point() else \
-        (changed[:, t + 1:] + 1) % (int(x.max()) + 1)
-    with torch.no_grad():
-        before, after = fn(x), fn(changed)
-    expect_close(after[:, :t + 1], before[:, :t + 1],
-                 f"{what}: changing only the tokens after position {t} moved the outputs at positions 0..{t}",
-                 atol=1e-5, rtol=1e-5, hint="causal")
-
-
-def expect_every_parameter_gets_a_gradient(module: nn.Module, loss: Tensor, what: str):
-    module.zero_grad(set_to_none=True)
-    loss.backward()
-    missing = [n for n, p in module.named_parameters() if p.requires_grad and (p.grad is None or not bool(p.grad.abs().sum() > 0))]
+def expect_every_parameter_gets_a_gradient(h: Handle, x, what: str):
+    """Backward from out * noise reaches every parameter (the gradients are computed in the worker, judged here)."""
+    out = h(x, no_grad=True)
+    shape = expect_tensor(out, f"{what} output").shape
+    result = h(x, backward={"grad_out": randn(*shape), "index": None})
+    grads = result.get("grads") if type(result) is dict else None
+    if not (type(grads) is dict and grads.get("connected") is True):
+        fail(f"{what}: the output is not connected to the parameters (no autograd graph): avoid .detach(), .data "
+             "and torch.no_grad() in forward.", "grad")
+    params = grads.get("params") if type(grads.get("params")) is dict else {}
+    missing = [n for n in h.params if n not in params and not any(n in g for g in h.ties)]
+    missing += [n for n, g in params.items() if not (isinstance(g, Tensor) and g.device.type != "meta"
+                                                     and bool(g.abs().sum() > 0))]
     if missing:
-        fail(f"{what}: these parameters received no gradient: {', '.join(missing)}.", "grad")
+        fail(f"{what}: these parameters received no gradient: {', '.join(sorted(set(missing)))}.", "grad")
+    return result
+
+
+def expect_no_shortcuts(w: Worker, run, module: Handle = None):
+    """No built-in attention module in the tree, and none reached while `run()` runs under the worker's runtime
+    guard (best effort: the static scan of the source, in the judge, is what rules)."""
+    found = [f"{name or 'model'} ({cls})" for name, (cls, _, kinds) in (module.modules if module else {}).items()
+             if "forbidden" in kinds]
+    if found:
+        raise Forbidden("built-in attention is not allowed here: " + ", ".join(found))
+    try:
+        run()
+    except StudentError as exc:
+        if not exc.shortcut:
+            raise
+    if w.hits:
+        raise Forbidden(f"the code called torch's built-in `{w.hits[0]}`")
+
+
+def expect_device_discipline(w: Worker, h: Handle, example: Tensor, what: str):
+    """forward on another device (CUDA when checking there, else meta) with one device per op."""
+    target = "cuda" if w.device == "cuda" else "meta"
+    h.to(target)
+    try:
+        out = h(On(example, target), device_guard=True, no_grad=True)
+    except StudentError as exc:
+        if exc.type in ("DeviceMixError", "RuntimeError"):
+            fail(f"{what} failed with the module and its input on {target}: {exc.message}", "device")
+        raise
+    out = expect_tensor(out, f"{what} output")
+    if not getattr(out, "remote_device", "").startswith(target):
+        fail(f"{what}: input on {target}, output on {getattr(out, 'remote_device', '?')}.", "device")
+

@@ -1,10 +1,11 @@
-"""Parent side of grading: run each lab's checks in a child process under limits the parent owns.
+"""Parent side of grading: run each lab's judge in a child process under limits the parent owns.
 
-One thread, one event loop: start up to `jobs` children, read their channel and output pipes, kill a child's
-whole process group when it runs past its wall time or resident-memory cap, and reap it. Children are forked
-from this process (which imported torch but never ran an op that starts OpenMP or CUDA) or, with
-isolation="spawn", started as fresh interpreters. Nothing a child prints or returns is taken as evidence: only
-nonce-tagged records on the channel are.
+One thread, one event loop: start up to `jobs` judges, read their channel and output pipes, kill a judge's
+whole process group when it runs past its wall time (its workers die with it: the zygote watches each judge),
+and reap it. Judges are forked from this process (which imported torch but never ran an op that starts OpenMP
+or CUDA) or, with isolation="spawn", started as fresh interpreters. A judge never runs student code: it asks a
+worker (forked from the zygote, see worker/zygote.py) and decides every verdict itself. Only nonce-tagged
+records on the judge's channel count.
 """
 import json
 import os
@@ -26,8 +27,8 @@ MAX_CHANNEL = 8 * 1024 * 1024
 @dataclass
 class Task:
     lab: str
-    lab_dir: str  # private copy of the lab files
-    display_dir: str  # how the student knows that folder
+    sources: dict  # lab file name -> bytes, read before any worker ran
+    display_dir: str  # how the student knows the submission's folder
     device: str = "cpu"
     timeout: float = 60.0
     memory: float = 4.0  # GiB
@@ -44,7 +45,6 @@ class Outcome:
     exit_code: int = None
     signal: int = None
     timed_out: bool = False
-    memory_killed: bool = False
     seconds: float = 0.0
     error: str = None  # the child could not be started
 
@@ -58,27 +58,25 @@ class _Child:
         self.start = time.monotonic()
 
 
+GRACE = 3.0  # seconds past its lab's time a judge gets to report before the parent kills it
+
+
 def _limits(task: Task):
-    """Run in the child before any check: own process group, no core files, capped file size and address space."""
+    """Run in the judge first: own process group, no core files."""
     os.setsid()
-    os.chdir(task.lab_dir)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 20, 256 << 20))
-    if task.device == "cpu" and task.memory:  # RLIMIT_AS breaks CUDA start-up; on CUDA the parent polls RSS
-        cap = int(task.memory * (1 << 30))
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
 
-def _spec(task: Task, check_timeout: float) -> dict:
-    return {"lab": task.lab, "lab_dir": task.lab_dir, "display_dir": task.display_dir, "device": task.device,
-            "check_timeout": check_timeout, "select": task.select}
+def _spec(task: Task, zygote) -> dict:
+    return {"lab": task.lab, "sources": task.sources, "display_dir": task.display_dir, "device": task.device,
+            "check_timeout": max(1.0, task.timeout / 3), "deadline": time.monotonic() + task.timeout,
+            "select": task.select, "memory": task.memory, "zygote": zygote, "hide": [str(ROOT)]}
 
 
-def _start(child: _Child, isolation: str, keep_closed: set):
+def _start(child: _Child, isolation: str, keep_closed: set, zygote):
     task = child.task
     chan_r, chan_w = os.pipe()
     out_r, out_w = os.pipe()
-    check_timeout = max(1, int(task.timeout / 2))  # pytest-timeout's clean message comes first
     if isolation == "fork":
         sys.stdout.flush()
         sys.stderr.flush()
@@ -93,18 +91,20 @@ def _start(child: _Child, isolation: str, keep_closed: set):
                 os.dup2(out_w, 2)
                 os.close(out_w)
                 _limits(task)
-                from checkers.runner import run
-                run(fd=chan_w, nonce=child.nonce, **_spec(task, check_timeout))
+                from checkers.judge import run
+                run(fd=chan_w, nonce=child.nonce, **_spec(task, zygote))
             finally:
                 os._exit(70)
         child.pid = pid
     else:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         env.update(GRADER_NONCE=child.nonce, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
-        code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import runpy; runpy.run_module('checkers.runner', run_name='__main__')"
+        code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import runpy; runpy.run_module('checkers.judge', run_name='__main__')"
+        spec = _spec(task, None)
+        spec["sources"] = {k: v.decode("latin-1") for k, v in task.sources.items()}
         child.popen = subprocess.Popen(
-            [sys.executable, "-I", "-c", code, json.dumps({**_spec(task, check_timeout), "fd": chan_w})],
-            stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w, pass_fds=(chan_w,), env=env, cwd=task.lab_dir,
+            [sys.executable, "-I", "-c", code, json.dumps({**spec, "fd": chan_w})],
+            stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w, pass_fds=(chan_w,), env=env, cwd=str(ROOT),
             preexec_fn=lambda: _limits(task))
         child.pid = child.popen.pid
     os.close(chan_w)
@@ -113,14 +113,6 @@ def _start(child: _Child, isolation: str, keep_closed: set):
         os.set_blocking(fd, False)
     child.open_fds = {chan_r, out_r}
     child.chan_fd, child.out_fd = chan_r, out_r
-
-
-def _rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def _kill_group(pid: int):
@@ -165,14 +157,14 @@ def _finish(child: _Child) -> Outcome:
     for line in bytes(child.channel).splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except Exception:  # any bytes at all: a record that does not parse is dropped
             continue
         if isinstance(record, dict) and secrets.compare_digest(str(record.pop("nonce", "")), child.nonce):
             out.records.append(record)
     return out
 
 
-def run_tasks(tasks, jobs: int = 1, isolation: str = "fork", on_done=None, poll: float = 0.05) -> list:
+def run_tasks(tasks, jobs: int = 1, isolation: str = "fork", on_done=None, poll: float = 0.05, zygote=None) -> list:
     """Run every task in its own child, at most `jobs` at a time; outcomes come back in task order."""
     pending, running, done = list(tasks), [], {}
     sel = selectors.DefaultSelector()
@@ -181,7 +173,7 @@ def run_tasks(tasks, jobs: int = 1, isolation: str = "fork", on_done=None, poll:
             while pending and len(running) < max(1, jobs):
                 child = _Child(pending.pop(0))
                 try:
-                    _start(child, isolation, {fd for c in running for fd in c.open_fds})
+                    _start(child, isolation, {fd for c in running for fd in c.open_fds}, zygote)
                 except OSError as exc:
                     child.outcome.error = f"could not start the grading process: {exc}"
                     done[id(child.task)] = child.outcome
@@ -195,11 +187,8 @@ def run_tasks(tasks, jobs: int = 1, isolation: str = "fork", on_done=None, poll:
             for child in list(running):
                 task, out = child.task, child.outcome
                 if out.exit_code is None and out.signal is None:
-                    if now - child.start > task.timeout:
+                    if now - child.start > task.timeout + GRACE:
                         out.timed_out = True
-                        _kill_group(child.pid)
-                    elif task.memory and _rss_bytes(child.pid) > task.memory * (1 << 30):
-                        out.memory_killed = True
                         _kill_group(child.pid)
                     pid, status = os.waitpid(child.pid, os.WNOHANG)
                     if pid == 0:

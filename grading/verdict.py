@@ -1,17 +1,16 @@
-"""Verdicts: turn a child's records into per-check results, a lab status and points.
+"""Verdicts: turn a judge's records into per-check results, a lab status and points.
 
-The list of checks and their points comes from the pack (the checker modules, imported here before any
-student code exists in any process); the child only reports outcomes. A check without a "passed" record
-is not passed; a lab without an end-of-session record did not finish.
+The list of checks and their points comes from the pack (the checker modules, imported here; no student code
+runs in this process or in the judge); the judge reports outcomes. A check without a "passed" record is not
+passed; a lab without an end-of-session record did not finish.
 """
 import importlib
-import signal
 from dataclasses import dataclass, field
 
 from checkers.common import HINTS, LABS
 
-# a lab whose run did not finish cleanly, or that used a shortcut, is awarded no points
-UNAWARDED = {"timeout", "crashed", "exited", "out of memory", "forbidden", "error"}
+# a lab that broke a rule, or whose grading failed, is awarded no points
+UNAWARDED = {"forbidden", "error"}
 
 
 @dataclass
@@ -64,40 +63,39 @@ def expected_checks(lab: str, select=None) -> list:
     return checks
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
+# a check that ran into one of these gets the matching status; the lab shows the first of them
+CHECK_STATUS = {"timeout": "timeout", "crashed": "crashed", "exit": "exited", "oom": "out of memory"}
 
 
-def judge(outcome, checks: list, lab_source: str = None) -> LabResult:
-    """A LabResult from a supervise.Outcome and the expected checks (mutated in place)."""
+def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
+    """A LabResult from a supervise.Outcome (the judge's records) and the expected checks (mutated in place).
+
+    A check scores its points only with a "passed" record. One check that hung, crashed or ran out of memory
+    costs that check only; a lab whose import failed, that broke a rule (forbidden) or whose judge did not
+    finish scores what its finished checks earned, and a forbidden lab scores 0.
+    """
     task = outcome.task
-    records = outcome.records
+    records = [r for r in outcome.records if isinstance(r, dict)]
     by_name = {}
     for r in records:
         if r.get("type") == "check" and r.get("name") in {c.name for c in checks}:
             if by_name.get(r["name"], {}).get("outcome") != "failed":  # a failure always wins
                 by_name[r["name"]] = r
-    ended = any(r.get("type") == "end" for r in records)
+    end = next((r for r in records if r.get("type") == "end"), None)
     start = next((r for r in records if r.get("type") == "start"), {})
     imported = next((r for r in records if r.get("type") == "import"), None)
-    forbidden = [r.get("message", "") for r in records if r.get("type") == "forbidden"]
-    forbidden += [r["message"] for r in by_name.values() if r.get("kind") == "forbidden"]
-    kinds = {r.get("kind") for r in by_name.values() if r.get("outcome") == "failed"}
-    if imported and not imported.get("ok"):
-        kinds.add(imported.get("kind"))
+    forbidden = [str(r.get("message", "")) for r in records if r.get("type") == "forbidden"]
+    forbidden += [str(r["message"]) for r in by_name.values() if r.get("kind") == "forbidden"]
 
     for c in checks:
         r = by_name.get(c.name)
         if r:
             c.passed = r.get("outcome") == "passed"
-            c.message, c.hint, c.kind = r.get("message", ""), r.get("hint"), r.get("kind")
-            c.trace, c.seconds = r.get("trace", []), r.get("seconds", 0.0)
-            c.traceback, c.figures = r.get("traceback", ""), [f for f in r.get("figures", []) if isinstance(f, dict)]
+            c.message, c.hint, c.kind = str(r.get("message", "")), r.get("hint"), r.get("kind")
+            c.trace, c.seconds = list(r.get("trace") or []), float(r.get("seconds") or 0.0)
+            c.traceback, c.figures = str(r.get("traceback", "")), [f for f in r.get("figures") or [] if isinstance(f, dict)]
+    faults = [c for c in checks if c.kind in CHECK_STATUS]
 
-    # the lab's status: what happened to the process first, then what the records say
     limit = f"{task.timeout:g} s"
     if outcome.error:
         status, detail = "error", outcome.error
@@ -105,24 +103,20 @@ def judge(outcome, checks: list, lab_source: str = None) -> LabResult:
         status, detail = "forbidden", forbidden[0]
     elif outcome.timed_out:
         status, detail = "timeout", f"stopped after its time limit of {limit} (an endless loop, or far too slow)"
-    elif "timeout" in kinds:
-        status, detail = "timeout", "a check ran past its time limit"
-    elif outcome.memory_killed or "oom" in kinds:
-        status, detail = "out of memory", f"went past the memory cap of {task.memory:g} GiB"
-    elif outcome.signal == signal.SIGKILL:
-        status, detail = "out of memory", "killed by the system (SIGKILL), most likely for using too much memory"
-    elif outcome.signal is not None:
-        status, detail = "crashed", f"the process crashed ({_signal_name(outcome.signal)})"
-    elif not ended:
-        status, detail = "exited", f"the process exited with code {outcome.exit_code} before its checks finished"
+    elif outcome.signal is not None or end is None:
+        status, detail = "error", "the grader's judge process did not finish (this is the grader's fault, not yours)"
     elif imported and not imported.get("ok"):
         kind = imported.get("kind")
-        status = {"not_started": "not started", "exit": "exited", "oom": "out of memory"}.get(kind, "error")
+        status = {"not_started": "not started", "exit": "exited", "oom": "out of memory", "timeout": "timeout",
+                  "crashed": "crashed"}.get(kind, "error")
         if kind == "blocked" and lab_source is not None and "raise NotImplementedError" in lab_source:
             status = "not started"
-        detail = imported.get("message", "")
-        if kind in ("syntax", "exception"):
+        detail = str(imported.get("message", ""))
+        if kind in ("syntax", "exception", "crashed", "exit", "timeout", "oom"):
             detail = "could not import the lab: " + detail
+    elif faults:
+        status = CHECK_STATUS[faults[0].kind]
+        detail = f"{faults[0].title}: {faults[0].message}" + (f" ({len(faults) - 1} more check(s) too)" if len(faults) > 1 else "")
     elif checks and all(c.passed for c in checks):
         status, detail = "passed", ""
     elif checks and all(c.kind == "not_started" for c in checks):
@@ -131,9 +125,7 @@ def judge(outcome, checks: list, lab_source: str = None) -> LabResult:
     else:
         status, detail = "failed", ""
 
-    missing = {"timeout": f"not finished: the lab was stopped after {limit}",
-               "crashed": "not finished: the process crashed", "exited": "not finished: the process exited early",
-               "out of memory": "not finished: out of memory"}.get(status, "not run")
+    missing = "not finished: the lab was stopped after " + limit if status == "timeout" else "not run"
     for c in checks:
         if c.name not in by_name:
             c.message = "not run" if imported and not imported.get("ok") else missing
@@ -141,10 +133,11 @@ def judge(outcome, checks: list, lab_source: str = None) -> LabResult:
             c.message, c.hint = "not started", None
         c.score = c.points if c.passed and status not in UNAWARDED else 0
 
-    result = LabResult(task.lab, status, detail, checks, output=outcome.output, seconds=outcome.seconds,
-                       device=start.get("device", task.device))
+    output = str(end.get("output", "")) if end else ""
+    result = LabResult(task.lab, status, detail, checks, output=output + outcome.output, seconds=outcome.seconds,
+                       device=str(start.get("device", task.device)))
     blockers = sorted({r.get("origin") for r in list(by_name.values()) + [imported or {}]
-                       if r.get("kind") == "blocked" and r.get("origin")})
+                       if r.get("kind") == "blocked" and r.get("origin") in LABS})
     for lab in blockers:
         result.notes.append(f"Some failures come from {LABS[lab][0]}.py: fix lab {lab[3]} first "
                             f"(python grader.py {lab}).")

@@ -1,0 +1,107 @@
+"""Static rules, applied by the judge to the lab source it read before any worker ran.
+
+- `read_lab_file`: only a regular file of at most 1 MB is taken (a symlink, FIFO or device is refused with a
+  reason); it is read once, without following links and without blocking.
+- `scan_source`: an AST scan that ignores comments, strings and `if __name__ == "__main__":` blocks and reports
+  built-in attention reached through torch, assignments that patch torch or the test framework, and imports of
+  the grader's own packages.
+"""
+import ast
+import os
+import stat
+
+MAX_BYTES = 1 << 20
+FORBIDDEN_NAMES = {
+    "scaled_dot_product_attention", "multi_head_attention_forward", "MultiheadAttention", "Transformer",
+    "TransformerEncoder", "TransformerEncoderLayer", "TransformerDecoder", "TransformerDecoderLayer",
+    "_native_multi_head_attention", "_transformer_encoder_layer_fwd",
+}
+GRADER_PACKAGES = {"checkers", "grading", "worker", "solutions", "grader"}
+PATCHED_ROOTS = {"_pytest", "pytest"}  # any attribute assignment under these is tampering
+
+
+class Forbidden(Exception):
+    """A rule the lab broke: the lab is marked forbidden and scores 0."""
+
+
+def read_lab_file(path: str) -> bytes:
+    """The file's bytes; OSError with a plain reason for anything but a regular file of at most 1 MB."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise OSError(f"{os.path.basename(path)} is a symbolic link; submit the file itself")
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(f"{os.path.basename(path)} is not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{os.path.basename(path)} is not a regular file")
+        data = os.read(fd, MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        raise OSError(f"{os.path.basename(path)} is larger than 1 MB")
+    return data
+
+
+def _is_main_guard(node) -> bool:
+    test = getattr(node, "test", None)
+    return (isinstance(node, ast.If) and isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__" and any(isinstance(c, ast.Constant) and c.value == "__main__"
+                                                   for c in test.comparators))
+
+
+def _root(node):
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def scan_source(source, filename: str = "<lab>") -> list:
+    """Rule breaks in the code, each as 'line N: what'; [] when the source does not parse (the import will say)."""
+    try:
+        tree = ast.parse(source, filename)
+    except (SyntaxError, ValueError):
+        return []
+    tree.body = [node for node in tree.body if not _is_main_guard(node)]
+    torch_aliases, hits = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                top = a.name.split(".")[0]
+                if top == "torch":
+                    torch_aliases.add((a.asname or a.name).split(".")[0])
+                elif top in GRADER_PACKAGES:
+                    hits.append(f"line {node.lineno}: import {a.name} (the grader's own code)")
+        elif isinstance(node, ast.ImportFrom):
+            top = (node.module or "").split(".")[0]
+            if top == "torch":
+                for a in node.names:
+                    if a.name in FORBIDDEN_NAMES:
+                        hits.append(f"line {node.lineno}: from {node.module} import {a.name}")
+                    torch_aliases.add(a.asname or a.name)
+            elif top in GRADER_PACKAGES:
+                hits.append(f"line {node.lineno}: from {node.module} import ... (the grader's own code)")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in FORBIDDEN_NAMES and _root(node) in torch_aliases:
+            hits.append(f"line {node.lineno}: {ast.unparse(node)}")
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr") \
+                and node.args and _root(node.args[0]) in torch_aliases | PATCHED_ROOTS:
+            targets = [node.args[0]]
+        for target in targets:
+            root = _root(target)
+            if isinstance(target, (ast.Attribute, ast.Name)) and root in PATCHED_ROOTS | torch_aliases and \
+                    (root in PATCHED_ROOTS or _patches_torch(target)):
+                hits.append(f"line {node.lineno}: {ast.unparse(target)} = ... (patches {root})")
+    return hits
+
+
+def _patches_torch(target) -> bool:
+    """torch.X = ..., torch.nn.functional.X = ..., torch.Tensor.X = ...: not torch.backends.* settings."""
+    parts = []
+    node = target
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return bool(parts) and "backends" not in parts

@@ -1,0 +1,89 @@
+"""Best-effort guards the worker runs student code under. They report; the judge decides.
+
+Code in the worker's process can disable anything here, so none of it is a defence on its own: the judge's
+static scan of the source (checkers/static.py) is what rules on shortcuts, and every verdict is computed in the
+judge. What these add is a clear message for the honest student who reaches a built-in by accident.
+"""
+from types import ModuleType
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+FORBIDDEN_MODULES = (nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoder, nn.TransformerEncoderLayer,
+                     nn.TransformerDecoder, nn.TransformerDecoderLayer)
+_FORBIDDEN_FUNCS = {F.scaled_dot_product_attention, F.multi_head_attention_forward}
+_FORBIDDEN_FRAGMENTS = ("scaled_dot_product", "multi_head_attention", "transformer_encoder", "flash_attention")
+
+
+class ForbiddenShortcut(BaseException):
+    """Raised when student code reaches a built-in attention function (BaseException: `except Exception` won't hide it)."""
+
+
+class ShortcutGuard(TorchFunctionMode):
+    """Notes a built-in attention call however it was reached (an alias, getattr, a module made in forward)."""
+
+    def __init__(self, hits: list):
+        super().__init__()
+        self.hits = hits
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if func in _FORBIDDEN_FUNCS or any(f in name for f in _FORBIDDEN_FRAGMENTS):
+            self.hits.append(name)
+            raise ForbiddenShortcut(f"the code called torch's built-in `{name}`")
+        return func(*args, **(kwargs or {}))
+
+
+class DeviceMixError(RuntimeError):
+    pass
+
+
+_COPIES = {"copy_", "_to_copy", "to", "lift_fresh", "_copy_from", "_copy_from_and_resize"}
+
+
+class DeviceGuard(TorchDispatchMode):
+    """Raises when one op's tensors live on more than one device (0-dim CPU scalars excepted, copies allowed).
+
+    The meta device alone misses the matmul family and embedding/index ops with CPU indices; this closes that gap.
+    """
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.__name__.split(".")[0] not in _COPIES:
+            devices = {t.device for t in tree_leaves((args, kwargs))
+                       if isinstance(t, torch.Tensor) and not (t.device.type == "cpu" and t.dim() == 0)}
+            if len(devices) > 1:
+                raise DeviceMixError(f"`{func.__name__.split('.')[0]}` got tensors on {sorted(map(str, devices))}")
+        return func(*args, **kwargs)
+
+
+_MISSING = object()
+# rebound by torch's own API (torch.set_default_dtype rebinds torch.Storage) or by the warnings machinery
+_EXPECTED_CHANGES = {"torch.Storage", "__warningregistry__"}
+
+
+def _namespaces() -> dict:
+    import torch.testing
+    return {"torch": torch, "torch.nn.functional": F, "torch.Tensor": torch.Tensor, "torch.testing": torch.testing,
+            "torch.nn.Module": nn.Module}
+
+
+class Snapshot:
+    """Identity of every attribute of torch's main namespaces, taken before student code runs."""
+
+    def __init__(self):
+        self.saved = {name: dict(vars(ns)) for name, ns in _namespaces().items()}
+
+    def changed(self) -> list:
+        """Attributes replaced, removed or added since (a lazily imported submodule is not a change)."""
+        out = []
+        for name, ns in _namespaces().items():
+            before, now = self.saved[name], dict(vars(ns))
+            out += [f"{name}.{key}" for key in before.keys() | now.keys()
+                    if before.get(key, _MISSING) is not now.get(key, _MISSING)
+                    and not isinstance(now.get(key), ModuleType) and not {f"{name}.{key}", key} & _EXPECTED_CHANGES]
+        return sorted(out)
