@@ -118,7 +118,7 @@ class Handle:
         return self.worker.get(("handle", self.id, name))
 
     def load(self, tensors: dict):
-        self.worker.request({"op": "load", "handle": self.id}, {k: v.contiguous() for k, v in tensors.items()})
+        self.worker.request({"op": "load", "handle": self.id}, {k: v.detach().clone() for k, v in tensors.items()})
 
     def state(self) -> dict:
         return self.worker.request({"op": "state", "handle": self.id})

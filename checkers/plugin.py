@@ -1,13 +1,19 @@
-"""pytest plugin of the checkers: which lab folder and device to check, and a fixed seed per check.
+"""pytest plugin of the checkers: `pytest checkers/ --lab-dir solutions` runs the checks with a worker fixture.
 
-The grader loads it with `-p checkers.plugin`; `pytest checkers/` loads it through checkers/conftest.py.
+The grader does not use pytest; this is for working on the checkers. Each test module gets one worker (a fresh
+interpreter that runs the lab files of --lab-dir), and each check a fixed seed.
 """
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
-from checkers.common import ROOT, configure
+from checkers.client import Worker
+from checkers.common import FIGURES, LABS
+from checkers.static import read_lab_file
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_addoption(parser):
@@ -18,14 +24,21 @@ def pytest_addoption(parser):
                     help="device the checks run on: cpu, cuda or auto (default cpu, or $LAB_DEVICE)")
 
 
-def pytest_configure(config):
-    device = config.getoption("--lab-device")
+@pytest.fixture(scope="module")
+def w(request):
+    folder = Path(request.config.getoption("--lab-dir"))
+    device = request.config.getoption("--lab-device")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    configure(config.getoption("--lab-dir"), device)
+    names = [f"{module}.py" for module, _ in LABS.values()]
+    worker = Worker({n: read_lab_file(str(folder / n)) for n in names if (folder / n).is_file()}, device=device,
+                    timeout=120)
+    yield worker
+    worker.close()
 
 
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
+    FIGURES.clear()
     yield
