@@ -107,7 +107,14 @@ class Handle:
         return floats[0] if floats else torch.float32
 
     def __call__(self, *args, **options):
-        """forward(*args); options as for Worker.call (backward, watch, no_grad, ...)."""
+        """forward(*args); options as for Worker.call (backward, watch, no_grad, ...).
+
+        Floating-point inputs go in the module's own dtype (a lab may set torch's default dtype to float64)."""
+        dtype = self.dtype
+        cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+        args = [On(cast(a.tensor), a.device, a.grad) if isinstance(a, On) else cast(a) for a in args]
+        if options.get("backward"):
+            options["backward"] = {**options["backward"], "grad_out": cast(options["backward"]["grad_out"])}
         return self.worker.call(("handle", self.id, "forward"), *args, **options)
 
     def method(self, name: str, *args, **options):

@@ -3,8 +3,10 @@
 - `read_lab_file`: only a regular file of at most 1 MB is taken (a symlink, FIFO or device is refused with a
   reason); it is read once, without following links and without blocking.
 - `scan_source`: an AST scan that ignores comments, strings and `if __name__ == "__main__":` blocks and reports
-  built-in attention reached through torch, assignments that patch torch or the test framework, and imports of
-  the grader's own packages.
+  built-in attention reached through torch, assignments that patch torch or the test framework, imports of the
+  grader's own packages, torch's internals (`torch._C`, `DisableTorchFunction`), and torch attributes or modules
+  looked up by a name computed at run time. It sees only what is written directly: code built from strings at
+  run time (exec, say) is beyond it.
 """
 import ast
 import os
@@ -84,6 +86,13 @@ def scan_source(source, filename: str = "<lab>") -> list:
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr in FORBIDDEN_NAMES and _root(node) in torch_aliases:
             hits.append(f"line {node.lineno}: {ast.unparse(node)}")
+        if isinstance(node, ast.Attribute) and node.attr == "_C" and _root(node) in torch_aliases or \
+                isinstance(node, (ast.Name, ast.Attribute)) and "DisableTorchFunction" in getattr(node, "attr", getattr(node, "id", "")):
+            hits.append(f"line {node.lineno}: {ast.unparse(node)} (torch's internals)")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "__import__") \
+                and node.args and not all(isinstance(a, ast.Constant) for a in node.args[1 if node.func.id == "getattr" else 0:2]) \
+                and (node.func.id == "__import__" or _root(node.args[0]) in torch_aliases):
+            hits.append(f"line {node.lineno}: {ast.unparse(node)} (a name computed at run time)")
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
             if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr") \
@@ -94,7 +103,7 @@ def scan_source(source, filename: str = "<lab>") -> list:
             if isinstance(target, (ast.Attribute, ast.Name)) and root in PATCHED_ROOTS | torch_aliases and \
                     (root in PATCHED_ROOTS or _patches_torch(target)):
                 hits.append(f"line {node.lineno}: {ast.unparse(target)} = ... (patches {root})")
-    return hits
+    return sorted(set(hits), key=lambda h: int(h.split(":")[0].removeprefix("line ")))
 
 
 def _patches_torch(target) -> bool:

@@ -21,6 +21,7 @@ import sys
 import traceback
 
 import torch
+import torch._dynamo  # noqa: F401  (AdamW and dispatch modes import it lazily, rebinding torch functions)
 import torch.nn as nn
 
 from worker.guards import FORBIDDEN_MODULES, DeviceGuard, ForbiddenShortcut, ShortcutGuard, Snapshot
