@@ -14,6 +14,7 @@ RUN grep -v '^torch==' requirements.txt > /tmp/requirements-extra.txt \
 COPY grader.py pytest.ini ./
 COPY checkers/ checkers/
 COPY grading/ grading/
+COPY worker/ worker/
 COPY labs/ labs/
 RUN useradd --no-create-home --uid 10001 --shell /usr/sbin/nologin grader
 

@@ -15,7 +15,7 @@ from tools.gradescope import build_zip, torch_pin
 from tools.make_stubs import expected_stubs, solution_regions
 from tools.release import write_release
 
-RELEASE_TOP = {"labs", "checkers", "grading", "grader.py", "pytest.ini", "requirements.txt", "Dockerfile", "README.md"}
+RELEASE_TOP = {"labs", "checkers", "grading", "worker", "grader.py", "pytest.ini", "requirements.txt", "Dockerfile", "README.md"}
 RELEASE_TOP |= {".dockerignore"} if (ROOT / ".dockerignore").is_file() else set()
 # Idioms the checkers' oracles (checkers/common.py) necessarily share with the solutions; allowed under checkers/
 # only. Any other overlap fails the leak test and needs a look.
@@ -46,7 +46,7 @@ def autograder_zip(tmp_path_factory) -> Path:
 def test_release_holds_exactly_the_student_files(release):
     assert {p.name for p in release.iterdir()} == RELEASE_TOP
     assert {p.name: p.read_text() for p in (release / "labs").iterdir()} == expected_stubs()
-    for package in ("checkers", "grading"):
+    for package in ("checkers", "grading", "worker"):
         shipped = {p.relative_to(release) for p in (release / package).rglob("*")}
         assert shipped == {p.relative_to(ROOT) for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts}
 

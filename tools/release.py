@@ -3,7 +3,7 @@
     python tools/release.py OUT_DIR            # OUT_DIR must be missing or empty
     python tools/release.py OUT_DIR --force    # empty OUT_DIR first
 
-The release holds labs/ (stubs regenerated from solutions/, so never stale), checkers/, grading/, grader.py,
+The release holds labs/ (stubs regenerated from solutions/, so never stale), checkers/, grading/, worker/, grader.py,
 pytest.ini, requirements.txt, Dockerfile, .dockerignore and README.md without its instructors-only regions
 (from a line `<!-- instructors-only -->` to a line `<!-- /instructors-only -->`, markers included).
 No solutions/, tools/, tests/ or bench/.
@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:  # run as a script, tools/ is on sys.path but the 
 
 from tools.make_stubs import expected_stubs  # noqa: E402
 
-PACKAGES = ("checkers", "grading")  # copied as their .py files
+PACKAGES = ("checkers", "grading", "worker")  # copied as their .py files
 FILES = ("grader.py", "pytest.ini", "requirements.txt", "Dockerfile")
 OPTIONAL_FILES = (".dockerignore",)
 BEGIN_PRIVATE, END_PRIVATE = "<!-- instructors-only -->", "<!-- /instructors-only -->"

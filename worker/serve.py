@@ -19,6 +19,7 @@ import importlib
 import os
 import sys
 import traceback
+import types
 
 import torch
 import torch._dynamo  # noqa: F401  (AdamW and dispatch modes import it lazily, rebinding torch functions)
@@ -259,6 +260,9 @@ def capture_attention(captured: list) -> list:
 
 def serve(rfd: int, wfd: int, lab_dir: str, device: str):
     """Run the worker loop on a private copy of the lab files; the grader's own folders are not on sys.path."""
+    for name in [m for m in sys.modules if m.split(".")[0] in ("grader", "grading", "checkers", "tests")]:
+        del sys.modules[name]  # the command line's own module, when this process was forked from it
+    sys.modules["__main__"] = types.ModuleType("__main__")
     keep = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
     sys.path[:] = [lab_dir] + [p for p in sys.path if p and any(os.path.realpath(p).startswith(k) for k in keep)]
     sys.dont_write_bytecode = True
