@@ -53,7 +53,7 @@ def flavour(model: Handle, wts: dict, n_heads=H, n_layers=L) -> str:
 
 def greedy(wts: dict, idx: torch.Tensor, steps: int, crop: int, approximate: str) -> torch.Tensor:
     """The judge's own greedy continuation from weights."""
-    for _ in range(steps):
+    for _step in range(steps):
         with torch.no_grad():
             nxt = oracle_gpt(wts, idx[:, -crop:], H, L, approximate)[:, -1].argmax(-1, keepdim=True)
         idx = torch.cat([idx, nxt], dim=1)

@@ -23,7 +23,8 @@ def test_batch_grades_records_and_resumes(tmp_path):
     assert set(graded) == {"good", "broken", "hanging", "crashing", "empty"}
     assert graded["good"]["score"] == graded["good"]["max_score"] == "62"
     assert graded["broken"]["lab3_status"] == "failed" and graded["broken"]["lab1_status"] == "passed"
-    assert graded["hanging"]["lab4_status"] == "timeout" and graded["hanging"]["lab4_score"] == "0"
+    # the hang costs the checks that need the trained model, not the whole lab
+    assert graded["hanging"]["lab4_status"] == "timeout" and int(graded["hanging"]["lab4_score"]) < 25
     assert graded["crashing"]["lab2_status"] == "crashed" and graded["crashing"]["lab1_status"] == "passed"
     assert {graded["empty"][f"lab{n}_status"] for n in range(1, 5)} == {"error"}
 

@@ -82,7 +82,8 @@ class Server:
         return {"type": type(exc).__name__, "message": message,
                 "frames": [[os.path.basename(f.filename), f.lineno or 0, f.name, (f.line or "").strip()[:200]]
                            for f in frames[-8:]],
-                "traceback": "\n".join(lines + [f"{type(exc).__name__}: {message}"])[-4000:],
+                "traceback": "\n".join(["Traceback (most recent call last), your files only:"] + lines
+                                       + [f"{type(exc).__name__}: {message}"])[-4000:],
                 "memory": isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in message,
                 "shortcut": isinstance(exc, ForbiddenShortcut)}
 

@@ -19,11 +19,12 @@ import select
 import signal
 import socket
 import sys
+import time
 
 UIDS = range(61000, 61064)  # one per concurrently running worker, when running as root
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
 MS_RDONLY, MS_BIND, MS_REC, MS_PRIVATE = 1, 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -136,9 +137,12 @@ def _worker(spec: dict, fds: list, sock: socket.socket):
                     signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
                     os.kill(os.getpid(), os.WTERMSIG(status))
                 os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 70)
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        parent = os.getppid()
         _limits(spec)
         _become(spec)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it
+        if os.getppid() != parent:  # the outer process died before that: nobody would end us
+            os._exit(72)
         from worker.serve import serve
         serve(req_r, resp_w, spec["lab_dir"], spec.get("device", "cpu"))
         os._exit(0)
@@ -160,6 +164,7 @@ def _chown_tree(path: str, uid: int):
 def run(sock: socket.socket):
     """The zygote's loop. Never returns."""
     prctl(PR_SET_DUMPABLE, 0)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)  # what a worker leaves behind is reparented here, and reaped
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     workers = {}  # pid -> {"ctl": fd, "judge": pidfd or None, "uid": uid}
 
@@ -169,6 +174,13 @@ def run(sock: socket.socket):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # reap what they leave behind, so nothing lingers as a zombie
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    time.sleep(0.01)
+            except ChildProcessError:
+                break
         os._exit(0)
     signal.signal(signal.SIGTERM, kill_all)
     prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
