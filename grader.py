@@ -158,12 +158,13 @@ def preload(isolation: str):
     import importlib
     for name in STDLIB:
         importlib.import_module(name)
+    import gc
     import worker.serve  # noqa: F401
     from worker import zygote
+    gc.freeze()  # workers' garbage collections skip torch's heap (and do not copy its pages)
     ZYGOTE["socket"] = zygote.start()
     zygote.prctl(zygote.PR_SET_DUMPABLE, 0)  # this process's memory is closed to a same-user worker
     import checkers.judge  # noqa: F401
-    import gc
     gc.freeze()  # the preloaded heap: children's garbage collections skip it (and do not copy its pages)
 
 
