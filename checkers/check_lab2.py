@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from checkers.client import On
 from checkers.common import (causal, expect_causal, expect_close, expect_device_discipline,
                              expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_params,
                              expect_tensor, fail, figure, fill, grid, oracle_attention, oracle_mha, points, randn)
@@ -130,7 +131,6 @@ def test_matches_oracle(w):
 def test_gradients_reach_every_parameter(w):
     """Backward works and qkv and proj (weights and biases) all receive a gradient."""
     mha, _ = build(w, 16, 4)
-    from checkers.client import On
     result = expect_every_parameter_gets_a_gradient(mha, On(randn(2, 8, 16), grad=True), "MultiHeadAttention")
     inputs = result["grads"].get("inputs")
     if not (type(inputs) is list and inputs and isinstance(inputs[0], torch.Tensor)):

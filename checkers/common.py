@@ -13,7 +13,7 @@ from checkers.client import Handle, On, StudentError, Worker
 from checkers.static import Forbidden
 
 Tensor = torch.Tensor
-ROOT_HINT = "the lab's contract (module docstring) asks for it"
+CONTRACT = "the lab's contract (module docstring) asks for it"
 
 LABS = {  # lab -> (module name, title); lab N builds on lab N-1
     "lab1": ("lab1_attention", "Scaled dot-product attention"),
@@ -181,11 +181,6 @@ def expect_close(actual, expected: Tensor, what: str, atol: float = 1e-5, rtol: 
 
 
 # ---- the student's modules, with weights the judge chooses ------------------------------------
-def build(w: Worker, module: str, cls: str, *args, **kwargs) -> Handle:
-    """module.cls(*args, **kwargs) built in the worker (eval mode), or a failure naming what the contract wants."""
-    return w.new(module, cls, *args, **kwargs)
-
-
 def expect_params(h: Handle, want: dict, what: str, hint=None, optional=()):
     """The module has each parameter of `want` ({name: shape}); names in `optional` may be absent."""
     have = h.params
@@ -193,7 +188,7 @@ def expect_params(h: Handle, want: dict, what: str, hint=None, optional=()):
         if name not in have:
             if name in optional:
                 continue
-            fail(f"{what} has no parameter `{name}` (has: {', '.join(sorted(have)) or 'none'}); {ROOT_HINT}.", hint)
+            fail(f"{what} has no parameter `{name}` (has: {', '.join(sorted(have)) or 'none'}); {CONTRACT}.", hint)
         if have[name][0] != tuple(shape):
             fail(f"{what}: `{name}` has shape {have[name][0]}, the contract gives {tuple(shape)}.", hint)
 

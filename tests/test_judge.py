@@ -154,6 +154,8 @@ def test_attack_earns_nothing(case, graded):
     awarded = {name for name in must_fail if result["checks"][name]["passed"] and result["score"] > 0}
     assert not awarded, (case, result["status"], result["detail"], awarded)
     assert result["score"] < result["max"], (case, result["status"])
+    if isinstance(ATTACKS[case][1], str):  # built on an untouched stub: nothing in it deserves a point
+        assert result["score"] == 0, (case, result["status"], result["detail"])
     for earlier in ("lab1", "lab2", "lab3", "lab4")[:int(lab[3]) - 1]:
         assert graded[case][earlier]["status"] == "passed", (earlier, graded[case][earlier]["detail"])
 
