@@ -153,6 +153,9 @@ def preload(isolation: str):
     Order matters: the zygote is forked after torch (and the worker's own code) but before any checker module is
     imported, so no worker forked from it holds a check, an oracle or an expected value.
     """
+    if sys.platform == "linux":  # this process's memory is closed to a worker of the same user
+        import ctypes
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
     if isolation != "fork" or ZYGOTE:
         return
     import importlib
@@ -163,7 +166,6 @@ def preload(isolation: str):
     from worker import zygote
     gc.freeze()  # workers' garbage collections skip torch's heap (and do not copy its pages)
     ZYGOTE["socket"] = zygote.start()
-    zygote.prctl(zygote.PR_SET_DUMPABLE, 0)  # this process's memory is closed to a same-user worker
     import checkers.judge  # noqa: F401
     gc.freeze()  # the preloaded heap: children's garbage collections skip it (and do not copy its pages)
 
