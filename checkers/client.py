@@ -23,7 +23,26 @@ import torch
 from worker.wire import Packer, ProtocolError, Unpacker, read_frame, write_frame
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = TAIL = 8 * 1024  # bytes of a worker's output kept from its start and from its end
+
+
+class Kept:
+    """A process's output, bounded: the first and the last 8 KB, and how much was skipped between them."""
+    HEAD = TAIL = 8 * 1024
+
+    def __init__(self):
+        self.head, self.tail, self.size = bytearray(), bytearray(), 0
+
+    def add(self, data: bytes):
+        self.size += len(data)
+        room = self.HEAD - len(self.head)
+        self.head += data[:room]
+        if room < len(data):
+            self.tail = (self.tail + data[room:])[-self.TAIL:]
+
+    def text(self) -> str:
+        skipped = self.size - len(self.head) - len(self.tail)
+        middle = f"\n[... {skipped} bytes of output skipped ...]\n" if skipped > 0 else ""
+        return self.head.decode(errors="replace") + middle + self.tail.decode(errors="replace")
 
 
 class WorkerGone(Exception):
@@ -142,7 +161,7 @@ class Worker:
         self.sources, self.device, self.memory, self.timeout = sources, device, memory, timeout
         self.zygote, self.hide, self.deadline = zygote, list(hide), deadline
         self.proc = self.pid = None
-        self.head, self.tail, self.output_bytes = bytearray(), bytearray(), 0
+        self.kept = Kept()
         self.starts, self.hits = 0, []
         self.folder = None
 
@@ -218,10 +237,7 @@ class Worker:
 
     def output(self) -> str:
         self._drain()
-        text = self.head.decode(errors="replace")
-        if self.output_bytes > HEAD + TAIL:
-            text += f"\n[... {self.output_bytes - HEAD - TAIL} bytes of output skipped ...]\n"
-        return text + self.tail.decode(errors="replace")
+        return self.kept.text()
 
     def _drain(self):
         while self.pid is not None:
@@ -231,11 +247,7 @@ class Worker:
                 return
             if not data:
                 return
-            self.output_bytes += len(data)
-            room = HEAD - len(self.head)
-            self.head += data[:room]
-            if room < len(data):
-                self.tail = (self.tail + data[room:])[-TAIL:]
+            self.kept.add(data)
 
     # ---- requests ----
     def _status(self) -> WorkerGone:

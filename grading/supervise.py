@@ -19,8 +19,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from checkers.client import Kept
+
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = TAIL = 8 * 1024  # bytes of a child's output kept from its start and from its end
 MAX_CHANNEL = 8 * 1024 * 1024
 
 
@@ -41,7 +42,6 @@ class Outcome:
     task: Task
     records: list = field(default_factory=list)
     output: str = ""
-    output_bytes: int = 0
     exit_code: int = None
     signal: int = None
     timed_out: bool = False
@@ -53,7 +53,7 @@ class _Child:
     def __init__(self, task: Task):
         self.task, self.nonce = task, secrets.token_hex(16)
         self.outcome = Outcome(task)
-        self.channel, self.head, self.tail = bytearray(), bytearray(), bytearray()
+        self.channel, self.kept = bytearray(), Kept()
         self.open_fds, self.pid, self.popen = set(), None, None
         self.start = time.monotonic()
 
@@ -140,20 +140,14 @@ def _read(child: _Child, fd: int, sel) -> bool:
         if len(child.channel) < MAX_CHANNEL:
             child.channel += data
     else:
-        child.outcome.output_bytes += len(data)
-        room = HEAD - len(child.head)
-        child.head += data[:room]
-        child.tail = (child.tail + data[room:])[-TAIL:] if room < len(data) else child.tail
+        child.kept.add(data)
     return True
 
 
 def _finish(child: _Child) -> Outcome:
     out = child.outcome
     out.seconds = time.monotonic() - child.start
-    text = child.head.decode(errors="replace")
-    if out.output_bytes > HEAD + TAIL:
-        text += f"\n[... {out.output_bytes - HEAD - TAIL} bytes of output skipped ...]\n"
-    out.output = text + child.tail.decode(errors="replace")
+    out.output = child.kept.text()
     for line in bytes(child.channel).splitlines():
         try:
             record = json.loads(line)
