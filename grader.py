@@ -92,14 +92,16 @@ def read_submission(source: Path) -> tuple:
     return sources, refused
 
 
-def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=True) -> dict:
+def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=True, hide=()) -> dict:
     """Grade `labs` of each (key, folder, display name); returns {key: [LabResult, ...]} in lab order.
 
-    Every (submission, lab) pair is one child; all of them share one scheduler, `args.jobs` at a time.
+    Every (submission, lab) pair is one child; all of them share one scheduler, `args.jobs` at a time. Workers
+    see neither the submissions' folders nor `hide`.
     """
     from grading.supervise import Task, run_tasks
     from grading.verdict import LabResult, decide, expected_checks, note_dependencies
     results, tasks = {}, []
+    hide = (*hide, *{str(Path(source).resolve()) for _, source, _ in submissions})
     for key, source, display in submissions:
         sources, refused = read_submission(Path(source))
         results[key] = {}
@@ -115,7 +117,7 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=
                     on_done(key, missing)
                 continue
             select = [c.name for c in expected_checks(lab, args.check)] if args.check else None
-            tasks.append(Task(lab, sources, display, device, args.timeout, args.memory, select, key))
+            tasks.append(Task(lab, sources, display, device, args.timeout, args.memory, select, key, hide))
 
     def judged(outcome, quiet=False):
         task = outcome.task
@@ -127,7 +129,7 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=
     zygote = ZYGOTE.get("socket")
     run_tasks(tasks, jobs=args.jobs, isolation=args.isolation, on_done=judged, zygote=zygote)
     # a failing lab may only be failing because of an earlier one it builds on: grade those too, for notes only
-    probes = [Task(lab, t.sources, t.display_dir, device, args.timeout, args.memory, None, t.key)
+    probes = [Task(lab, t.sources, t.display_dir, device, args.timeout, args.memory, None, t.key, hide)
               for t in tasks if results[t.key][t.lab].status != "passed"
               for lab in LAB_NAMES[:LAB_NAMES.index(t.lab)] if lab not in labs and probe
               and LAB_FILES[LAB_NAMES.index(lab)] in t.sources]
@@ -181,8 +183,10 @@ def find_lab_files(folder: Path) -> Path:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     labs = list(LAB_NAMES) if args.lab == "all" else [args.lab]
+    hide = ()
     if args.gradescope:
         autograder = Path(os.environ.get("GRADESCOPE_ROOT", "/autograder"))
+        hide = (str(autograder.resolve()),)  # its results folder included
         args.submission = str(find_lab_files(autograder / "submission"))
         args.json = str(autograder / "results" / "results.json")
     source = ROOT / "solutions" if args.solutions else Path(args.submission) if args.submission else ROOT / "labs"
@@ -205,7 +209,7 @@ def main(argv=None) -> int:
         if args.batch:
             from grading.batch import run_batch
             return run_batch(args.batch, labs, args, device, grade_submissions)
-        results = grade_submissions([(None, source, display)], labs, args, device)[None]
+        results = grade_submissions([(None, source, display)], labs, args, device, hide=hide)[None]
         report.print_scorecard(results, report.console(), args.hints, args.verbose, display, time.monotonic() - started)
     except KeyboardInterrupt:
         error = "interrupted"

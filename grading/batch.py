@@ -61,7 +61,8 @@ def run_batch(folder, labs, args, device, grade_submissions) -> int:
                     print(f"graded {key}: " + ", ".join(f"{lab} {finished[key][lab].status}" for lab in labs),
                           file=sys.stderr)
 
-        grade_submissions([(p.name, p, p.name) for p in todo], labs, args, device, on_done=lab_done, probe=False)
+        grade_submissions([(p.name, p, p.name) for p in todo], labs, args, device, on_done=lab_done, probe=False,
+                          hide=(str(folder.resolve()),))
     seconds = time.monotonic() - started
     print(f"wrote {out}: {len(todo)} submissions graded in {seconds:.2f} s "
           f"({len(todo) / max(seconds, 1e-9):.2f} per second)", file=sys.stderr)

@@ -35,6 +35,7 @@ class Task:
     memory: float = 4.0  # GiB
     select: list = None
     key: object = None  # the caller's label (a submission, say)
+    hide: tuple = ()  # folders the worker must not see, besides the grader's own tree and home
 
 
 @dataclass
@@ -70,7 +71,8 @@ def _limits(task: Task):
 def _spec(task: Task, zygote) -> dict:
     return {"lab": task.lab, "sources": task.sources, "display_dir": task.display_dir, "device": task.device,
             "check_timeout": max(1.0, task.timeout / 3), "deadline": time.monotonic() + task.timeout,
-            "select": task.select, "memory": task.memory, "zygote": zygote, "hide": [str(ROOT)]}
+            "select": task.select, "memory": task.memory, "zygote": zygote,
+            "hide": [str(ROOT), os.path.expanduser("~"), *map(str, task.hide)]}
 
 
 def _start(child: _Child, isolation: str, keep_closed: set, zygote):

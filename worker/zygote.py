@@ -7,11 +7,16 @@ a control pipe on which the zygote writes the worker's pid (`pid N`) and, once i
 (`exit STATUS`). A worker whose judge dies is killed; when every holder of the socket is gone, the zygote kills
 its workers and exits.
 
-A worker is confined as far as the machine allows: its own session, resource limits, a pid namespace (what it
-starts dies with it), a mount namespace in which the grader's tree is hidden, and, where the grader runs as
-root, an unprivileged uid of its own (one per running worker), owning only its private copy of the lab files.
+A worker is confined as far as the machine allows: its own session, resource limits, a pid namespace with its
+own /proc (what it starts dies with it, and it sees no process outside), a mount namespace in which the grader's
+tree, the submissions' folders and the grader's home are hidden and /tmp, /var/tmp and /dev/shm are private, and,
+where the grader runs as root, an unprivileged uid of its own (one per running worker) owning only its private
+copy of the lab files, whose every process is killed when the worker ends. A cgroup, where one is writable, caps
+the memory and the number of processes of the worker and all it starts; elsewhere each process has the
+address-space cap and the uid a process limit.
 """
 import ctypes
+import fcntl
 import json
 import os
 import resource
@@ -22,8 +27,11 @@ import sys
 import time
 
 UIDS = range(61000, 61064)  # one per concurrently running worker, when running as root
+UID_LOCKS = "/run/labgrade-uids"  # a lock per uid in use, so that two graders on one machine never share one
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
-MS_RDONLY, MS_BIND, MS_REC, MS_PRIVATE = 1, 4096, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # shared writable places: each worker gets empty ones
+MAX_TASKS = 128  # processes and threads of one worker (a cgroup's pids.max, else the uid's RLIMIT_NPROC)
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -46,25 +54,46 @@ def _write(path: str, text: str):
         f.write(text)
 
 
-def _hide(paths, keep: str):
+def _hide(paths, keep):
     """In this (private) mount namespace, cover each path with an empty read-only tmpfs (files: /dev/null).
 
-    A path that holds `keep` (the interpreter's own environment, say) is entered rather than covered.
+    A path that holds one of `keep` (the interpreter's own folders, say) is entered rather than covered.
     """
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
     for path in paths:
-        if not os.path.lexists(path):
+        path = path.rstrip("/")
+        if not path or not os.path.lexists(path) or any(path == k or path.startswith(k + "/") for k in keep):
             continue
-        if path == keep or path.startswith(keep + "/"):
-            continue
-        if keep.startswith(path.rstrip("/") + "/"):
+        if any(k.startswith(path + "/") for k in keep):
             if os.path.isdir(path) and not os.path.islink(path):
                 _hide([os.path.join(path, n) for n in os.listdir(path)], keep)
             continue
         if os.path.isdir(path) and not os.path.islink(path):
-            _mount("tmpfs", path, "tmpfs", MS_RDONLY, "size=4k,mode=0555")
+            _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0555")
         elif os.path.isfile(path) and not os.path.islink(path):
             _mount("/dev/null", path, None, MS_BIND)
+
+
+def _private_dirs(lab_dir: str):
+    """Empty /tmp, /var/tmp and /dev/shm of the worker's own; its copy of the lab files is bound back in place."""
+    fd = os.open(lab_dir, os.O_PATH | os.O_DIRECTORY)
+    try:
+        for path in PRIVATE_DIRS:
+            if os.path.isdir(path) and not os.path.islink(path):
+                _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
+        if not os.path.isdir(lab_dir):
+            os.makedirs(lab_dir, mode=0o700)
+            _mount(f"/proc/self/fd/{fd}", lab_dir, None, MS_BIND)
+    finally:
+        os.close(fd)
+
+
+def _keep() -> list:
+    """The interpreter's folders (and its packages'): a worker must still import from them."""
+    import site
+    places = [sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages(), os.path.dirname(os.__file__)]
+    places += [os.path.dirname(os.path.dirname(m.__file__)) for m in list(sys.modules.values())
+               if getattr(m, "__file__", None) and "site-packages" in m.__file__ and m.__name__.count(".") == 0]
+    return sorted({os.path.realpath(p) for p in places if p})
 
 
 def _limits(spec: dict):
@@ -79,7 +108,7 @@ def _limits(spec: dict):
 
 
 def _confine(spec: dict) -> dict:
-    """Namespaces first (while still privileged), then the uid. Returns what was achieved, for the report."""
+    """Namespaces first (while still privileged), then the uid. Returns what was achieved."""
     got = {}
     root = os.geteuid() == 0
     uid, gid = os.geteuid(), os.getegid()
@@ -93,8 +122,42 @@ def _confine(spec: dict) -> dict:
                 _write("/proc/self/gid_map", f"{gid} {gid} 1")
             except OSError:
                 pass
-        _hide(spec.get("hide", []), os.path.realpath(sys.prefix))
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+        _hide(spec.get("hide", []), _keep())
+        _private_dirs(spec["lab_dir"])
     return got
+
+
+def _cgroup(spec: dict, pid: int) -> list:
+    """Folders of new cgroups (v1 memory and pids, or v2) that cap the worker with everything it starts; [] when
+    none is writable. The worker joins them itself, before it runs any student code."""
+    made = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return made
+    cap = int(spec["memory"] * (1 << 30)) if spec.get("memory") and spec.get("device") == "cpu" else None
+    wanted = {"memory": [("memory.limit_in_bytes", cap)] if cap else [], "pids": [("pids.max", MAX_TASKS)]}
+    for _, controllers, path in lines:
+        for name in controllers.split(","):
+            if name in wanted and wanted[name]:
+                folder = f"/sys/fs/cgroup/{name}{path.rstrip('/')}/labgrade-{os.getpid()}-{pid}"
+                try:
+                    os.mkdir(folder)
+                    for file, value in wanted[name]:
+                        _write(os.path.join(folder, file), str(value))
+                    made.append(folder)
+                except OSError:
+                    _rmdir(folder)
+    return made
+
+
+def _rmdir(folder: str):
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass
 
 
 def _become(spec: dict):
@@ -103,7 +166,8 @@ def _become(spec: dict):
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-        resource.setrlimit(resource.RLIMIT_NPROC, (256, 256))
+        if not spec.get("cgroups"):
+            resource.setrlimit(resource.RLIMIT_NPROC, (MAX_TASKS, MAX_TASKS))
 
 
 def _worker(spec: dict, fds: list, sock: socket.socket):
@@ -126,6 +190,8 @@ def _worker(spec: dict, fds: list, sock: socket.socket):
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for folder in spec.get("cgroups", []):  # this process and all it starts
+            _write(os.path.join(folder, "cgroup.procs"), str(os.getpid()))
         if _confine(spec).get("namespaces"):
             # the first child in the new pid namespace is its pid 1: when it ends, everything it started ends too
             pid = os.fork()
@@ -137,6 +203,8 @@ def _worker(spec: dict, fds: list, sock: socket.socket):
                     signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
                     os.kill(os.getpid(), os.WTERMSIG(status))
                 os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 70)
+            # pid 1 of the new namespace: a /proc that shows this namespace only
+            _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         parent = os.getppid()
         _limits(spec)
         _become(spec)
@@ -166,14 +234,15 @@ def run(sock: socket.socket):
     prctl(PR_SET_DUMPABLE, 0)
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # what a worker leaves behind is reparented here, and reaped
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    workers = {}  # pid -> {"ctl": fd, "judge": pidfd or None, "uid": uid}
+    workers = {}  # pid -> {"ctl": fd, "judge": pidfd or None, "uid": uid, "lock": fd, "cgroups": [folder]}
 
     def kill_all(*_):
-        for pid in workers:
+        for pid, w in workers.items():
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            _end(w)
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:  # reap what they leave behind, so nothing lingers as a zombie
             try:
@@ -214,6 +283,7 @@ def run(sock: socket.socket):
             w = workers.pop(pid, None)
             if w is None:
                 continue
+            _end(w)
             try:
                 os.write(w["ctl"], f"exit {status}\n".encode())
             except OSError:
@@ -223,31 +293,74 @@ def run(sock: socket.socket):
                 os.close(w["judge"])
 
 
+def _claim_uid(used: set):
+    """(uid, lock fd) of a uid no worker of any grader on this machine runs under, or (None, None)."""
+    try:
+        os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
+    except OSError:
+        return None, None
+    for uid in UIDS:
+        if uid in used:
+            continue
+        try:
+            fd = os.open(f"{UID_LOCKS}/{uid}", os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return uid, fd
+        except OSError:
+            os.close(fd)
+    return None, None
+
+
+def _end(w: dict):
+    """After a worker: kill every process still running under its uid, then free its uid and cgroups."""
+    if w.get("uid") is not None:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgid(w["uid"])
+                os.setuid(w["uid"])
+                os.kill(-1, signal.SIGKILL)  # as that uid: every process of the uid but this one
+            finally:
+                os._exit(0)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        os.close(w["lock"])
+    for folder in w.get("cgroups", []):
+        _rmdir(folder)
+
+
 def _spawn(spec: dict, fds: list, sock, workers: dict):
     if len(fds) != 4:
         for fd in fds:
             os.close(fd)
         return
     ctl = fds[3]
-    uid = None
+    uid = lock = None
     if os.geteuid() == 0:
-        used = {w["uid"] for w in workers.values()}
-        uid = next((u for u in UIDS if u not in used), None)
+        uid, lock = _claim_uid({w["uid"] for w in workers.values()})
         if uid is not None:
             try:
                 _chown_tree(spec["lab_dir"], uid)
             except OSError:
-                uid = None
+                os.close(lock)
+                uid = lock = None
     try:
         judge = os.pidfd_open(spec["judge"]) if spec.get("judge") else None
     except (OSError, AttributeError):
         judge = None
+    _spawn.count = getattr(_spawn, "count", 0) + 1
+    cgroups = _cgroup(spec, _spawn.count)
     pid = os.fork()
     if pid == 0:
-        _worker({**spec, "uid": uid}, fds, sock)
+        _worker({**spec, "uid": uid, "cgroups": cgroups}, fds, sock)
     for fd in fds[:3]:
         os.close(fd)
-    workers[pid] = {"ctl": ctl, "judge": judge, "uid": uid}
+    workers[pid] = {"ctl": ctl, "judge": judge, "uid": uid, "lock": lock, "cgroups": cgroups}
     try:
         os.write(ctl, f"pid {pid} {uid if uid is not None else -1}\n".encode())
     except OSError:
