@@ -16,16 +16,17 @@ COPY checkers/ checkers/
 COPY grading/ grading/
 COPY worker/ worker/
 COPY labs/ labs/
-RUN useradd --no-create-home --uid 10001 --shell /usr/sbin/nologin grader
 
 FROM base AS pack-0
 
 FROM base AS pack-1
 COPY solutions/ solutions/
 
-# student labs are mounted read-only at run time: -v "$PWD/labs:/submission:ro"
+# The grader runs as root and gives each worker (the process that runs student code) an unprivileged uid of its
+# own; the pack and /private, where submissions and results are mounted, are closed to every other uid:
+#   -v "$PWD/labs:/private/submission:ro"   (grading/container.py has the full, hardened `docker run`)
 # hadolint ignore=DL3006
 FROM pack-${WITH_SOLUTIONS}
-USER 10001
+RUN chmod -R go-rwx /pack && mkdir -m 0700 /private
 ENTRYPOINT ["python", "/pack/grader.py"]
-CMD ["all", "--submission", "/submission"]
+CMD ["all", "--submission", "/private/submission"]

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # the grader never writes its own tree (nor could a worker's poisoned cache count)
+
 ROOT = Path(__file__).resolve().parent
 LAB_NAMES = ("lab1", "lab2", "lab3", "lab4")
 LAB_FILES = ("lab1_attention.py", "lab2_multihead.py", "lab3_block.py", "lab4_gpt.py")
@@ -24,7 +26,7 @@ LAB_FILES = ("lab1_attention.py", "lab2_multihead.py", "lab3_block.py", "lab4_gp
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="grader.py", description="Grade the transformer labs.")
-    p.add_argument("lab", nargs="?", default="all", choices=[*LAB_NAMES, "all"], help="which lab (default all)")
+    p.add_argument("lab", nargs="*", default=["all"], metavar="LAB", help="lab1 .. lab4, several of them, or all (default)")
     p.add_argument("--solutions", action="store_true", help="grade the reference solutions in solutions/")
     p.add_argument("--submission", metavar="DIR", help="grade a folder holding the four lab files")
     p.add_argument("--json", metavar="PATH", help="write Gradescope-format results.json to PATH")
@@ -47,6 +49,10 @@ def parse_args(argv):
     p.add_argument("--isolation", choices=("fork", "spawn"), default="fork" if sys.platform == "linux" else "spawn",
                    help="fork children from this preloaded process (fast, Linux) or start fresh interpreters")
     args = p.parse_args(argv)
+    unknown = [lab for lab in args.lab if lab not in (*LAB_NAMES, "all")]
+    if unknown:
+        p.error(f"unknown lab {unknown[0]!r}: choose from {', '.join(LAB_NAMES)} or all")
+    args.labs = list(LAB_NAMES) if "all" in args.lab else [lab for lab in LAB_NAMES if lab in args.lab]
     sources = [bool(args.solutions), bool(args.submission), bool(args.batch), bool(args.gradescope)]
     if sum(sources) > 1:
         p.error("choose one of --solutions, --submission, --batch, --gradescope")
@@ -99,10 +105,11 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=
     see neither the submissions' folders nor `hide`.
     """
     from grading.supervise import Task, run_tasks
-    from grading.verdict import LabResult, decide, expected_checks, note_dependencies
+    from grading.verdict import LabResult, clean, decide, expected_checks, note_dependencies
     results, tasks = {}, []
     hide = (*hide, *{str(Path(source).resolve()) for _, source, _ in submissions})
     for key, source, display in submissions:
+        display = clean(display)
         sources, refused = read_submission(Path(source))
         results[key] = {}
         for lab in sorted(labs, reverse=True):  # the longest lab (lab 4) first: the others fit beside it
@@ -172,6 +179,20 @@ def preload(isolation: str):
     gc.freeze()  # the preloaded heap: children's garbage collections skip it (and do not copy its pages)
 
 
+UNCONFINED = ("grader.py: warning: workers cannot be confined on this machine (not root, and no user namespaces){how}: "
+              "one submission's code can read and disturb another's grading. Grade classes as root, in the grading "
+              "image or on Gradescope, or allow unprivileged user namespaces (README: Confinement).")
+
+
+def warn_if_unconfined(isolation: str):
+    """For grading many students: say once, plainly, when their code cannot be kept apart."""
+    from worker.zygote import confinement
+    if isolation != "fork":
+        print(UNCONFINED.format(how=" with --isolation spawn"), file=sys.stderr)
+    elif not confinement():
+        print(UNCONFINED.format(how=""), file=sys.stderr)
+
+
 def find_lab_files(folder: Path) -> Path:
     """The folder holding the lab files: `folder` itself, or the one sub-folder an upload unpacked them into."""
     if any((folder / name).is_file() for name in LAB_FILES):
@@ -182,22 +203,26 @@ def find_lab_files(folder: Path) -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    labs = list(LAB_NAMES) if args.lab == "all" else [args.lab]
+    labs = args.labs
     hide = ()
     if args.gradescope:
         autograder = Path(os.environ.get("GRADESCOPE_ROOT", "/autograder"))
         hide = (str(autograder.resolve()),)  # its results folder included
         args.submission = str(find_lab_files(autograder / "submission"))
         args.json = str(autograder / "results" / "results.json")
+    # the folders results go to: a worker's process must not even see them
+    hide += tuple(str(Path(f).resolve().parent) for f in (args.json, args.csv if args.batch else None) if f)
     source = ROOT / "solutions" if args.solutions else Path(args.submission) if args.submission else ROOT / "labs"
     if args.docker:
         from grading.container import run_in_docker
-        return run_in_docker(args, args.lab, source, resolve_device(args.device))
+        return run_in_docker(args, labs, source, resolve_device(args.device))
     display = os.path.relpath(source) if not os.path.relpath(source).startswith("..") else str(source)
     started, results, error = time.monotonic(), [], None
     sys.path.insert(0, str(ROOT))
     try:
         device = resolve_device(args.device)
+        if args.batch or args.gradescope:
+            warn_if_unconfined(args.isolation)
         preload(args.isolation)  # first: the zygote must fork before any checker is imported
         from grading import report
         from grading.verdict import expected_checks
@@ -208,7 +233,7 @@ def main(argv=None) -> int:
                 return 2
         if args.batch:
             from grading.batch import run_batch
-            return run_batch(args.batch, labs, args, device, grade_submissions)
+            return run_batch(args.batch, labs, args, device, grade_submissions, hide)
         results = grade_submissions([(None, source, display)], labs, args, device, hide=hide)[None]
         report.print_scorecard(results, report.console(), args.hints, args.verbose, display, time.monotonic() - started)
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import tempfile
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -134,16 +135,32 @@ def results_json(results, elapsed: float, error: str = None, visibility: str = "
     if error:
         summary.append(f"grading error: {error}")
     return {"score": sum(r.score for r in results), "execution_time": round(elapsed, 2), "output": "\n".join(summary),
-            "output_format": "text", "visibility": "visible", "stdout_visibility": "hidden",
+            "output_format": "text", "visibility": visibility, "stdout_visibility": "hidden",
             "extra_data": {"labs": {r.lab: {"status": r.status, "detail": r.detail, "score": r.score,
                                             "max_score": r.max_score, "seconds": round(r.seconds, 3), "device": r.device}
                                      for r in results}, "error": error},
             "tests": tests}
 
 
+def write_atomic(path, text: str):
+    """Write a results file as the grader's own: a fresh temporary file (created exclusively, under a random name)
+    in the same folder, then renamed over `path`, so nothing another process made at either name is written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def write_json(path, results, elapsed: float, error: str = None, visibility: str = "visible"):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(results_json(results, elapsed, error, visibility), f, indent=2)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(results_json(results, elapsed, error, visibility), indent=2))

@@ -5,9 +5,19 @@ runs in this process or in the judge); the judge reports outcomes. A check witho
 passed; a lab without an end-of-session record did not finish.
 """
 import importlib
+import re
 from dataclasses import dataclass, field
 
 from checkers.common import HINTS, LABS
+
+# terminal control characters (C0 but tab and newline, DEL, C1): a submission's text must not drive a terminal
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean(text) -> str:
+    """Text that came from a submission (or its folder's name), safe for a terminal, JSON and CSV."""
+    return _CONTROL.sub("", str(text))
+
 
 # a lab that broke a rule, or whose grading failed, is awarded no points
 UNAWARDED = {"forbidden", "error"}
@@ -91,9 +101,9 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
         r = by_name.get(c.name)
         if r:
             c.passed = r.get("outcome") == "passed"
-            c.message, c.hint, c.kind = str(r.get("message", "")), r.get("hint"), r.get("kind")
-            c.trace, c.seconds = list(r.get("trace") or []), float(r.get("seconds") or 0.0)
-            c.traceback, c.figures = str(r.get("traceback", "")), [f for f in r.get("figures") or [] if isinstance(f, dict)]
+            c.message, c.hint, c.kind = clean(r.get("message", "")), r.get("hint"), r.get("kind")
+            c.trace, c.seconds = [clean(t) for t in r.get("trace") or []], float(r.get("seconds") or 0.0)
+            c.traceback, c.figures = clean(r.get("traceback", "")), [f for f in r.get("figures") or [] if isinstance(f, dict)]
     faults = [c for c in checks if c.kind in CHECK_STATUS]
 
     limit = f"{task.timeout:g} s"
@@ -134,7 +144,7 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
         c.score = c.points if c.passed and status not in UNAWARDED else 0
 
     output = str(end.get("output", "")) if end else ""
-    result = LabResult(task.lab, status, detail, checks, output=output + outcome.output, seconds=outcome.seconds,
+    result = LabResult(task.lab, status, clean(detail), checks, output=clean(output + outcome.output), seconds=outcome.seconds,
                        device=str(start.get("device", task.device)))
     blockers = sorted({r.get("origin") for r in list(by_name.values()) + [imported or {}]
                        if r.get("kind") == "blocked" and r.get("origin") in LABS})

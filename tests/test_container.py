@@ -12,7 +12,7 @@ from tests.helpers import ROOT, run_grader
 
 BASE = re.compile(r"^pytorch/pytorch:(?P<torch>[\d.]+)-cuda\d+\.\d+-cudnn9-runtime@sha256:[0-9a-f]{64}$")
 HARDENING = ["--network none", "--read-only", "--cap-drop ALL", "--security-opt no-new-privileges", "--pids-limit",
-             "--memory", "--memory-swap", "--user 65534:65534", "--tmpfs /tmp"]
+             "--memory", "--memory-swap", "--cap-add SETUID", "--cap-add SETGID", "--tmpfs /tmp"]
 
 
 def dockerfile_problems(text: str) -> list:
@@ -30,8 +30,11 @@ def dockerfile_problems(text: str) -> list:
     if any(k == "RUN" and re.search(r"pip install[^\n]*\btorch\b", v) for k, v in steps):
         problems.append("torch is reinstalled over the image's")
     users = [v.strip() for k, v in steps if k == "USER"]
-    if not users or users[-1].split(":")[0] in ("root", "0"):
-        problems.append("the image runs as root")
+    if users and users[-1].split(":")[0] not in ("root", "0"):
+        problems.append("the grader does not run as root: workers cannot get uids of their own")
+    final = [v for k, v in steps[max(i for i, (k, _) in enumerate(steps) if k == "FROM"):] if k == "RUN"]
+    if not any("chmod -R go-rwx /pack" in v and "mkdir -m 0700 /private" in v for v in final):
+        problems.append("the pack or /private is readable by the workers' uids")
     entry = [v for k, v in steps if k == "ENTRYPOINT"]
     if not entry or "grader.py" not in entry[-1]:
         problems.append("grader.py is not the entry point")
@@ -51,7 +54,8 @@ def test_dockerfile_is_right():
 @pytest.mark.parametrize("old, new", [
     ("pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime", "pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtme"),
     ("pytorch/pytorch:2.13.0-", "pytorch/pytorch:2.12.0-"),
-    ("USER 10001", "USER root"),
+    ('ENTRYPOINT ["python"', 'USER 10001\nENTRYPOINT ["python"'),
+    ("RUN chmod -R go-rwx /pack && ", "RUN "),
     ('ENTRYPOINT ["python", "/pack/grader.py"]', 'ENTRYPOINT ["python"]'),
     ("COPY labs/ labs/", "COPY labs/ labs/\nCOPY solutions/ solutions/"),
     ("&& rm /tmp/requirements-extra.txt", "&& pip install torch==2.13.0 && rm /tmp/requirements-extra.txt"),
@@ -77,10 +81,10 @@ def test_docker_dry_run_prints_the_hardened_command(tmp_path):
     assert cmd[:3] == ["docker", "run", "--rm"]
     for flag in HARDENING:
         assert flag in line, flag
-    assert f"{ROOT / 'labs'}:/submission:ro" in cmd and "--gpus" not in cmd
-    assert f"{tmp_path / 'out'}:/results" in cmd
+    assert f"{ROOT / 'labs'}:/private/submission:ro" in cmd and "--gpus" not in cmd and "--user" not in cmd
+    assert not [arg for arg in cmd if arg.startswith(str(tmp_path))]  # never the folder of --json: a fresh one
     image = cmd.index("transformer-labs-grader:latest")
-    assert cmd[image + 1:image + 2] == ["lab2"] and cmd[-2:] == ["--json", "/results/results.json"]
+    assert cmd[image + 1:image + 2] == ["lab2"] and cmd[-2:] == ["--json", "/private/results/results.json"]
     assert not (tmp_path / "out").exists()  # a dry run runs nothing
 
 

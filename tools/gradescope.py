@@ -1,11 +1,12 @@
 """Build a Gradescope autograder zip for the pack.
 
     python tools/gradescope.py OUT.zip
+    python tools/gradescope.py OUT.zip --labs lab1                # one lab's autograder (a lab a week)
     python tools/gradescope.py OUT.zip --grader-args "--timeout 120 --visibility after_due_date"
 
 Gradescope unpacks the zip into /autograder/source, runs setup.sh once (as root) when it builds the image, and
 copies run_autograder to /autograder/run_autograder, which it runs for each submission (the student's files are
-in /autograder/submission). run_autograder calls `grader.py all --gradescope`, which writes
+in /autograder/submission). run_autograder calls `grader.py LABS --gradescope`, which writes
 /autograder/results/results.json, and exits 0 whatever the scores: a non-zero exit is an autograder failure to
 Gradescope. The zip holds the grader, the checkers and the pins; no solutions, no stubs, no tests.
 """
@@ -58,8 +59,10 @@ RUN_AUTOGRADER = """\
 # /autograder/results/results.json; its exit code says whether every check passed, which is not an autograder
 # failure, so this script exits 0 and the scores speak through results.json.
 cd /autograder/source || exit 0
-export PATH="@VENV@/bin:$PATH"
-python3 grader.py all --gradescope@ARGS@
+export PATH="@VENV@/bin:$PATH" PYTHONDONTWRITEBYTECODE=1
+# student code runs under uids of its own (numeric, no account needed): close what it must not reach
+mkdir -p /autograder/results && chmod 0700 /autograder/results /autograder/source
+python3 grader.py @LABS@ --gradescope@ARGS@
 echo "grader.py exited with status $? (0: every check passed; the scores are in results.json)"
 exit 0
 """
@@ -73,11 +76,11 @@ def torch_pin(requirements: str) -> str:
     return pins[0]
 
 
-def grader_flags(grader_args: str) -> str:
+def grader_flags(grader_args: str, labs=("all",)) -> str:
     """The extra grader flags, checked against grader.py's own parser now rather than on Gradescope later."""
     flags = shlex.split(grader_args)
     try:
-        parse_args(["all", "--gradescope", *flags])
+        parse_args([*labs, "--gradescope", *flags])
     except SystemExit as exc:  # argparse has printed why
         raise ValueError(f"--grader-args {grader_args!r} is not valid for grader.py") from exc
     return "".join(" " + shlex.quote(flag) for flag in flags)
@@ -97,12 +100,16 @@ def _entry(name: str, mode: int) -> zipfile.ZipInfo:
     return info
 
 
-def build_zip(out: Path, grader_args: str = "") -> list:
-    """Write the autograder zip to `out`; returns its entry names."""
+def build_zip(out: Path, grader_args: str = "", labs=("all",)) -> list:
+    """Write the autograder zip to `out`, grading `labs`; returns its entry names."""
+    labs = list(labs) or ["all"]
+    bad = [lab for lab in labs if lab not in ("lab1", "lab2", "lab3", "lab4", "all")]
+    if bad:
+        raise ValueError(f"--labs: unknown lab {bad[0]!r} (lab1 .. lab4, or all)")
     scripts = {
         "setup.sh": _fill(SETUP_SH, venv=VENV, index=TORCH_INDEX,
                           torch=torch_pin((ROOT / "requirements.txt").read_text())),
-        "run_autograder": _fill(RUN_AUTOGRADER, venv=VENV, args=grader_flags(grader_args)),
+        "run_autograder": _fill(RUN_AUTOGRADER, venv=VENV, labs=" ".join(labs), args=grader_flags(grader_args, labs)),
     }
     files = [Path(name) for name in FILES] + [path for package in PACKAGES for path in package_files(package)]
     out = Path(out)
@@ -121,9 +128,11 @@ def main(argv=None) -> int:
     parser.add_argument("--grader-args", default="", metavar='"FLAGS"',
                         help='extra grader.py flags for run_autograder, e.g. --grader-args="--timeout 120" '
                              '(with "=": argparse takes a lone "--flag" value for an option of its own)')
+    parser.add_argument("--labs", default="all", metavar="LAB[,LAB]",
+                        help="the labs this autograder grades, e.g. lab1 or lab1,lab2 (default all)")
     args = parser.parse_args(argv)
     try:
-        names = build_zip(args.out, args.grader_args)
+        names = build_zip(args.out, args.grader_args, args.labs.replace(",", " ").split())
     except ValueError as exc:
         parser.error(str(exc))
     print(f"wrote {args.out}: {len(names)} entries (upload it as the assignment's autograder)")

@@ -23,14 +23,17 @@ import resource
 import select
 import signal
 import socket
+import stat
 import sys
 import time
 
 UIDS = range(61000, 61064)  # one per concurrently running worker, when running as root
-UID_LOCKS = "/run/labgrade-uids"  # a lock per uid in use, so that two graders on one machine never share one
+UID_LOCKS = ("/run/labgrade-uids", "/tmp/labgrade-uids")  # a lock per uid in use: two graders never share one
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
-PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # shared writable places: each worker gets empty ones
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+SYSTEM = {"/", "/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/dev", "/proc", "/sys", "/opt", "/var", "/run",
+          *PRIVATE_DIRS}  # never hidden (the private ones are replaced instead)  # shared writable places: each worker gets empty ones
 MAX_TASKS = 128  # processes and threads of one worker (a cgroup's pids.max, else the uid's RLIMIT_NPROC)
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -60,8 +63,8 @@ def _hide(paths, keep):
     A path that holds one of `keep` (the interpreter's own folders, say) is entered rather than covered.
     """
     for path in paths:
-        path = path.rstrip("/")
-        if not path or not os.path.lexists(path) or any(path == k or path.startswith(k + "/") for k in keep):
+        path = os.path.normpath(path)
+        if path in SYSTEM or not os.path.lexists(path) or any(path == k or path.startswith(k + "/") for k in keep):
             continue
         if any(k.startswith(path + "/") for k in keep):
             if os.path.isdir(path) and not os.path.islink(path):
@@ -295,15 +298,14 @@ def run(sock: socket.socket):
 
 def _claim_uid(used: set):
     """(uid, lock fd) of a uid no worker of any grader on this machine runs under, or (None, None)."""
-    try:
-        os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
-    except OSError:
+    folder = next((f for f in UID_LOCKS if _own_folder(f)), None)
+    if folder is None:
         return None, None
     for uid in UIDS:
         if uid in used:
             continue
         try:
-            fd = os.open(f"{UID_LOCKS}/{uid}", os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(f"{folder}/{uid}", os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError:
             continue
         try:
@@ -312,6 +314,18 @@ def _claim_uid(used: set):
         except OSError:
             os.close(fd)
     return None, None
+
+
+def _own_folder(path: str) -> bool:
+    """path is (or now is) a folder of root's that nobody else can write (never one somebody else made)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    info = os.lstat(path)
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and not info.st_mode & 0o022
 
 
 def _end(w: dict):
@@ -365,6 +379,17 @@ def _spawn(spec: dict, fds: list, sock, workers: dict):
         os.write(ctl, f"pid {pid} {uid if uid is not None else -1}\n".encode())
     except OSError:
         pass
+
+
+def confinement() -> str:
+    """What this machine allows a worker: "uid" (running as root), "namespaces" (user namespaces), or ""."""
+    if os.geteuid() == 0:
+        return "uid"
+    pid = os.fork()
+    if pid == 0:  # a child with one thread: unshare(CLONE_NEWUSER) refuses a threaded process
+        os._exit(0 if _unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS) else 1)
+    _, status = os.waitpid(pid, 0)
+    return "namespaces" if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 else ""
 
 
 def start() -> socket.socket:
