@@ -196,7 +196,7 @@ class Worker:
                     "serve(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])")
             env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", code, str(ROOT), str(req_r), str(resp_w), self.folder, self.device],
+                [sys.executable, "-I", "-B", "-c", code, str(ROOT), str(req_r), str(resp_w), self.folder, self.device],
                 stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w, pass_fds=(req_r, resp_w), env=env,
                 cwd=self.folder, start_new_session=True)
             self.pid, self.ctl = self.proc.pid, None

@@ -105,7 +105,7 @@ def _start(child: _Child, isolation: str, keep_closed: set, zygote):
         spec = _spec(task, None)
         spec["sources"] = {k: v.decode("latin-1") for k, v in task.sources.items()}
         child.popen = subprocess.Popen(
-            [sys.executable, "-I", "-c", code, json.dumps({**spec, "fd": chan_w})],
+            [sys.executable, "-I", "-B", "-c", code, json.dumps({**spec, "fd": chan_w})],
             stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w, pass_fds=(chan_w,), env=env, cwd=str(ROOT),
             preexec_fn=lambda: _limits(task))
         child.pid = child.popen.pid

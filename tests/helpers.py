@@ -1,5 +1,6 @@
 """Helpers for the pack's own tests: build submission folders and grade many of them in one grader process."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,7 @@ def grade_many(specs: dict, timeout: float = 30, memory: float = 4, jobs: int = 
     return json.loads(marker[-1][2:])
 
 
-def run_grader(*args, timeout=300):
-    return subprocess.run([PY, str(ROOT / "grader.py"), *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout)
+def run_grader(*args, timeout=300, env=None, cwd=ROOT):
+    env = {**os.environ, **env} if env else None
+    return subprocess.run([PY, str(ROOT / "grader.py"), *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)
