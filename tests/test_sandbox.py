@@ -235,3 +235,44 @@ def test_a_detached_process_cannot_rewrite_gradescope_results(tmp_path):
     assert results.read_bytes() == written, "results.json changed after the grader ended"
     data = json.loads(written)
     assert proc.returncode == 1 and 0 < data["score"] < 12, data["output"]
+
+
+# four children of 1.5 GiB each under a 4 GiB cap: each process alone fits, together they do not
+FORK_BOMB = '''
+def causal_mask(T, device=None):
+    import os, time
+    held = 0
+    pids = []
+    for _ in range(4):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                block = bytearray(3 << 29)  # 1.5 GiB, every page touched
+                time.sleep(3)
+                os._exit(0)
+            except MemoryError:
+                os._exit(1)
+        pids.append(pid)
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        held += os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    raise RuntimeError("HELD %d" % held)
+'''
+
+
+def test_the_memory_cap_covers_every_process_of_a_worker(tmp_path):
+    if not cgroups_writable():
+        pytest.skip("no writable cgroup here: each process has the cap, and the uid a process limit")
+    folder = submission(tmp_path / "forks", "lab1", source=STUB1.split("\ndef causal_mask")[0] + FORK_BOMB)
+    run_grader("lab1", "-k", "causal_mask", "--submission", folder, "--memory", "4", "--json", tmp_path / "r.json")
+    output = json.loads((tmp_path / "r.json").read_text())["tests"][0]["output"]
+    held = int(output.split("HELD ")[1].split()[0]) if "HELD " in output else 0
+    assert "HELD " in output and held * 1.5 <= 4, output  # at most two of the four at once
+
+
+def cgroups_writable() -> bool:
+    from worker.zygote import _cgroup, _rmdir
+    made = _cgroup({"memory": 1, "device": "cpu"}, 0)
+    for folder in made:
+        _rmdir(folder)
+    return any(f.startswith("/sys/fs/cgroup/memory/") for f in made)
