@@ -2,6 +2,7 @@
 import csv
 
 from tests.helpers import run_grader, submission
+from worker.zygote import confinement
 
 
 def rows(path):
@@ -35,3 +36,18 @@ def test_batch_grades_records_and_resumes(tmp_path):
     out.write_text("\n".join(line for line in lines if not line.startswith("broken,")) + "\n")
     resumed = run_grader("all", "--batch", subs, "--csv", out, "--timeout", "6")
     assert "grading 1" in resumed.stderr and rows(out)["broken"] == graded["broken"]
+
+
+def test_batch_warns_when_workers_cannot_be_confined(tmp_path):
+    (tmp_path / "subs").mkdir()
+    proc = run_grader("lab1", "--batch", tmp_path / "subs", "--csv", tmp_path / "g.csv", "--isolation", "spawn")
+    assert proc.returncode == 0 and "workers cannot be confined" in proc.stderr, proc.stderr
+    if confinement():  # where workers can be confined, the default isolation says nothing
+        assert "cannot be confined" not in run_grader("lab1", "--batch", tmp_path / "subs", "--csv",
+                                                      tmp_path / "g.csv").stderr
+
+
+def test_csv_cells_are_text(tmp_path):
+    from grading.batch import cell
+    assert cell("=cmd|' /C calc'!A0") == "'=cmd|' /C calc'!A0" and cell("+1") == "'+1" and cell("@x") == "'@x"
+    assert cell("-2") == "'-2" and cell("alice") == "alice" and cell("a\x1b[31mb\x07") == "a[31mb"

@@ -121,6 +121,17 @@ def test_gradescope_grades_a_submission_end_to_end(autograder_zip, tmp_path):
         assert test["status"] in ("passed", "failed")
         assert test["tags"] == ["lab1"] and test["visibility"] == "after_due_date"
     assert results["score"] == sum(t["max_score"] for t in results["tests"]) > 0
+    assert results["visibility"] == "after_due_date"
+
+
+def test_a_gradescope_autograder_for_one_lab(tmp_path):
+    out = tmp_path / "lab1.zip"
+    build_zip(out, labs=["lab1"])
+    with zipfile.ZipFile(out) as zf:
+        run = zf.read("run_autograder").decode()
+    assert "python3 grader.py lab1 --gradescope" in run and "chmod 0700 /autograder/results" in run
+    with pytest.raises(ValueError):
+        build_zip(tmp_path / "bad.zip", labs=["lab9"])
 
 
 def test_gradescope_writes_results_for_an_empty_submission(autograder_zip, tmp_path):
