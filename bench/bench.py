@@ -168,10 +168,16 @@ def main():
         Console().print(table)
     else:
         print(markdown_table(rows))
+    sys.path.insert(0, str(ROOT))
+    from worker.zygote import confinement
+    confined = {"uid": "confined (own uid, namespaces where the kernel allows, cgroup where writable)",
+                "namespaces": "confined (user, pid and mount namespaces)", "": "NOT confined"}[confinement()]
+    print(f"workers: {confined}", file=sys.stderr)
     if args.out:
         nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         Path(args.out).write_text(
-            f"## Grading speed\n\nMeasured {date.today().isoformat()} on {nproc} CPU(s) (`nproc`) at commit {version}: "
+            f"## Grading speed\n\nMeasured {date.today().isoformat()} on {nproc} CPU(s) (`nproc`) at commit {version}, "
+            f"workers {confined}: "
             f"every grader.py command with `--device {args.device}`, each figure the median of {args.runs} "
             f"interleaved runs (batch: {args.batch_runs}), each run a fresh process.\n\n"
             f"```bash\npython bench/bench.py {shlex.join(sys.argv[1:])}\n```\n\n{markdown_table(rows)}\n")
