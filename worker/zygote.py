@@ -126,9 +126,14 @@ def _confine(spec: dict) -> dict:
             except OSError:
                 pass
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
-        _hide(spec.get("hide", []), _keep())
+        _hide(spec.get("hide", []), KEEP or _keep())
         _private_dirs(spec["lab_dir"])
     return got
+
+
+KEEP = []  # _keep(), worked out once in the zygote (it walks every loaded module)
+POOL = {}  # (memory, device) -> cgroups a finished worker left empty, for the next one
+DRAINING = []  # (caps, cgroups) of finished workers whose processes are not all reaped yet
 
 
 def _cgroup(spec: dict, pid: int) -> list:
@@ -235,6 +240,7 @@ def _chown_tree(path: str, uid: int):
 def run(sock: socket.socket):
     """The zygote's loop. Never returns."""
     prctl(PR_SET_DUMPABLE, 0)
+    KEEP[:] = _keep()
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # what a worker leaves behind is reparented here, and reaped
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     workers = {}  # pid -> {"ctl": fd, "judge": pidfd or None, "uid": uid, "lock": fd, "cgroups": [folder]}
@@ -245,7 +251,6 @@ def run(sock: socket.socket):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            _end(w)
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:  # reap what they leave behind, so nothing lingers as a zombie
             try:
@@ -253,6 +258,11 @@ def run(sock: socket.socket):
                     time.sleep(0.01)
             except ChildProcessError:
                 break
+        for w in workers.values():
+            _end(w)
+        for folder in [f for sets in POOL.values() for group in sets for f in group] + \
+                [f for _, group in DRAINING for f in group]:
+            _rmdir(folder)
         os._exit(0)
     signal.signal(signal.SIGTERM, kill_all)
     prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -276,7 +286,7 @@ def run(sock: socket.socket):
                     os.kill(judges[fd], signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        while workers:
+        while True:  # reap workers, and what they left behind (reparented here)
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -286,7 +296,6 @@ def run(sock: socket.socket):
             w = workers.pop(pid, None)
             if w is None:
                 continue
-            _end(w)
             try:
                 os.write(w["ctl"], f"exit {status}\n".encode())
             except OSError:
@@ -294,6 +303,9 @@ def run(sock: socket.socket):
             os.close(w["ctl"])
             if w["judge"] is not None:
                 os.close(w["judge"])
+            _end(w)
+        if DRAINING:
+            _recycle()
 
 
 def _claim_uid(used: set):
@@ -344,8 +356,22 @@ def _end(w: dict):
         except ChildProcessError:
             pass
         os.close(w["lock"])
-    for folder in w.get("cgroups", []):
-        _rmdir(folder)
+    if w.get("cgroups"):
+        DRAINING.append((w["caps"], w["cgroups"]))
+    _recycle()
+
+
+def _recycle():
+    """Cgroups whose last process (zombies included) is gone go to the pool: the next worker with the same caps
+    takes them over (a cgroup costs milliseconds to make)."""
+    for caps, group in list(DRAINING):
+        try:
+            empty = all(not open(os.path.join(f, "cgroup.procs")).read().strip() for f in group)
+        except OSError:
+            empty = False
+        if empty:
+            DRAINING.remove((caps, group))
+            POOL.setdefault(caps, []).append(group)
 
 
 def _spawn(spec: dict, fds: list, sock, workers: dict):
@@ -368,13 +394,14 @@ def _spawn(spec: dict, fds: list, sock, workers: dict):
     except (OSError, AttributeError):
         judge = None
     _spawn.count = getattr(_spawn, "count", 0) + 1
-    cgroups = _cgroup(spec, _spawn.count)
+    caps = (spec.get("memory"), spec.get("device"))
+    cgroups = POOL[caps].pop() if POOL.get(caps) else _cgroup(spec, _spawn.count)
     pid = os.fork()
     if pid == 0:
         _worker({**spec, "uid": uid, "cgroups": cgroups}, fds, sock)
     for fd in fds[:3]:
         os.close(fd)
-    workers[pid] = {"ctl": ctl, "judge": judge, "uid": uid, "lock": lock, "cgroups": cgroups}
+    workers[pid] = {"ctl": ctl, "judge": judge, "uid": uid, "lock": lock, "cgroups": cgroups, "caps": caps}
     try:
         os.write(ctl, f"pid {pid} {uid if uid is not None else -1}\n".encode())
     except OSError:
