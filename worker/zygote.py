@@ -31,11 +31,14 @@ UIDS = range(61000, 61064)  # one per concurrently running worker, when running 
 UID_LOCKS = ("/run/labgrade-uids", "/tmp/labgrade-uids")  # a lock per uid in use: two graders never share one
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
-PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # shared writable places: each worker gets empty ones
 SYSTEM = {"/", "/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/dev", "/proc", "/sys", "/opt", "/var", "/run",
-          *PRIVATE_DIRS}  # never hidden (the private ones are replaced instead)  # shared writable places: each worker gets empty ones
+          *PRIVATE_DIRS}  # never hidden (the private ones are replaced instead)
 MAX_TASKS = 128  # processes and threads of one worker (a cgroup's pids.max, else the uid's RLIMIT_NPROC)
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
+KEEP = []  # _keep(), worked out once in the zygote (it walks every loaded module)
+POOL = {}  # (memory, device) -> cgroups a finished worker left empty, for the next one
+DRAINING = []  # (caps, cgroups) of finished workers whose processes are not all reaped yet
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -131,14 +134,10 @@ def _confine(spec: dict) -> dict:
     return got
 
 
-KEEP = []  # _keep(), worked out once in the zygote (it walks every loaded module)
-POOL = {}  # (memory, device) -> cgroups a finished worker left empty, for the next one
-DRAINING = []  # (caps, cgroups) of finished workers whose processes are not all reaped yet
-
-
 def _cgroup(spec: dict, pid: int) -> list:
-    """Folders of new cgroups (v1 memory and pids, or v2) that cap the worker with everything it starts; [] when
-    none is writable. The worker joins them itself, before it runs any student code."""
+    """Folders of new cgroups (the v1 memory and pids controllers) that cap the worker with everything it starts;
+    [] when none is writable (cgroup v2 needs a delegated subtree). The worker joins them itself, before it runs
+    any student code."""
     made = []
     try:
         with open("/proc/self/cgroup") as f:
