@@ -1,5 +1,6 @@
 """What the grader shows: a rich scorecard for people and a Gradescope-format results.json for machines."""
 import json
+import math
 import os
 import sys
 import tempfile
@@ -25,44 +26,86 @@ SHADES = "·░▒▓█"  # 0, then quarters of the way to 1
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
-def shade(v: float) -> str:
-    return SHADES[0] if v <= 1e-6 else SHADES[1 + min(3, int(v * 4))]
+def finite(v):
+    """v as a float, or None when it is not a finite number (NaN, inf, not a number at all)."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def number(v, digits: int = 3) -> str:
+    """A value as the scorecard shows it: `digits` decimals, or what it is (nan, inf, -inf, ?)."""
+    f = finite(v)
+    if f is not None:
+        return f"{f:.{digits}f}" if abs(f) < 1e6 else f"{f:.3g}"
+    try:
+        return str(float(v))
+    except (TypeError, ValueError, OverflowError):
+        return "?"
+
+
+def shade(v) -> str:
+    v = finite(v)
+    if v is None:
+        return "?"
+    return SHADES[0] if v <= 1e-6 else SHADES[1 + min(3, int(min(v, 1.0) * 4))]
 
 
 def heatmap(fig) -> Group:
-    """The student's attention weights beside the expected ones, one character pair per weight."""
+    """The student's attention weights beside the expected ones, one character pair per weight (? where a weight
+    is NaN or infinite)."""
     grid = Table.grid(padding=(0, 4))
     panes = []
     for label, rows in (("yours", fig["got"]), ("expected", fig["want"])):
         pane = Text(f"{label} (row = query, column = key)\n", style="bold")
         for i, row in enumerate(rows):
             for j, v in enumerate(row):
-                leak = j > i and v > 1e-6 and label == "yours"
-                pane.append(shade(v) * 2, style="bold red" if leak else f"grey{min(100, 30 + int(70 * v))}")
-            pane.append(f" {sum(row):.2f}\n", style="dim")
+                f = finite(v)
+                leak = label == "yours" and (f is None or j > i and f > 1e-6)
+                grey = 30 + int(70 * min(max(f or 0.0, 0.0), 1.0))
+                pane.append(shade(v) * 2, style="bold red" if leak else f"grey{grey}")
+            total = sum(finite(v) for v in row) if all(finite(v) is not None for v in row) else float("nan")
+            pane.append(f" {number(total, 2)}\n", style="dim")
         panes.append(pane)
     grid.add_row(*panes)
     return Group(Text(fig.get("title", ""), style="italic"), grid,
-                 Text("· 0   ░ < .25   ▒ < .5   ▓ < .75   █ ≥ .75   (row sums at the right)", style="dim"))
+                 Text("· 0   ░ < .25   ▒ < .5   ▓ < .75   █ ≥ .75   ? NaN/inf   (row sums at the right)", style="dim"))
 
 
 def sparkline(values, width: int = 48) -> str:
+    """One bar per chunk of values; `!` for a chunk holding a NaN or an infinite value."""
     if not values:
         return ""
     step = max(1, len(values) // width)
-    means = [sum(values[i:i + step]) / len(values[i:i + step]) for i in range(0, len(values), step)]
-    low, high = min(means), max(means)
-    return "".join(SPARKS[int((v - low) / (high - low + 1e-12) * (len(SPARKS) - 1))] for v in means)
+    chunks = [values[i:i + step] for i in range(0, len(values), step)]
+    means = [sum(map(finite, c)) / len(c) if all(finite(x) is not None for x in c) else None for c in chunks]
+    seen = [m for m in means if m is not None and math.isfinite(m)]
+    if not seen:
+        return "!" * len(means)
+    low, high = min(seen), max(seen)
+
+    def bar(m):
+        if m is None or not math.isfinite(m):
+            return "!"
+        frac = (m / 2 - low / 2) / (high / 2 - low / 2) if high > low else 0.0  # halves: no overflow at 1e308
+        return SPARKS[int(min(max(frac, 0.0), 1.0) * (len(SPARKS) - 1))]
+    return "".join(map(bar, means))
 
 
 def figure_view(fig):
-    if fig.get("kind") == "heatmap":
-        return heatmap(fig)
-    if fig.get("kind") == "losses" and fig.get("values"):
-        v = fig["values"]
-        return Text(f"loss {v[0]:.3f} → {v[-1]:.3f} over {len(v)} steps  {sparkline(v)}")
-    if fig.get("kind") == "text":
-        return Text(f"{fig.get('label', 'text')}: {fig.get('text', '')!r}")
+    """A figure a check attached, drawn; a figure that cannot be drawn says so instead of breaking the scorecard."""
+    try:
+        if fig.get("kind") == "heatmap":
+            return heatmap(fig)
+        if fig.get("kind") == "losses" and fig.get("values"):
+            v = fig["values"]
+            return Text(f"loss {number(v[0])} → {number(v[-1])} over {len(v)} steps  {sparkline(v)}")
+        if fig.get("kind") == "text":
+            return Text(f"{fig.get('label', 'text')}: {fig.get('text', '')!r}")
+    except Exception as exc:  # a figure is an extra: the verdicts stand without it
+        return Text(f"(this figure could not be drawn: {type(exc).__name__})", style="dim")
     return None
 
 
@@ -77,16 +120,32 @@ def check_text(check, hints: bool, verbose: bool) -> Text:
     return text
 
 
-def lab_panel(result, hints: bool = False, verbose: bool = False) -> Panel:
+NARROW = 100  # below this many columns, a check's message goes under its name
+
+
+def lab_panel(result, hints: bool = False, verbose: bool = False, width: int = 110) -> Panel:
     table = Table(show_header=False, box=None, expand=True, padding=(0, 1))
     table.add_column(width=1)
-    table.add_column(width=32, no_wrap=True, overflow="ellipsis")
+    narrow = width < NARROW
+    if narrow:
+        table.add_column(ratio=1, overflow="fold")
+    else:
+        table.add_column(width=32, no_wrap=True, overflow="ellipsis")
     table.add_column(justify="right", width=5)
-    table.add_column(ratio=1, overflow="fold")
+    if not narrow:
+        table.add_column(ratio=1, overflow="fold")
     for c in result.checks:
-        mark = Text("✓", style="green") if c.passed else Text("✗", style="red")
-        table.add_row(mark, c.title, f"{c.score}/{c.points}", check_text(c, hints, verbose) if not c.passed else
-                      Text(c.doc, style="dim") if verbose else "")
+        # a check that passed but earns nothing (its lab was voided: forbidden, say) is neither ticked nor crossed
+        mark = Text("✗", style="red") if not c.passed else Text("✓", style="green") if c.score == c.points else Text("–")
+        message = check_text(c, hints, verbose) if not c.passed else Text(c.doc, style="dim") if verbose else Text("")
+        if narrow:
+            name = Text(c.title, style="bold")
+            if message:
+                name.append("\n")
+                name.append_text(message)
+            table.add_row(mark, name, f"{c.score}/{c.points}")
+        else:
+            table.add_row(mark, c.title, f"{c.score}/{c.points}", message)
     parts = [table]
     drawn = set()
     for c in result.checks:
@@ -110,7 +169,7 @@ def lab_panel(result, hints: bool = False, verbose: bool = False) -> Panel:
 
 def print_scorecard(results, out: Console, hints=False, verbose=False, source="", elapsed=0.0):
     for r in results:
-        out.print(lab_panel(r, hints, verbose))
+        out.print(lab_panel(r, hints, verbose, out.width))
     total, best = sum(r.score for r in results), sum(r.max_score for r in results)
     verdicts = ", ".join(f"lab {r.lab[3]} {r.status}" for r in results)
     device = results[0].device if results else ""

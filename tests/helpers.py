@@ -34,12 +34,21 @@ def grade_many(specs: dict, timeout: float = 30, memory: float = 4, jobs: int = 
         "req, opts = json.loads(sys.stdin.read()), json.loads(sys.argv[1])\n"
         "args = SimpleNamespace(check=None, isolation='fork', **opts)\n"
         "grader.preload('fork'); out = {}\n"
+        "def render(r):  # the scorecard in colour and without, at 80 and 160 columns: None, or why it broke\n"
+        "    import io, traceback; from rich.console import Console; from grading import report\n"
+        "    for width in (80, 160):\n"
+        "        for colour in (None, 'truecolor'):\n"
+        "            try:\n"
+        "                out = Console(file=io.StringIO(), width=width, color_system=colour, force_terminal=bool(colour))\n"
+        "                report.print_scorecard([r], out, hints=True, verbose=True)\n"
+        "            except Exception:\n"
+        "                return traceback.format_exc()[-2000:]\n"
         "for labs in sorted({tuple(l) for _, l in req.values()}):\n"
         "    subs = [(k, f, f) for k, (f, l) in req.items() if tuple(l) == labs]\n"
         "    for key, results in grader.grade_submissions(subs, list(labs), args, 'cpu').items():\n"
         "        out[key] = {r.lab: {'status': r.status, 'detail': r.detail, 'score': r.score, 'max': r.max_score,\n"
         "                    'notes': r.notes, 'output_chars': len(r.output), 'checks': {c.name: {'passed': c.passed, 'message': c.message,\n"
-        "                    'hint': c.hint, 'kind': c.kind} for c in r.checks}} for r in results}\n"
+        "                    'hint': c.hint, 'kind': c.kind} for c in r.checks}, 'render': render(r)} for r in results}\n"
         "print('@@' + json.dumps(out))\n")
     opts = json.dumps({"timeout": timeout, "memory": memory, "jobs": jobs})
     proc = subprocess.run([PY, "-c", code, opts, *extra], input=json.dumps(request), capture_output=True, text=True,

@@ -33,6 +33,8 @@ MUTANTS = [
     Mutant("lab1-mask-ignored", "lab1", [(L1_MASK, "pass")], {"test_upper_triangle_is_zero", "test_matches_oracle"}, "causal"),
     Mutant("lab1-mask-inverted", "lab1", [(L1_MASK, 'scores = scores.masked_fill(mask, -1e9)')],
            {"test_upper_triangle_is_zero", "test_matches_oracle"}, "mask"),
+    Mutant("lab1-mask-inverted-inf", "lab1", [(L1_MASK, 'scores = scores.masked_fill(mask, float("-inf"))')],
+           {"test_upper_triangle_is_zero", "test_matches_oracle", "test_weight_rows_sum_to_one"}, "mask"),  # NaN rows
     Mutant("lab1-softmax-wrong-dim", "lab1", [(L1_SOFTMAX, "weights = torch.softmax(scores, dim=-2)")],
            {"test_weight_rows_sum_to_one", "test_matches_oracle"}, "softmax"),
     Mutant("lab1-uniform-lower-triangle", "lab1", [(L1_SOFTMAX, "weights = (mask.float() / mask.float().sum(-1, keepdim=True)).expand_as(scores) if mask is not None else torch.softmax(scores, -1)")],
@@ -100,6 +102,9 @@ MUTANTS = [
            {"test_training_logs_20_steps"}, "train"),
     Mutant("lab4-tiny-lr", "lab4", [("AdamW(model.parameters(), lr=lr)", "AdamW(model.parameters(), lr=lr * 1e-3)")],
            {"test_loss_drops_30_percent", "test_greedy_continues_pattern"}, "train"),
+    Mutant("lab4-train-diverges", "lab4", [("AdamW(model.parameters(), lr=lr)", "AdamW(model.parameters(), lr=lr * 1e12)")],
+           {"test_training_logs_20_steps", "test_loss_drops_30_percent", "test_losses_are_honest",
+            "test_greedy_continues_pattern"}, "train"),  # NaN losses
     Mutant("lab4-top-k-ignored", "lab4", [("if top_k is not None:", "if False:")], {"test_top_k_sampling"}, "sampling"),
     Mutant("lab4-argmax-not-sampling", "lab4", [("torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)", "logits.argmax(-1, keepdim=True)")],
            {"test_top_k_sampling"}, "sampling"),

@@ -31,6 +31,12 @@ def test_mutant_is_caught(mutant, graded):
         assert checks[name]["message"].strip(), name
 
 
+def test_every_scorecard_renders(graded):
+    """In colour and without, at 80 and 160 columns, whatever a mutant produced (NaN weights and losses included)."""
+    broken = {key: lab["render"] for key, labs in graded.items() for lab in labs.values() if lab["render"]}
+    assert not broken, broken
+
+
 @pytest.mark.parametrize("lab", list(LABS))
 def test_every_check_has_a_mutant(lab):
     caught = set().union(*(m.fails for m in MUTANTS if m.lab == lab))
