@@ -80,8 +80,8 @@ class Run:
         self.approximate = flavour(self.model, before)
         self.loss_before = next_token_loss(before, self.data, SEQ_LEN, H, L, self.approximate)
         result = w.call((LAB, "train"), self.model, self.data, steps=STEPS, batch_size=16, lr=3e-3,
-                        watch=(self.model, "tok_emb"), timeout=None)
-        losses, self.watched = result["out"], result["watched"]
+                        watch=(self.model, ""), resets=(self.model, "tok_emb.weight"), timeout=None)
+        losses, self.watched, self.resets = result["out"], result["watched"], result["resets"]
         self.model.method("eval")
         after = self.model.state()
         if type(after) is not dict:
@@ -256,7 +256,7 @@ def test_losses_are_honest(w):
 @points(1)
 def test_train_uses_full_context(w):
     """With seq_len=None, train feeds windows of model.max_seq_len tokens."""
-    lengths = sorted({shape[-1] for shape, _ in trained(w).watched if type(shape) is list and shape})
+    lengths = sorted({shape[-1] for shape, grad in trained(w).watched if type(shape) is list and shape and grad})
     if lengths != [SEQ_LEN]:
         fail(f"with max_seq_len={SEQ_LEN}, training windows had lengths {lengths}; seq_len defaults to "
              "model.max_seq_len (shorter windows leave position embeddings untrained).", "train")
@@ -287,7 +287,7 @@ def test_generate_length_and_crop(w):
     """generate returns (B, T + max_new_tokens), runs without gradients, and crops to the last max_seq_len tokens."""
     model, wts = build(w, style="default", max_seq_len=8)  # default init: random biases make greedy runs collapse
     idx = tokens(2, 5, 11)
-    result = model.method("generate", idx, 12, top_k=1, watch=(model, "tok_emb"))
+    result = model.method("generate", idx, 12, top_k=1, watch=(model, ""))
     out = expect_tensor(result["out"], "generate(idx of shape (2, 5), max_new_tokens=12)", (2, 17), "crop")
     if any(grad for _, grad in result["watched"]):
         fail("generate ran forward with gradients enabled: decorate it with @torch.no_grad().", "sampling")
@@ -311,6 +311,100 @@ def test_top_k_sampling(w):
     if len(picked) < 2:
         fail("with top_k=3 and temperature=2.0, 200 samples all picked the same token: sample with "
              "torch.multinomial rather than argmax.", "sampling")
+
+
+def peaky(w, vocab_size=11):
+    """A default-initialised model whose logits are spread (ln_f's gain at 4), so that temperature and sampling
+    visibly matter: (handle, weights, GELU flavour)."""
+    model, wts = build(w, vocab_size, style="default")
+    wts = {**wts, "ln_f.weight": wts["ln_f.weight"] * 4}
+    model.load({"ln_f.weight": wts["ln_f.weight"]})
+    return model, wts, flavour(model, wts)
+
+
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
+    return 0.5 * float((p - q).abs().sum())
+
+
+@points(1)
+def test_temperature_scales_the_logits(w):
+    """generate samples from softmax(logits / temperature): at T = 0.5, 1 and 2 the frequencies of 4000 samples match."""
+    model, wts, approximate = peaky(w)
+    prompt, n = tokens(1, 6, 11), 4000
+    logits = oracle_gpt(wts, prompt, H, L, approximate)[0, -1].double()
+    for T in (0.5, 1.0, 2.0):
+        out = expect_tensor(model.method("generate", prompt.repeat(n, 1), 1, temperature=T),
+                            f"generate(idx of shape ({n}, 6), 1, temperature={T})", (n, 7), "sampling")
+        picked = out[:, -1]
+        if int(picked.min()) < 0 or int(picked.max()) > 10:
+            fail(f"with temperature={T}, generate picked token ids outside [0, 11).", "sampling")
+        freq = torch.bincount(picked, minlength=11).double() / n
+        want = torch.softmax(logits / T, -1)
+        if total_variation(freq, want) > 0.05:
+            guesses = {"ignores temperature": torch.softmax(logits, -1),
+                       "multiplies the logits by temperature": torch.softmax(logits * T, -1)}
+            guess = min(guesses, key=lambda g: total_variation(freq, guesses[g]))
+            named = f" It looks as if generate {guess}." if T != 1.0 and \
+                total_variation(freq, guesses[guess]) < total_variation(freq, want) else ""
+            fail(f"with temperature={T}, the frequencies of {n} sampled tokens are {total_variation(freq, want):.2f} "
+                 f"(total variation) from softmax(logits / {T}); sampling noise stays under 0.05.{named}",
+                 "temperature" if T != 1.0 else "sampling")
+
+
+@points(1)
+def test_sample_forwards_its_options(w):
+    """sample passes max_new_tokens, temperature and top_k on to generate (top_k=1 and temperature=0.001: greedy)."""
+    tok = w.new(LAB, "CharTokenizer", TEXT)
+    ids = tok.method("encode", TEXT)
+    V = tok.get("vocab_size")
+    if not (type(ids) is list and type(V) is int and all(type(i) is int and 0 <= i < V for i in ids)):
+        fail("CharTokenizer(PATTERN) does not encode its own text into ids below vocab_size.", "tokenizer")
+    chars = dict(zip(ids, TEXT))
+    model, wts, approximate = peaky(w, V)
+    prompt = "hello"
+    idx = torch.tensor([[ids[TEXT.index(c)] for c in prompt]])
+    want = "".join(chars.get(int(i), "?") for i in greedy(wts, idx, 20, SEQ_LEN, approximate)[0].tolist())
+    for option, value in (("top_k", 1), ("temperature", 1e-3)):
+        text = w.call((LAB, "sample"), model, tok, prompt, max_new_tokens=20, **{option: value})
+        if type(text) is not str or len(text) not in (20, 25):
+            fail(f"sample(model, tok, {prompt!r}, max_new_tokens=20, {option}={value}) returned "
+                 f"{str(text)[:60]!r}: 20 new characters (with or without the prompt) are expected.", "options")
+        if text not in (want, want[len(prompt):]):
+            fail(f"sample(..., {option}={value}) should decode greedily to {want!r}, got {text!r}: it does not "
+                 f"pass {option} on to generate.", "options")
+
+
+@points(1)
+def test_train_honours_its_arguments(w):
+    """train(model, data, steps=3, batch_size=4, seq_len=8, lr=0.0): 3 losses, batches of 4 x 8, and with lr=0 no change."""
+    tok = w.new(LAB, "CharTokenizer", TEXT)
+    data = torch.tensor(tok.method("encode", TEXT * 10), dtype=torch.long)
+    model, before = build(w, tok.get("vocab_size"), style="default", dropout=0.0)
+    result = w.call((LAB, "train"), model, data, steps=3, batch_size=4, seq_len=8, lr=0.0, watch=(model, ""))
+    losses = result["out"]
+    shapes = [tuple(shape) for shape, grad in result["watched"] if type(shape) is list and grad]
+    if not isinstance(losses, (list, tuple)) or len(losses) != 3:
+        fail(f"train(steps=3) logged {len(losses) if isinstance(losses, (list, tuple)) else losses!r} losses.",
+             "train_args")
+    if not shapes or any(s != (4, 8) for s in shapes):
+        fail(f"train(batch_size=4, seq_len=8) fed the model batches of shape {sorted(set(shapes))}; (4, 8) expected: "
+             "pass batch_size and seq_len on to get_batch.", "train_args")
+    after = model.state()
+    moved = [n for n in before if not (isinstance(after.get(n), torch.Tensor) and torch.equal(after[n], before[n]))]
+    if moved:
+        fail(f"with lr=0.0, training changed {', '.join(moved[:3])}: pass lr to the optimizer.", "train_args")
+
+
+@points(1)
+def test_gradients_reset_each_step(w):
+    """Each step's update uses that step's gradient only (the optimizer's gradients are cleared every step)."""
+    resets = [bool(r) for r in trained(w).resets]
+    if not resets:
+        fail("during train, no backward pass reached tok_emb.weight.", "train")
+    carried = sum(resets[1:])
+    if carried:
+        fail(f"in {carried} of {len(resets) - 1} steps after the first, tok_emb.weight.grad held more than that "
+             "step's gradient: the earlier steps' gradients were never cleared.", "zero_grad")
 
 
 @points(1)

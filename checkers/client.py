@@ -331,7 +331,7 @@ class Worker:
 
     # ---- typed helpers ----
     def call(self, target, *args, seed=0, store=False, no_grad=False, backward=None, watch=None, capture=False,
-             guard=False, device_guard=False, timeout=None, **kwargs):
+             guard=False, device_guard=False, timeout=None, resets=None, **kwargs):
         """Call target(*args, **kwargs) in the worker: target is (module, name) or ("handle", id, method)."""
         packer = Packer()
         if backward is not None:
@@ -341,13 +341,13 @@ class Worker:
         header = {"op": "call", "target": spec, "args": _encode(list(args), packer),
                   "kwargs": _encode(kwargs, packer), "seed": seed, "store": store, "eval": True, "no_grad": no_grad,
                   "backward": backward, "watch": [watch[0].id, watch[1]] if watch else None, "capture": capture, "guard": guard,
-                  "device_guard": device_guard}
+                  "device_guard": device_guard, "resets": [resets[0].id, resets[1]] if resets else None}
         value = self.request(header, packer.tensors, timeout)
         if store:
             return self._handle(value)
         if type(value) is not dict or "out" not in value:
             raise WorkerGone("error", "the worker's answer has no output")
-        return value if (backward or watch or capture) else value["out"]
+        return value if (backward or watch or capture or resets) else value["out"]
 
     def _handle(self, value) -> Handle:
         if type(value) is not dict or type(value.get("handle")) is not str or type(value.get("describe")) is not dict:

@@ -73,6 +73,19 @@ HINTS = {
     "sampling": ("Divide the last logits by temperature, keep the top_k largest (others -inf), softmax, "
                  "torch.multinomial, then append.",
                  "With top_k=1 sampling must be greedy: always the most likely next token."),
+    "temperature": ("In generate, divide the last position's logits by temperature before the softmax: "
+                    "logits[:, -1, :] / temperature.",
+                    "temperature < 1 sharpens the distribution, > 1 flattens it, and 1.0 leaves it as it is; "
+                    "multiplying does the opposite."),
+    "options": ("sample must pass max_new_tokens, temperature and top_k on to model.generate.",
+                "A default value in sample's own signature is only a default: forward what the caller gave."),
+    "zero_grad": ("Clear the gradients every step: optimizer.zero_grad() before (or right after) loss.backward()'s "
+                  "step.",
+                  "loss.backward() adds into .grad; without zero_grad each step's update also carries every earlier "
+                  "step's gradient."),
+    "train_args": ("train must honour its arguments: steps, batch_size and seq_len for get_batch, lr for the "
+                   "optimizer.",
+                   "Hard-coded values pass the default run but not a caller who asks for something else."),
     "tokenizer": ("One id per distinct character: decode(encode(s)) must give s back.",
                   "Sort the set of characters so ids are stable between runs."),
     "shape": ("Check the shapes against the contract: out is (..., Tq, d_v) and weights (..., Tq, Tk); return the "

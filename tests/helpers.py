@@ -11,6 +11,14 @@ PY = sys.executable
 LAB_FILES = {"lab1": "lab1_attention.py", "lab2": "lab2_multihead.py", "lab3": "lab3_block.py", "lab4": "lab4_gpt.py"}
 
 
+def _total() -> int:
+    from grading.verdict import expected_checks
+    return sum(c.points for lab in LAB_FILES for c in expected_checks(lab))
+
+
+TOTAL = _total()  # every check's points, all four labs
+
+
 def submission(folder: Path, lab: str = None, edits=(), source=None) -> Path:
     """A copy of the solutions in `folder`, with lab's file edited by (old, new) replacements or replaced by `source`."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Batch grading: one CSV row per submission, hangs and crashes recorded and skipped over, re-runs resume."""
 import csv
 
-from tests.helpers import run_grader, submission
+from tests.helpers import TOTAL, run_grader, submission
 from worker.zygote import confinement
 
 
@@ -22,7 +22,7 @@ def test_batch_grades_records_and_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr
     graded = rows(out)
     assert set(graded) == {"good", "broken", "hanging", "crashing", "empty"}
-    assert graded["good"]["score"] == graded["good"]["max_score"] == "62"
+    assert graded["good"]["score"] == graded["good"]["max_score"] == str(TOTAL)
     assert graded["broken"]["lab3_status"] == "failed" and graded["broken"]["lab1_status"] == "passed"
     # the hang costs the checks that need the trained model, not the whole lab
     assert graded["hanging"]["lab4_status"] == "timeout" and int(graded["hanging"]["lab4_score"]) < 25

@@ -7,7 +7,7 @@ import pytest
 
 from checkers.common import LABS
 from grading.verdict import expected_checks
-from tests.helpers import PY, ROOT, run_grader
+from tests.helpers import PY, ROOT, TOTAL, run_grader
 from tools.make_stubs import expected_stubs, solution_regions, stub_source
 
 
@@ -17,7 +17,7 @@ def test_solutions_pass_every_check(tmp_path):
     results = json.loads((tmp_path / "r.json").read_text())
     assert all(t["status"] == "passed" and t["score"] == t["max_score"] for t in results["tests"])
     assert results["score"] == sum(c.points for lab in LABS for c in expected_checks(lab))
-    assert "Total 62/62" in proc.stdout
+    assert f"Total {TOTAL}/{TOTAL}" in proc.stdout
 
 
 def test_stubs_fail_every_lab_as_not_started(tmp_path):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.helpers import ROOT, run_grader, submission
+from tests.helpers import ROOT, TOTAL, run_grader, submission
 from worker.zygote import confinement
 
 # unconfined, these attacks would kill this machine's processes and overwrite the pack's files: never run them so
@@ -183,7 +183,7 @@ def test_the_batch_finishes_with_every_row(batch):
 def test_classmates_keep_their_exact_scores(batch):
     graded = rows(batch["csv"])
     for name in ("alice", "bob"):
-        assert graded[name]["score"] == graded[name]["max_score"] == "62", graded[name]
+        assert graded[name]["score"] == graded[name]["max_score"] == str(TOTAL), graded[name]
 
 
 @pytest.mark.parametrize("attacker", ["steal", "vandalise", "kill", "forge", "aftermath"])
@@ -193,7 +193,7 @@ def test_an_attacker_gains_nothing(batch, attacker):
     if attacker == "steal":  # a stub that ran a classmate's code would pass lab 1
         assert mine["lab1_score"] == "0" and mine["lab1_status"] in ("not started", "failed"), mine
     else:  # its own labs are correct: what it tried must not change its grade either way, nor anyone's
-        assert mine["score"] == "62", mine
+        assert mine["score"] == str(TOTAL), mine
 
 
 def test_no_submission_was_changed(batch):

@@ -136,16 +136,11 @@ class Server:
         if req.get("seed") is not None:
             torch.manual_seed(req["seed"])
         owner = self.objects.get(req["target"][1]) if req["target"][0] == "handle" else None
-        watched, removers = [], []
+        watched, removers, resets = [], [], []
         if req.get("watch"):
-            try:
-                sub = self.objects[req["watch"][0]].get_submodule(req["watch"][1])
-            except (AttributeError, KeyError):
-                sub = None
-            if sub is not None:
-                record = lambda m, a: watched.append([list(a[0].shape) if a and isinstance(a[0], torch.Tensor) else None,
-                                                      torch.is_grad_enabled()]) if len(watched) < MAX_WATCH else None
-                removers.append(sub.register_forward_pre_hook(record))
+            removers.append(watch_forward(self.objects[req["watch"][0]], req["watch"][1], watched))
+        if req.get("resets"):
+            removers += watch_resets(self.objects[req["resets"][0]], req["resets"][1], resets)
         captured = []
         if req.get("capture"):
             removers += capture_attention(captured)
@@ -177,6 +172,8 @@ class Server:
             answer["grads"] = grads
         if req.get("watch"):
             answer["watched"] = watched
+        if req.get("resets"):
+            answer["resets"] = resets
         if req.get("capture"):
             answer["captured"] = captured[:1]
         return answer
@@ -237,6 +234,41 @@ def describe(module: nn.Module) -> dict:
             attrs[key] = value
     return {"params": params, "ties": [names for names in owners.values() if len(names) > 1], "modules": modules,
             "attrs": attrs, "type": type(module).__name__, "module": type(module).__module__}
+
+
+def watch_forward(module: nn.Module, name: str, watched: list):
+    """Record [input shape, grad enabled] for each forward of module.get_submodule(name), through its instance's
+    own `forward`: `m(x)` and `m.forward(x)` both pass there. Returns the undo."""
+    try:
+        sub = module.get_submodule(name)
+    except AttributeError:
+        return lambda: None
+    own, original = "forward" in vars(sub), sub.forward
+
+    def forward(*args, **kwargs):
+        if len(watched) < MAX_WATCH:
+            first = args[0] if args else next(iter(kwargs.values()), None)
+            watched.append([list(first.shape) if isinstance(first, torch.Tensor) else None, torch.is_grad_enabled()])
+        return original(*args, **kwargs)
+    sub.forward = forward
+    return lambda: setattr(sub, "forward", original) if own else vars(sub).pop("forward", None)
+
+
+def watch_resets(module: nn.Module, name: str, resets: list) -> list:
+    """For each backward that reaches parameter `name`: True when its .grad afterwards holds more than this
+    backward's gradient (the previous step's was never cleared). Returns the hooks' undos."""
+    param = dict(module.named_parameters()).get(name)
+    if param is None:
+        return []
+    incoming = []
+
+    def arrive(grad):
+        incoming[:] = [grad.detach().clone()]
+
+    def accumulated(p):
+        if incoming and len(resets) < MAX_WATCH:
+            resets.append(not torch.allclose(p.grad, incoming[0], rtol=1e-4, atol=1e-7))
+    return [param.register_hook(arrive), param.register_post_accumulate_grad_hook(accumulated)]
 
 
 def capture_attention(captured: list) -> list:
