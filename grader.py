@@ -201,8 +201,23 @@ def find_lab_files(folder: Path) -> Path:
     return found[0] if found else folder
 
 
+SETUP = "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && source .venv/bin/activate"
+
+
+def missing_package():
+    """The first package the grader needs that this Python lacks, or None."""
+    import importlib.util
+    return next((name for name in ("torch", "safetensors", "rich") if importlib.util.find_spec(name) is None), None)
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    missing = missing_package()
+    if missing:
+        print(f"grader.py: error: the package {missing!r} is not installed for {sys.executable}.\n"
+              f"Set up once (README, For students):\n    {SETUP}\nthen run the grader again with that environment's "
+              "python (`python grader.py ...` once it is activated).", file=sys.stderr)
+        return 2
     labs = args.labs
     hide = ()
     if args.gradescope:

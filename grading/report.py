@@ -134,10 +134,21 @@ def lab_panel(result, hints: bool = False, verbose: bool = False, width: int = 1
     table.add_column(justify="right", width=5)
     if not narrow:
         table.add_column(ratio=1, overflow="fold")
+    # one exception met by several checks is shown once, on the first of them
+    same = {}
+    key = lambda c: (c.kind, c.message.split(":", 1)[0], tuple(c.trace))  # noqa: E731  (type and frames)
+    for c in result.checks:
+        if not c.passed and c.trace:
+            same.setdefault(key(c), []).append(c)
     for c in result.checks:
         # a check that passed but earns nothing (its lab was voided: forbidden, say) is neither ticked nor crossed
         mark = Text("✗", style="red") if not c.passed else Text("✓", style="green") if c.score == c.points else Text("–")
         message = check_text(c, hints, verbose) if not c.passed else Text(c.doc, style="dim") if verbose else Text("")
+        group = same.get(key(c), []) if not c.passed and c.trace else []
+        if len(group) > 1 and group[0] is not c:
+            message = Text(f"the same error as in “{group[0].title}”", style="dim")
+        elif len(group) > 1:
+            message.append(f"\n(the same error in {len(group) - 1} more check{'s' if len(group) > 2 else ''})", style="dim")
         if narrow:
             name = Text(c.title, style="bold")
             if message:

@@ -40,3 +40,24 @@ def test_crashes_show_the_students_frames_and_verbose_the_full_traceback(tmp_pat
     assert "Traceback (most recent call last)" not in out
     verbose = run_grader("lab3", "--submission", folder, "-k", "mlp_matches_oracle", "--verbose").stdout
     assert "Traceback (most recent call last)" in verbose and HINTS["crash"][0][:30] in flat(verbose)
+
+
+def test_one_exception_is_shown_once_and_not_blamed_on_devices(tmp_path):
+    folder = submission(tmp_path / "s", "lab1", [("q @ k.transpose(-2, -1) / math.sqrt(d_k)", "q @ k.T / math.sqrt(d_k)")])
+    out = flat(run_grader("lab1", "--submission", folder).stdout)
+    assert out.count("must match the size") == 1 and "(the same error in 6 more checks)" in out
+    assert out.count("the same error as in “output shape”") == 6 and HINTS["device"][0][:30] not in out
+
+
+def test_checks_are_selected_by_the_name_as_printed():
+    out = run_grader("lab1", "--solutions", "-k", "upper triangle", "-k", "device-discipline").stdout
+    assert "upper triangle is zero" in out and "device discipline" in out and "Total 3/3" in out
+
+
+def test_a_missing_package_says_how_to_install_it():
+    import subprocess
+    import sys
+    from tests.helpers import ROOT
+    proc = subprocess.run([sys.executable, "-S", str(ROOT / "grader.py"), "lab1"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "'torch' is not installed" in proc.stderr
+    assert "pip install -r requirements.txt" in proc.stderr and "Traceback" not in proc.stderr
