@@ -46,6 +46,8 @@ def parse_args(argv):
     p.add_argument("--docker", action="store_true", help="run the same grading inside the grading image")
     p.add_argument("--image", default="transformer-labs-grader:latest", help="image for --docker")
     p.add_argument("--dry-run", action="store_true", help="with --docker: print the docker command, run nothing")
+    p.add_argument("--watch", action="store_true",
+                   help="stay running and grade again each time a lab file is saved (Ctrl-C to stop)")
     p.add_argument("--isolation", choices=("fork", "spawn"), default="fork" if sys.platform == "linux" else "spawn",
                    help="fork children from this preloaded process (fast, Linux) or start fresh interpreters")
     args = p.parse_args(argv)
@@ -61,6 +63,8 @@ def parse_args(argv):
             p.error(f"{flag} {folder}: no such folder")
     if args.solutions and not (ROOT / "solutions").is_dir() and not args.docker:
         p.error("--solutions: this copy of the pack has no solutions/ folder")
+    if args.watch and (args.batch or args.gradescope or args.docker or args.json):
+        p.error("--watch grades one folder on screen: not with --batch, --gradescope, --docker or --json")
     if args.dry_run and not args.docker:
         p.error("--dry-run goes with --docker")
     if args.docker and (args.batch or args.gradescope):
@@ -210,6 +214,43 @@ def missing_package():
     return next((name for name in ("torch", "safetensors", "rich") if importlib.util.find_spec(name) is None), None)
 
 
+def watch(source: Path, labs, args, device: str, display: str, hide) -> int:
+    """Grade, then grade again whenever a lab file changes, with everything preloaded: until Ctrl-C."""
+    from rich.text import Text
+    from grading import report
+    out = report.console()
+
+    def stamp():
+        seen = []
+        for name in LAB_FILES:
+            try:
+                info = (source / name).stat()
+                seen.append((info.st_mtime_ns, info.st_size))
+            except OSError:
+                seen.append(None)
+        return seen
+    last = None
+    try:
+        while True:
+            now = stamp()
+            if now == last:
+                time.sleep(0.1)
+                continue
+            time.sleep(0.05)  # an editor may still be writing: wait until the files are still
+            if stamp() != now:
+                continue
+            last, started = now, time.monotonic()
+            results = grade_submissions([(None, source, display)], labs, args, device, hide=hide)[None]
+            if out.is_terminal:
+                out.clear()
+            report.print_scorecard(results, out, args.hints, args.verbose, display, time.monotonic() - started)
+            out.print(Text(f"watching {display} for changes (Ctrl-C to stop)", style="dim"))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     missing = missing_package()
@@ -249,6 +290,8 @@ def main(argv=None) -> int:
         if args.batch:
             from grading.batch import run_batch
             return run_batch(args.batch, labs, args, device, grade_submissions, hide)
+        if args.watch:
+            return watch(Path(source), labs, args, device, display, hide)
         results = grade_submissions([(None, source, display)], labs, args, device, hide=hide)[None]
         report.print_scorecard(results, report.console(), args.hints, args.verbose, display, time.monotonic() - started)
     except KeyboardInterrupt:

@@ -7,7 +7,8 @@ Every command starts as a fresh subprocess from the repository root, its output 
 round-robin (one of each per round, the starting one rotating), so machine noise hits all of them alike, and
 each figure is the median of --runs rounds. Timed: the floor (`python -c "import torch, torch._dynamo"`),
 `grader.py all --solutions`, each lab alone, lab 4's own checks (the child's seconds, read from the JSON that
-`all --json` writes) and a batch of --batch-size generated submissions graded with --jobs 1 and with --jobs 2.
+`all --json` writes), a batch of --batch-size generated submissions graded with --jobs 1 and with --jobs 2, and
+`--watch`'s re-grade: from saving a lab file to the next scorecard, for each lab.
 Ratios from one interleaved run are what to compare; absolute seconds move with the machine's load.
 This is a benchmark, not a test: pytest never collects it.
 """
@@ -116,6 +117,31 @@ def git_version() -> str:
     return commit + (" with uncommitted changes" if git("diff", "--quiet", "HEAD", "--").returncode else "")
 
 
+def regrade_seconds(py, lab: str, folder: Path, device: list, runs: int) -> float:
+    """Median seconds from saving the lab file to the next scorecard's total line, in one `--watch` process."""
+    path = folder / LAB_FILES[LABS.index(lab)]
+    proc = subprocess.Popen([py, "grader.py", lab, "--submission", str(folder), "--watch", *device], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        def total():
+            for line in proc.stdout:
+                if line.startswith("Total"):
+                    return
+            raise SystemExit(f"bench: `{lab} --watch` ended without a scorecard")
+        total()
+        seconds = []
+        for i in range(runs):
+            time.sleep(0.3)
+            start = time.monotonic()
+            path.write_text(path.read_text() + f"# saved {i}\n")
+            total()
+            seconds.append(time.monotonic() - start)
+        return statistics.median(seconds)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -140,6 +166,14 @@ def main():
         rows = [(label, f"{s:.2f}", f"{s / floor:.3f}x floor", full_target if label == ALL else "")
                 for label, s in medians.items()]
         rows.append(("lab 4's checks (child seconds, --json)", f"{lab4:.3f}", "", f"<= 1.5 s: {verdict(lab4 <= 1.5)}"))
+        watched = tmp / "watched"
+        watched.mkdir()
+        for name in LAB_FILES:
+            shutil.copyfile(ROOT / "solutions" / name, watched / name)
+        for lab in LABS:
+            s = regrade_seconds(py, lab, watched, device, args.runs)
+            rows.append((f"--watch re-grade, {lab}", f"{s:.2f}", "save -> scorecard",
+                         f"<= 1 s: {verdict(s <= 1.0)}" if lab != "lab4" else ""))
         if not args.skip_batch:
             n = args.batch_size
             broken = make_submissions(tmp / "subs", n)

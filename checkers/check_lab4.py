@@ -328,26 +328,26 @@ def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
 
 @points(1)
 def test_temperature_scales_the_logits(w):
-    """generate samples from softmax(logits / temperature): at T = 0.5, 1 and 2 the frequencies of 4000 samples match."""
+    """generate samples from softmax(logits / temperature): at T = 0.5, 1 and 2 the frequencies of 2000 samples match."""
     model, wts, approximate = peaky(w)
-    prompt, n = tokens(1, 6, 11), 4000
+    prompt, n = tokens(1, 2, 11), 2000  # a short prompt: the sampling is what is measured, not the forward
     logits = oracle_gpt(wts, prompt, H, L, approximate)[0, -1].double()
     for T in (0.5, 1.0, 2.0):
         out = expect_tensor(model.method("generate", prompt.repeat(n, 1), 1, temperature=T),
-                            f"generate(idx of shape ({n}, 6), 1, temperature={T})", (n, 7), "sampling")
+                            f"generate(idx of shape ({n}, 2), 1, temperature={T})", (n, 3), "sampling")
         picked = out[:, -1]
         if int(picked.min()) < 0 or int(picked.max()) > 10:
             fail(f"with temperature={T}, generate picked token ids outside [0, 11).", "sampling")
         freq = torch.bincount(picked, minlength=11).double() / n
         want = torch.softmax(logits / T, -1)
-        if total_variation(freq, want) > 0.05:
+        if total_variation(freq, want) > 0.06:
             guesses = {"ignores temperature": torch.softmax(logits, -1),
                        "multiplies the logits by temperature": torch.softmax(logits * T, -1)}
             guess = min(guesses, key=lambda g: total_variation(freq, guesses[g]))
             named = f" It looks as if generate {guess}." if T != 1.0 and \
                 total_variation(freq, guesses[guess]) < total_variation(freq, want) else ""
             fail(f"with temperature={T}, the frequencies of {n} sampled tokens are {total_variation(freq, want):.2f} "
-                 f"(total variation) from softmax(logits / {T}); sampling noise stays under 0.05.{named}",
+                 f"(total variation) from softmax(logits / {T}); sampling noise stays under 0.06.{named}",
                  "temperature" if T != 1.0 else "sampling")
 
 

@@ -61,3 +61,31 @@ def test_a_missing_package_says_how_to_install_it():
     proc = subprocess.run([sys.executable, "-S", str(ROOT / "grader.py"), "lab1"], capture_output=True, text=True)
     assert proc.returncode == 2 and "'torch' is not installed" in proc.stderr
     assert "pip install -r requirements.txt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_watch_mode_grades_again_when_a_lab_file_is_saved(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from tests.helpers import ROOT
+    folder = submission(tmp_path / "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "grader.py"), "lab1", "--submission", str(folder), "--watch"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        def next_total():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                if line.startswith("Total"):
+                    return line
+            raise AssertionError("no scorecard within 60 s")
+        assert "Total 12/12" in next_total()
+        path = folder / "lab1_attention.py"
+        path.write_text(path.read_text().replace("q @ k.transpose(-2, -1) / math.sqrt(d_k)", "q @ k.transpose(-2, -1)"))
+        assert "lab 1 failed" in next_total()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
