@@ -84,7 +84,7 @@ def test_weight_rows_sum_to_one(w):
     expect_tensor(weights, "weights", (2, 8, 8), hint="shape")
     try:
         expect_close(weights.sum(-1), torch.ones(2, 8, dtype=weights.dtype), "row sums of the weights", atol=1e-5,
-                     hint="mask")
+                     hint=lambda: diagnose(x, x, causal(8), weights))
     except AssertionError:
         heatmap_if_failing(weights, oracle_attention(x, x, x, causal(8))[1], "causal self-attention, batch 0")
         raise
@@ -140,7 +140,8 @@ def test_gradients_flow(w):
         g = got[i] if i < len(got) else None
         if not isinstance(g, torch.Tensor):
             fail(f"{name} received no gradient.", "grad")
-        expect_close(g, wanted, f"gradient of {name}", atol=1e-8, hint="mask")
+        expect_close(g, wanted, f"gradient of {name}", atol=1e-8,
+                     hint=lambda: diagnose(q.detach(), k.detach(), causal(6), out[1]))
 
 
 @points(1)

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from checkers.client import Handle
+from checkers.client import Handle, StudentError
 from checkers.common import (expect_causal, expect_close, expect_device_discipline,
                              expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_params, expect_tensor,
                              fail, figure, fill, gelu_flavour, next_token_loss, oracle_gpt, points, randn)
@@ -212,6 +212,13 @@ def test_get_batch_shift(w):
         fail(f"y must be x shifted by one token; in row 0, y starts {off} position(s) after x.", "shift")
     if int(y.max()) > 99 or int(x.min()) < 0:
         fail("windows must lie inside the data.", "shift")
+    starts = []
+    for seed in (1, 2):  # two runs under different seeds: random starts differ
+        again = w.call((LAB, "get_batch"), torch.arange(100), 8, 12, seed=seed)
+        starts.append(expect_tensor(again[0] if isinstance(again, (tuple, list)) else again, "x", (8, 12), "shift")[:, 0].tolist())
+    if starts[0] == starts[1]:
+        fail(f"get_batch picked the same window starts {starts[0]} under two different seeds: pick them at random.",
+             "batch_random")
 
 
 @points(1)
@@ -274,8 +281,8 @@ def test_greedy_continues_pattern(w):
     want = (PROMPT + (TEXT * 10)[len(PROMPT):])[:len(PROMPT) + NEW_TOKENS]
     ours = "".join(run.chars.get(int(i), "?") for i in greedy(run.after, idx, NEW_TOKENS, SEQ_LEN,
                                                                 run.approximate)[0].tolist())
-    for text, whose in ((got, "generate"), (ours, "the trained weights (the grader's own greedy decoding)")):
-        if text != want:
+    for text, whose in ((ours, "the trained weights (the grader's own greedy decoding)"), (got, "generate")):
+        if text != want:  # the weights first: when they are wrong, the training is to blame, not generate
             at = next(i for i, (a, b) in enumerate(zip(text, want)) if a != b)
             fail(f"greedy continuation of {PROMPT!r} by {whose} went wrong at character {at}:\n  expected {want!r}\n"
                  f"  got      {text!r}\n(loss after training: {run.loss_after:.3f})",
@@ -287,7 +294,16 @@ def test_generate_length_and_crop(w):
     """generate returns (B, T + max_new_tokens), runs without gradients, and crops to the last max_seq_len tokens."""
     model, wts = build(w, style="default", max_seq_len=8)  # default init: random biases make greedy runs collapse
     idx = tokens(2, 5, 11)
-    result = model.method("generate", idx, 12, top_k=1, watch=(model, ""))
+    try:
+        result = model.method("generate", idx, 12, top_k=1, watch=(model, ""))
+    except StudentError as exc:
+        if exc.type == "IndexError":  # position embeddings run out past max_seq_len
+            fail(f"generate(idx of shape (2, 5), max_new_tokens=12) with max_seq_len=8 raised {exc.type}: "
+                 f"{exc.message}", "crop")
+        raise
+    shape = getattr(result["out"], "shape", None)
+    if shape is not None and tuple(shape) == (2, 12):
+        fail("generate returned only the 12 new tokens, shape (2, 12); (2, 17) expected.", "append")
     out = expect_tensor(result["out"], "generate(idx of shape (2, 5), max_new_tokens=12)", (2, 17), "crop")
     if any(grad for _, grad in result["watched"]):
         fail("generate ran forward with gradients enabled: decorate it with @torch.no_grad().", "sampling")

@@ -40,6 +40,19 @@ HINTS = {
               "qkv's output is [queries | keys | values], each D wide, and head h owns features "
               "h*d_head:(h+1)*d_head of each. A view to (B, n_heads, T, d_head) without the transpose mixes "
               "time steps into heads."),
+    "order": ("qkv's output is [queries | keys | values]: split it in that order, q, k, v = self.qkv(x).split(D, dim=-1).",
+              "The checker recomputes attention from your own qkv weights under the contract's layout; with another "
+              "order, queries and keys swap roles."),
+    "dropout": ("Dropout must be off in eval mode: use self.dropout (an nn.Dropout) or F.dropout(x, p, "
+                "training=self.training).",
+                "F.dropout defaults to training=True: called without it, it drops values even after model.eval(), "
+                "so two identical calls give different outputs."),
+    "append": ("generate returns the prompt followed by the new tokens: idx = torch.cat([idx, next_id], dim=1) each "
+               "step, then return idx.",
+               "The output has shape (B, T + max_new_tokens)."),
+    "batch_random": ("get_batch picks random window starts: torch.randint(len(data) - seq_len, (batch_size,)).",
+                     "With fixed starts the model only ever sees the same windows and cannot learn the rest of the "
+                     "text."),
     "proj": ("After merging the heads, apply self.proj to the result.",
              "The output projection lets heads' results mix; it is part of the contract."),
     "mlp": ("MLP: self.fc (D -> 4D), then GELU, then self.proj (4D -> D).",
@@ -95,7 +108,8 @@ HINTS = {
     "todo": ("Replace the `raise NotImplementedError` under each TODO with your code.",
              "The TODO comment says what to write; the module docstring gives the exact contract."),
     "earlier": ("This lab calls your code from an earlier lab: grade that lab first and fix it.", ""),
-    "crash": ("Your code raised an error: the line it came from is shown above.",
+    "crash": ("Your code raised an error: its message says what went wrong, and the lines of your file it went "
+              "through are listed when there are any.",
               "Run `python grader.py labN --verbose` for the full traceback, or call the function yourself with small "
               "tensors and print shapes."),
     "slow": ("A check ran past its time limit: look for a loop that never ends or far more work than the lab needs.", ""),
@@ -115,9 +129,15 @@ class CheckFailure(AssertionError):
         self.hint = hint
 
 
-def fail(message: str, hint=None):
-    """Fail the check; `hint` is a HINTS key, or a callable returning one (run only on failure, to diagnose)."""
-    raise CheckFailure(message, hint() if callable(hint) else hint)
+def fail(message: str, hint=None, fallback=None):
+    """Fail the check; `hint` is a HINTS key, or a callable returning one (run only on failure, to diagnose). A
+    diagnosis that raises or finds nothing gives `fallback`: the verdict never depends on it."""
+    if callable(hint):
+        try:
+            hint = hint()
+        except Exception:
+            hint = None
+    raise CheckFailure(message, hint if hint in HINTS else fallback)
 
 
 def points(n: int):
@@ -157,9 +177,12 @@ def causal(T: int) -> Tensor:
 
 
 # ---- comparisons ---------------------------------------------------------------------------
-def _fmt(t: Tensor, limit: int = 6) -> str:
-    values = [f"{v:.4f}" for v in t.reshape(-1)[:limit].tolist()]
-    return "[" + ", ".join(values) + (", ...]" if t.numel() > limit else "]")
+def _fmt(t: Tensor, at: int = 0, limit: int = 6) -> str:
+    """Up to `limit` values of a row, from just before position `at` (the first mismatch)."""
+    flat = t.reshape(-1)
+    start = max(0, min(at - 2, flat.numel() - limit))
+    values = [f"{v:.4f}" for v in flat[start:start + limit].tolist()]
+    return ("[..., " if start else "[") + ", ".join(values) + (", ...]" if start + limit < flat.numel() else "]")
 
 
 def expect_tensor(actual, what: str, shape=None, hint=None) -> Tensor:
@@ -170,8 +193,10 @@ def expect_tensor(actual, what: str, shape=None, hint=None) -> Tensor:
     return actual
 
 
-def expect_close(actual, expected: Tensor, what: str, atol: float = 1e-5, rtol: float = 1e-4, hint=None):
-    """Fail with the max abs error and the first offending row unless |actual - expected| <= atol + rtol*|expected|."""
+def expect_close(actual, expected: Tensor, what: str, atol: float = 1e-5, rtol: float = 1e-4, hint=None,
+                 fallback=None):
+    """Fail with the max abs error and the values around the first mismatch unless
+    |actual - expected| <= atol + rtol*|expected|. `hint` may diagnose (see fail); `fallback` when it cannot."""
     expect_tensor(actual, what, expected.shape, hint)
     if actual.device.type == "meta":
         fail(f"{what}: came back on the meta device, with no values.", hint)
@@ -188,9 +213,10 @@ def expect_close(actual, expected: Tensor, what: str, atol: float = 1e-5, rtol: 
     message = (f"{what}: mismatch with the reference, max abs error {max_err:.3g} "
                f"(tolerance {atol:g} + {rtol:g}*|expected|); first mismatch{where}.")
     if a.dim() >= 1:
-        row = index[:-1]
-        message += f"\n  expected row {list(row)}: {_fmt(e[row])}\n  got      row {list(row)}: {_fmt(a[row])}"
-    fail(message, hint)
+        row, col = index[:-1], index[-1]
+        where = f"row {list(row)} from column {max(0, min(col - 2, a.shape[-1] - 6))}"
+        message += f"\n  expected {where}: {_fmt(e[row], col)}\n  got      {where}: {_fmt(a[row], col)}"
+    fail(message, hint, fallback)
 
 
 # ---- the student's modules, with weights the judge chooses ------------------------------------
@@ -314,8 +340,9 @@ def next_token_loss(w: dict, data: Tensor, seq_len: int, n_heads: int, n_layers:
 
 
 # ---- checks shared by several labs ------------------------------------------------------------
-def expect_causal(fn, x: Tensor, what: str, positions=(0, 3, 6)):
-    """For each t, changing inputs after position t must leave outputs 0..t unchanged (fn runs in the worker)."""
+def expect_causal(fn, x: Tensor, what: str, positions=(0, 3, 6), hint="causal"):
+    """For each t, changing inputs after position t must leave outputs 0..t unchanged (fn runs in the worker).
+    `hint`: a key, or a callable that diagnoses from the first output (a wrong head layout leaks the future too)."""
     before = expect_tensor(fn(x), what)
     for t in positions:
         changed = x.clone()
@@ -324,7 +351,7 @@ def expect_causal(fn, x: Tensor, what: str, positions=(0, 3, 6)):
         after = expect_tensor(fn(changed), what, before.shape)
         expect_close(after[:, :t + 1], before[:, :t + 1],
                      f"{what}: changing only the tokens after position {t} moved the outputs at positions 0..{t}",
-                     atol=1e-5, rtol=1e-5, hint="causal")
+                     atol=1e-5, rtol=1e-5, hint=(lambda: hint(before)) if callable(hint) else hint)
 
 
 def expect_every_parameter_gets_a_gradient(h: Handle, x, what: str):
