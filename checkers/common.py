@@ -40,17 +40,17 @@ HINTS = {
               "qkv's output is [queries | keys | values], each D wide, and head h owns features "
               "h*d_head:(h+1)*d_head of each. A view to (B, n_heads, T, d_head) without the transpose mixes "
               "time steps into heads."),
-    "order": ("qkv's output is [queries | keys | values]: split it in that order, q, k, v = self.qkv(x).split(D, dim=-1).",
+    "order": ("qkv's output is [queries | keys | values], each D wide: split it in that order (queries first).",
               "The checker recomputes attention from your own qkv weights under the contract's layout; with another "
               "order, queries and keys swap roles."),
     "dropout": ("Dropout must be off in eval mode: use self.dropout (an nn.Dropout) or F.dropout(x, p, "
                 "training=self.training).",
                 "F.dropout defaults to training=True: called without it, it drops values even after model.eval(), "
                 "so two identical calls give different outputs."),
-    "append": ("generate returns the prompt followed by the new tokens: idx = torch.cat([idx, next_id], dim=1) each "
-               "step, then return idx.",
+    "append": ("generate returns the prompt followed by the new tokens: append each new token to idx along the "
+               "time dimension (torch.cat) and return the whole sequence.",
                "The output has shape (B, T + max_new_tokens)."),
-    "batch_random": ("get_batch picks random window starts: torch.randint(len(data) - seq_len, (batch_size,)).",
+    "batch_random": ("get_batch picks a random start for each window (torch.randint), from 0 to len(data) - seq_len - 1.",
                      "With fixed starts the model only ever sees the same windows and cannot learn the rest of the "
                      "text."),
     "proj": ("After merging the heads, apply self.proj to the result.",
@@ -177,12 +177,18 @@ def causal(T: int) -> Tensor:
 
 
 # ---- comparisons ---------------------------------------------------------------------------
-def _fmt(t: Tensor, at: int = 0, limit: int = 6) -> str:
-    """Up to `limit` values of a row, from just before position `at` (the first mismatch)."""
+SHOWN = 3  # values of a row shown around the first mismatch
+
+
+def _window(n: int, at: int) -> int:
+    """Where a window of SHOWN values around position `at` of a row of n starts."""
+    return max(0, min(at - 1, n - SHOWN))
+
+
+def _fmt(t: Tensor, start: int = 0) -> str:
     flat = t.reshape(-1)
-    start = max(0, min(at - 2, flat.numel() - limit))
-    values = [f"{v:.4f}" for v in flat[start:start + limit].tolist()]
-    return ("[..., " if start else "[") + ", ".join(values) + (", ...]" if start + limit < flat.numel() else "]")
+    values = [f"{v:.4f}" for v in flat[start:start + SHOWN].tolist()]
+    return ("[..., " if start else "[") + ", ".join(values) + (", ...]" if start + SHOWN < flat.numel() else "]")
 
 
 def expect_tensor(actual, what: str, shape=None, hint=None) -> Tensor:
@@ -213,9 +219,9 @@ def expect_close(actual, expected: Tensor, what: str, atol: float = 1e-5, rtol: 
     message = (f"{what}: mismatch with the reference, max abs error {max_err:.3g} "
                f"(tolerance {atol:g} + {rtol:g}*|expected|); first mismatch{where}.")
     if a.dim() >= 1:
-        row, col = index[:-1], index[-1]
-        where = f"row {list(row)} from column {max(0, min(col - 2, a.shape[-1] - 6))}"
-        message += f"\n  expected {where}: {_fmt(e[row], col)}\n  got      {where}: {_fmt(a[row], col)}"
+        row, start = index[:-1], _window(a.shape[-1], index[-1])
+        where = f"row {list(row)}" + (f" from column {start}" if start else "")
+        message += f"\n  expected {where}: {_fmt(e[row], start)}\n  got      {where}: {_fmt(a[row], start)}"
     fail(message, hint, fallback)
 
 
