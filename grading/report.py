@@ -171,7 +171,10 @@ def lab_panel(result, hints: bool = False, verbose: bool = False, width: int = 1
         parts.append(Text("→ " + note, style="yellow"))
     if result.output.strip() and (verbose or result.status in ("error", "crashed", "exited", "timeout", "out of memory")):
         tail = "\n".join(result.output.strip().splitlines()[-15:])
-        parts.append(Text("Output of the code (last lines):\n" + tail, style="dim"))
+        parts.append(Text("What your code printed (last lines):\n" + tail, style="dim"))
+    if result.internal.strip() and verbose and result.status == "error":
+        tail = "\n".join(result.internal.strip().splitlines()[-15:])
+        parts.append(Text("The grader's own output (last lines):\n" + tail, style="dim"))
     title = f"Lab {result.lab[3]} · {LABS[result.lab][1]}"
     subtitle = f"{result.status} · {result.score}/{result.max_score}"
     return Panel(Group(*parts), title=title, title_align="left", subtitle=subtitle, subtitle_align="right",

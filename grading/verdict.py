@@ -50,7 +50,8 @@ class LabResult:
     detail: str = ""
     checks: list = field(default_factory=list)
     notes: list = field(default_factory=list)
-    output: str = ""
+    output: str = ""  # what the student's code printed (its workers' output)
+    internal: str = ""  # what the grader's own judge printed: shown only when grading itself failed
     seconds: float = 0.0
     device: str = ""
 
@@ -145,7 +146,8 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
         c.score = c.points if c.passed and status not in UNAWARDED else 0
 
     output = str(end.get("output", "")) if end else ""
-    result = LabResult(task.lab, status, clean(detail), checks, output=clean(output + outcome.output), seconds=outcome.seconds,
+    result = LabResult(task.lab, status, clean(detail), checks, output=clean(output), internal=clean(outcome.output),
+                       seconds=outcome.seconds,
                        device=str(start.get("device", task.device)))
     blockers = sorted({r.get("origin") for r in list(by_name.values()) + [imported or {}]
                        if r.get("kind") == "blocked" and r.get("origin") in LABS})

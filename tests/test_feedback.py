@@ -89,3 +89,12 @@ def test_watch_mode_grades_again_when_a_lab_file_is_saved(tmp_path):
         assert "Traceback" not in proc.stderr.read()
     finally:
         proc.kill()
+
+
+def test_verbose_shows_what_the_code_printed_and_nothing_of_the_grader(tmp_path):
+    folder = submission(tmp_path / "s", "lab1", [("import torch\n", "import torch\nprint('hello from lab 1')\n")])
+    out = run_grader("lab1", "--submission", folder, "--verbose").stdout
+    assert "What your code printed" in out and "hello from lab 1" in out and "passed · 12/12" in out
+    assert "labgrade-" not in out and "site-packages" not in out and "Warning" not in out
+    quiet = run_grader("lab1", "--submission", folder).stdout
+    assert "hello from lab 1" not in quiet  # a passing lab without --verbose stays short
