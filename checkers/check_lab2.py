@@ -8,7 +8,7 @@ import math
 import torch
 
 from checkers.client import On
-from checkers.common import (causal, expect_causal, expect_close, expect_device_discipline,
+from checkers.common import (causal, expect_causal, expect_close, expect_device_discipline, expect_dropout_only_in_training,
                              expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_params,
                              expect_tensor, fail, figure, fill, grid, oracle_attention, oracle_mha, points, randn)
 
@@ -159,6 +159,13 @@ def test_causality(w):
     except AssertionError:
         head0_heatmap(w, mha, wts, x)
         raise
+
+
+@points(1)
+def test_dropout_only_in_training(w):
+    """MultiHeadAttention(16, 4, dropout=0.5) drops values in training mode and none in eval mode."""
+    mha, _ = build(w, 16, 4, dropout=0.5)
+    expect_dropout_only_in_training(mha, randn(2, 8, 16), "MultiHeadAttention(16, 4, dropout=0.5)")
 
 
 @points(1)

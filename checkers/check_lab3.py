@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from checkers.client import On
-from checkers.common import (expect_causal, expect_close, expect_device_discipline,
+from checkers.common import (expect_causal, expect_close, expect_device_discipline, expect_dropout_only_in_training,
                              expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_params, expect_tensor,
                              fail, fill, gelu_flavour, oracle_block, oracle_layer_norm, oracle_mha, oracle_mlp, points,
                              randn, sub, zeroed)
@@ -83,7 +83,7 @@ def test_residual_gradient(w):
 
 @points(2)
 def test_mlp_matches_oracle(w):
-    """MLP: fc (D -> 4D), GELU (exact or tanh), proj (4D -> D), recomputed from its own parameters."""
+    """MLP: fc (D -> expansion*D, default 4), GELU (exact or tanh), proj back to D, recomputed from its own parameters."""
     mlp = w.new(LAB, "MLP", 16)
     shapes = {name: shape for name, (shape, _) in mlp.params.items()}
     if not all("Linear" in mlp.modules.get(name, ("", "", []))[2] for name in ("fc", "proj")):
@@ -91,6 +91,11 @@ def test_mlp_matches_oracle(w):
     if (shapes.get("fc.weight"), shapes.get("proj.weight")) != ((64, 16), (16, 64)):
         fail(f"MLP(16): fc must map 16 -> 64 and proj 64 -> 16; got fc weight {shapes.get('fc.weight')}, "
              f"proj weight {shapes.get('proj.weight')}.", "mlp")
+    narrow = w.new(LAB, "MLP", 8, expansion=2)
+    got = {name: shape for name, (shape, _) in narrow.params.items()}
+    if (got.get("fc.weight"), got.get("proj.weight")) != ((16, 8), (8, 16)):
+        fail(f"MLP(8, expansion=2): fc must map 8 -> 16 and proj 16 -> 8; got fc weight {got.get('fc.weight')}, "
+             f"proj weight {got.get('proj.weight')}: use `expansion`.", "mlp")
     wts = fill(mlp)
     x = randn(2, 8, 16) * 2
     out = expect_tensor(mlp(x, no_grad=True), "MLP output", (2, 8, 16), "mlp")
@@ -123,6 +128,13 @@ def test_causality(w):
     """Changing future tokens never changes earlier outputs."""
     block, _ = build(w, 16, 4)
     expect_causal(lambda t: block(t, no_grad=True), randn(2, 8, 16), "TransformerBlock", positions=(0, 4))
+
+
+@points(1)
+def test_dropout_only_in_training(w):
+    """TransformerBlock(16, 4, dropout=0.5) drops values in training mode and none in eval mode."""
+    block, _ = build(w, 16, 4, dropout=0.5)
+    expect_dropout_only_in_training(block, randn(2, 8, 16), "TransformerBlock(16, 4, dropout=0.5)")
 
 
 @points(1)

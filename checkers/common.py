@@ -47,6 +47,9 @@ HINTS = {
                 "training=self.training).",
                 "F.dropout defaults to training=True: called without it, it drops values even after model.eval(), "
                 "so two identical calls give different outputs."),
+    "dropout_train": ("Pass `dropout` on to nn.Dropout and apply it in forward (to the attention weights or the "
+                      "output): in training mode it must drop values.",
+                      "nn.Dropout is active after module.train() and off after module.eval(), with no code of yours."),
     "append": ("generate returns the prompt followed by the new tokens: append each new token to idx along the "
                "time dimension (torch.cat) and return the whole sequence.",
                "The output has shape (B, T + max_new_tokens)."),
@@ -398,6 +401,17 @@ def device_error(exc: StudentError) -> bool:
     """The error is about devices (tensors on two of them, or an op the meta device cannot run), not a plain bug."""
     return exc.type == "DeviceMixError" or exc.type in ("RuntimeError", "NotImplementedError") and any(
         word in exc.message.lower() for word in ("device", "meta", "cuda", "cpu"))
+
+
+def expect_dropout_only_in_training(h: Handle, x: Tensor, what: str):
+    """With dropout=0.5, two seeds give different outputs in training mode and the same output in eval mode."""
+    for mode, random in (("train", True), ("eval", False)):
+        h.method(mode)
+        first, second = (expect_tensor(h(x, no_grad=True, seed=seed), f"{what} output") for seed in (1, 2))
+        if torch.equal(first, second) == random:
+            fail(f"{what} in {mode} mode gave {'the same output' if random else 'different outputs'} under two seeds: "
+                 + ("dropout is not applied." if random else "dropout must be off in eval mode."),
+                 "dropout_train" if random else "dropout")
 
 
 def expect_device_discipline(w: Worker, h: Handle, example: Tensor, what: str):
