@@ -8,7 +8,8 @@ import math
 import torch
 
 from checkers.client import On
-from checkers.common import (causal, expect_causal, expect_close, expect_device_discipline, expect_dropout_only_in_training,
+from checkers.common import (causal, expect_causal, expect_close, expect_device_discipline,
+                             expect_dropout_only_in_training,
                              expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_params,
                              expect_tensor, fail, figure, fill, grid, oracle_attention, oracle_mha, points, randn)
 
@@ -132,7 +133,8 @@ def test_matches_oracle(w):
         out = expect_tensor(mha(x, no_grad=True), f"MultiHeadAttention({D}, {H}) output", (B, T, D), "heads")
         try:
             expect_close(out, oracle_mha(wts, x, H), f"MultiHeadAttention({D}, n_heads={H}) on (B={B}, T={T})",
-                         hint=lambda: diagnose(wts, x, H, out, again=lambda: mha(x, no_grad=True, seed=1)), fallback="heads")
+                         hint=lambda: diagnose(wts, x, H, out, again=lambda: mha(x, no_grad=True, seed=1)),
+                         fallback="heads")
         except AssertionError:
             head0_heatmap(w, mha, wts, x)
             raise

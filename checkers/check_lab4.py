@@ -196,7 +196,7 @@ def test_causality(w):
 
 @points(2)
 def test_get_batch_shift(w):
-    """get_batch returns (B, T) windows x of the data and y = the same windows shifted by one."""
+    """get_batch returns (B, T) windows x of the data at random starts and y = the same windows shifted by one."""
     batch = w.call((LAB, "get_batch"), torch.arange(100), 8, 12)
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         fail(f"get_batch must return a pair (x, y), got {type(batch).__name__}.", "shift")
@@ -215,7 +215,8 @@ def test_get_batch_shift(w):
     starts = []
     for seed in (1, 2):  # two runs under different seeds: random starts differ
         again = w.call((LAB, "get_batch"), torch.arange(100), 8, 12, seed=seed)
-        starts.append(expect_tensor(again[0] if isinstance(again, (tuple, list)) else again, "x", (8, 12), "shift")[:, 0].tolist())
+        again = again[0] if isinstance(again, (tuple, list)) else again
+        starts.append(expect_tensor(again, "x", (8, 12), "shift")[:, 0].tolist())
     if starts[0] == starts[1]:
         fail(f"get_batch picked the same window starts {starts[0]} under two different seeds: pick them at random.",
              "batch_random")
