@@ -139,25 +139,47 @@ def _cgroup(spec: dict, pid: int) -> list:
     [] when none is writable (cgroup v2 needs a delegated subtree). The worker joins them itself, before it runs
     any student code."""
     made = []
+    cap = int(spec["memory"] * (1 << 30)) if spec.get("memory") and spec.get("device") == "cpu" else None
+    wanted = {"memory": [("memory.limit_in_bytes", cap)] if cap else [], "pids": [("pids.max", MAX_TASKS)]}
+    for name, base in _cgroup_bases():
+        if not wanted[name]:
+            continue
+        folder = f"{base}/labgrade-{os.getpid()}-{pid}"
+        try:
+            os.mkdir(folder)
+            for file, value in wanted[name]:
+                _write(os.path.join(folder, file), str(value))
+            made.append(folder)
+        except OSError:
+            _rmdir(folder)
+    return made
+
+
+def _cgroup_bases() -> list:
+    """(controller, folder) of this process's v1 memory and pids cgroups."""
     try:
         with open("/proc/self/cgroup") as f:
             lines = [line.rstrip("\n").split(":", 2) for line in f]
     except OSError:
-        return made
-    cap = int(spec["memory"] * (1 << 30)) if spec.get("memory") and spec.get("device") == "cpu" else None
-    wanted = {"memory": [("memory.limit_in_bytes", cap)] if cap else [], "pids": [("pids.max", MAX_TASKS)]}
-    for _, controllers, path in lines:
-        for name in controllers.split(","):
-            if name in wanted and wanted[name]:
-                folder = f"/sys/fs/cgroup/{name}{path.rstrip('/')}/labgrade-{os.getpid()}-{pid}"
-                try:
-                    os.mkdir(folder)
-                    for file, value in wanted[name]:
-                        _write(os.path.join(folder, file), str(value))
-                    made.append(folder)
-                except OSError:
-                    _rmdir(folder)
-    return made
+        return []
+    return [(name, f"/sys/fs/cgroup/{name}{path.rstrip('/')}") for _, controllers, path in lines
+            for name in controllers.split(",") if name in ("memory", "pids")]
+
+
+def _sweep():
+    """Remove the empty cgroups a zygote that was killed outright (SIGKILL) left behind."""
+    for _, base in _cgroup_bases():
+        try:
+            names = [n for n in os.listdir(base) if n.startswith("labgrade-")]
+        except OSError:
+            continue
+        for name in names:
+            try:
+                os.kill(int(name.split("-")[1]), 0)
+            except (ProcessLookupError, ValueError, IndexError):
+                _rmdir(f"{base}/{name}")
+            except PermissionError:
+                pass
 
 
 def _rmdir(folder: str):
@@ -240,6 +262,7 @@ def run(sock: socket.socket):
     """The zygote's loop. Never returns."""
     prctl(PR_SET_DUMPABLE, 0)
     KEEP[:] = _keep()
+    _sweep()
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # what a worker leaves behind is reparented here, and reaped
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     workers = {}  # pid -> {"ctl": fd, "judge": pidfd or None, "uid": uid, "lock": fd, "cgroups": [folder]}
