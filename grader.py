@@ -183,18 +183,21 @@ def preload(isolation: str):
     gc.freeze()  # the preloaded heap: children's garbage collections skip it (and do not copy its pages)
 
 
-UNCONFINED = ("grader.py: warning: workers cannot be confined on this machine (not root, and no user namespaces){how}: "
-              "one submission's code can read and disturb another's grading. Grade classes as root, in the grading "
-              "image or on Gradescope, or allow unprivileged user namespaces (README: Confinement).")
+UNCONFINED = "grader.py: warning: workers cannot be confined {why}: one submission's code can read and disturb " \
+             "another's grading. {fix} (README: Confinement)."
+ROOT_OR_USERNS = "Grade classes as root, in the grading image or on Gradescope, or allow unprivileged user namespaces"
 
 
 def warn_if_unconfined(isolation: str):
     """For grading many students: say once, plainly, when their code cannot be kept apart."""
     from worker.zygote import confinement
     if isolation != "fork":
-        print(UNCONFINED.format(how=" with --isolation spawn"), file=sys.stderr)
+        print(UNCONFINED.format(why="with --isolation spawn (fresh interpreters)",
+                                fix="Use --isolation fork (Linux), " + ROOT_OR_USERNS[0].lower() + ROOT_OR_USERNS[1:]),
+              file=sys.stderr)
     elif not confinement():
-        print(UNCONFINED.format(how=""), file=sys.stderr)
+        print(UNCONFINED.format(why="on this machine (not root, and no user namespaces)", fix=ROOT_OR_USERNS),
+              file=sys.stderr)
 
 
 def find_lab_files(folder: Path) -> Path:
