@@ -8,7 +8,8 @@ data: its type name, message and the frames from the lab files. Ops (each `op_<n
     get      module, name, store         a module attribute (stored when it is an nn.Module)
     call     target, args, kwargs, ...   call a function, a class or a method; options: store the result, seed,
                                          no_grad, backward (grads of inputs and parameters), watch a submodule's
-                                         inputs, capture lab 1's attention weights, guard against shortcuts,
+                                         forward inputs, resets (was a parameter's .grad cleared each step),
+                                         capture lab 1's attention weights, guard against shortcuts,
                                          device_guard (one device per op)
     load     handle, tensors             copy values into parameters and buffers
     state    handle                      every parameter's value
