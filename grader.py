@@ -22,6 +22,7 @@ sys.dont_write_bytecode = True  # the grader never writes its own tree (nor coul
 ROOT = Path(__file__).resolve().parent
 LAB_NAMES = ("lab1", "lab2", "lab3", "lab4")
 LAB_FILES = ("lab1_attention.py", "lab2_multihead.py", "lab3_block.py", "lab4_gpt.py")
+VISIBILITY = ("visible", "hidden", "after_due_date", "after_published")
 
 
 def parse_args(argv):
@@ -30,6 +31,9 @@ def parse_args(argv):
     p.add_argument("--solutions", action="store_true", help="grade the reference solutions in solutions/")
     p.add_argument("--submission", metavar="DIR", help="grade a folder holding the four lab files")
     p.add_argument("--json", metavar="PATH", help="write Gradescope-format results.json to PATH")
+    p.add_argument("--own-labs", action="store_true",
+                   help="grade each lab on the submission's own earlier labs, not the pack's stand-ins for them "
+                        "(one bug then costs points in every lab built on it)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where checks run (default auto)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="wall time per lab (default 60)")
     p.add_argument("--memory", type=float, default=4.0, metavar="GIB", help="memory cap per lab in GiB (default 4)")
@@ -41,8 +45,10 @@ def parse_args(argv):
     p.add_argument("--csv", metavar="PATH", default="grades.csv", help="batch results, one row per submission")
     p.add_argument("--gradescope", action="store_true",
                    help="grade $GRADESCOPE_ROOT/submission (default /autograder) into results/results.json")
-    p.add_argument("--visibility", default="visible", choices=("visible", "hidden", "after_due_date", "after_published"),
+    p.add_argument("--visibility", default="visible", choices=VISIBILITY,
                    help="Gradescope visibility of each check (default visible)")
+    p.add_argument("--hidden-visibility", default="after_due_date", choices=VISIBILITY,
+                   help="Gradescope visibility of the checks held back for submission (default after_due_date)")
     p.add_argument("--docker", action="store_true", help="run the same grading inside the grading image")
     p.add_argument("--image", default="transformer-labs-grader:latest", help="image for --docker")
     p.add_argument("--dry-run", action="store_true", help="with --docker: print the docker command, run nothing")
@@ -106,8 +112,10 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=
     """Grade `labs` of each (key, folder, display name); returns {key: [LabResult, ...]} in lab order.
 
     Every (submission, lab) pair is one child; all of them share one scheduler, `args.jobs` at a time. Workers
-    see neither the submissions' folders nor `hide`.
+    see neither the submissions' folders nor `hide`. Each lab runs on the pack's stand-ins for the labs before it,
+    or with args.own_labs on the submission's own.
     """
+    own_labs = getattr(args, "own_labs", False)
     from grading.supervise import Task, run_tasks
     from grading.verdict import LabResult, clean, decide, expected_checks, note_dependencies
     results, tasks = {}, []
@@ -128,7 +136,7 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=
                     on_done(key, missing)
                 continue
             select = [c.name for c in expected_checks(lab, args.check)] if args.check else None
-            tasks.append(Task(lab, sources, display, device, args.timeout, args.memory, select, key, hide))
+            tasks.append(Task(lab, sources, display, device, args.timeout, args.memory, select, key, hide, own_labs))
 
     def judged(outcome, quiet=False):
         task = outcome.task
@@ -139,15 +147,16 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=
 
     zygote = ZYGOTE.get("socket")
     run_tasks(tasks, jobs=args.jobs, isolation=args.isolation, on_done=judged, zygote=zygote)
-    # a failing lab may only be failing because of an earlier one it builds on: grade those too, for notes only
-    probes = [Task(lab, t.sources, t.display_dir, device, args.timeout, args.memory, None, t.key, hide)
-              for t in tasks if results[t.key][t.lab].status != "passed"
-              for lab in LAB_NAMES[:LAB_NAMES.index(t.lab)] if lab not in labs and probe
-              and LAB_FILES[LAB_NAMES.index(lab)] in t.sources]
-    probes = list({(t.key, t.lab): t for t in probes}.values())
-    run_tasks(probes, jobs=args.jobs, isolation=args.isolation, on_done=lambda o: judged(o, quiet=True), zygote=zygote)
-    for labs_done in results.values():
-        note_dependencies([labs_done[lab] for lab in LAB_NAMES if lab in labs_done])
+    if own_labs:  # a failing lab may only fail because of an earlier one it runs on: grade those too, for notes only
+        probes = [Task(lab, t.sources, t.display_dir, device, args.timeout, args.memory, None, t.key, hide, True)
+                  for t in tasks if results[t.key][t.lab].status != "passed"
+                  for lab in LAB_NAMES[:LAB_NAMES.index(t.lab)] if lab not in labs and probe
+                  and LAB_FILES[LAB_NAMES.index(lab)] in t.sources]
+        probes = list({(t.key, t.lab): t for t in probes}.values())
+        run_tasks(probes, jobs=args.jobs, isolation=args.isolation, on_done=lambda o: judged(o, quiet=True),
+                  zygote=zygote)
+        for labs_done in results.values():
+            note_dependencies([labs_done[lab] for lab in LAB_NAMES if lab in labs_done])
     return {key: [labs_done[lab] for lab in labs] for key, labs_done in results.items()}
 
 

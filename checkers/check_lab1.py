@@ -3,13 +3,12 @@
 Each check takes the worker (`w`) that runs the student's code; inputs are made here, outputs come back as
 plain tensors and are compared here.
 """
-import math
-
 import torch
 
 from checkers.client import On, StudentError
-from checkers.common import (causal, device_error, expect_close, expect_no_shortcuts, expect_tensor, fail, heatmap_if_failing,
-                             oracle_attention, points, randn)
+from checkers.common import (causal, device_error, expect_close, expect_no_shortcuts, expect_tensor, fail,
+                             heatmap_if_failing, points, randn)
+from checkers.oracles import attention, weights as attention_weights
 
 LAB = "lab1_attention"
 
@@ -22,25 +21,31 @@ def attend(w, q, k, v, mask=None, **options):
 
 
 def diagnose(q, k, mask, weights) -> str:
-    """Name the mistake when the weights match a known buggy variant."""
-    scores = q @ k.transpose(-2, -1)
-    masked = (lambda s: s.masked_fill(~mask, float("-inf"))) if mask is not None else (lambda s: s)
+    """Name the mistake when the weights match a known buggy variant (each computed by torch's attention)."""
+    q, k = q.detach().double(), k.detach().double()
+    flipped = mask.transpose(-2, -1) if mask is not None else None
     variants = {
-        "scale": torch.softmax(masked(scores), -1),
-        "mask": torch.softmax(scores / math.sqrt(q.size(-1)), -1) * (mask if mask is not None else 1),
-        "softmax": torch.softmax(masked(scores / math.sqrt(q.size(-1))), -2).nan_to_num(),
+        "scale": lambda: attention_weights(q, k, mask, scale=1.0),
+        "mask": lambda: attention_weights(q, k) * (mask if mask is not None else 1),  # masked after the softmax
+        # a softmax over the queries: the keys' attention over the queries, transposed back
+        "softmax": lambda: attention_weights(k, q, flipped).transpose(-2, -1).nan_to_num(),
+        "causal": lambda: attention_weights(q, k) if mask is not None else None,
     }
-    if mask is not None:
-        variants["causal"] = torch.softmax(scores / math.sqrt(q.size(-1)), -1)
-    for hint, want in variants.items():
-        if want.shape == weights.shape and bool(((want - weights.to(want.dtype)).abs() < 1e-4).all()):
+    for hint, variant in variants.items():
+        want = variant()
+        if want is not None and want.shape == weights.shape and bool(((want - weights.to(want.dtype)).abs() < 1e-4).all()):
             return hint
     return "mask" if mask is not None else "scale"
 
 
+def reference(q, k, v, mask=None):
+    """(out, weights) in float64."""
+    return attention(q.double(), k.double(), v.double(), mask)
+
+
 def compare(w, q, k, v, mask, what, atol=1e-5):
     out, weights = attend(w, q, k, v, mask)
-    want_out, want_w = oracle_attention(q, k, v, mask)
+    want_out, want_w = reference(q, k, v, mask)
     expect_tensor(weights, f"{what}: weights", want_w.shape, "shape")
     hint = lambda: diagnose(q, k, mask, weights)  # noqa: E731
     try:
@@ -86,7 +91,7 @@ def test_weight_rows_sum_to_one(w):
         expect_close(weights.sum(-1), torch.ones(2, 8, dtype=weights.dtype), "row sums of the weights", atol=1e-5,
                      hint=lambda: diagnose(x, x, causal(8), weights))
     except AssertionError:
-        heatmap_if_failing(weights, oracle_attention(x, x, x, causal(8))[1], "causal self-attention, batch 0")
+        heatmap_if_failing(weights, reference(x, x, x, causal(8))[1], "causal self-attention, batch 0")
         raise
 
 
@@ -99,7 +104,7 @@ def test_upper_triangle_is_zero(w):
     upper = torch.triu(weights.to(torch.float64), diagonal=1).abs()
     leak = float(upper.max())
     if not leak < 1e-6:  # NaN fails too
-        heatmap_if_failing(weights, oracle_attention(x, x, x, causal(8))[1], "causal self-attention, batch 0")
+        heatmap_if_failing(weights, reference(x, x, x, causal(8))[1], "causal self-attention, batch 0")
         row = int(upper.nan_to_num(1.0).amax(dim=(0, 2)).argmax())
         fail(f"weights above the diagonal must be 0, largest is {leak:.3g} (query {row} sees a later key).", "mask")
 
@@ -134,7 +139,7 @@ def test_gradients_flow(w):
     if grads.get("connected") is not True:
         fail("out is not connected to q, k and v (no autograd graph): avoid .detach(), .data and torch.no_grad().", "grad")
     q, k, v = (t.requires_grad_() for t in (q, k, v))
-    want = torch.autograd.grad(oracle_attention(q, k, v, causal(6))[0], (q, k, v), grad_out)
+    want = torch.autograd.grad(attention(q, k, v, causal(6))[0], (q, k, v), grad_out)
     got = grads.get("inputs") if type(grads.get("inputs")) is list else []
     for i, (name, wanted) in enumerate(zip("qkv", want)):
         g = got[i] if i < len(got) else None

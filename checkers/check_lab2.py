@@ -10,8 +10,9 @@ import torch
 from checkers.client import On
 from checkers.common import (causal, expect_causal, expect_close, expect_device_discipline,
                              expect_dropout_only_in_training,
-                             expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_params,
-                             expect_tensor, fail, figure, fill, grid, oracle_attention, oracle_mha, points, randn)
+                             expect_every_parameter_gets_a_gradient, expect_own_chain, expect_no_shortcuts, expect_params,
+                             expect_tensor, fail, figure, fill, grid, points, randn)
+from checkers.oracles import mha as reference, weights as attention_weights
 
 LAB = "lab2_multihead"
 
@@ -28,36 +29,35 @@ def build(w, d_model=16, n_heads=4, **kwargs):
     return mha, fill(mha)
 
 
-def buggy_mha(wts, x, n_heads, bug: str):
-    """The oracle with one classic mistake in it, to name the mistake a wrong output matches."""
-    B, T, D = x.shape
-    H = n_heads
-    q, k, v = torch.nn.functional.linear(x, wts["qkv.weight"], wts.get("qkv.bias")).split(D, dim=-1)
-    if bug in ORDERS:
-        q, k, v = ({"q": q, "k": k, "v": v}[c] for c in bug)
-    split = (lambda t: t.reshape(B, H, T, D // H)) if bug == "heads" else \
-        (lambda t: t.view(B, T, H, D // H).transpose(1, 2))
-    q, k, v = split(q), split(k), split(v)
-    scores = q @ k.transpose(-2, -1) / (1 if bug == "scale" else math.sqrt(D // H))
-    if bug != "causal":
-        scores = scores.masked_fill(~causal(T), float("-inf"))
-    out = torch.softmax(scores, -1) @ v
-    out = out.reshape(B, T, D) if bug == "merge" else out.transpose(1, 2).reshape(B, T, D)
-    return out if bug == "proj" else torch.nn.functional.linear(out, wts["proj.weight"], wts.get("proj.bias"))
-
-
 ORDERS = ("qvk", "kqv", "kvq", "vqk", "vkq")  # qkv split in another order
-BUGS = {"heads": "heads", "merge": "heads", "scale": "scale", "causal": "causal", "proj": "proj",
-        **{order: "order" for order in ORDERS}}
+
+
+def variants(wts: dict, D: int, H: int) -> dict:
+    """Classic mistakes, each as torch's multi-head attention on changed weights: {hint: [variant(x)]}."""
+    W, b = wts["qkv.weight"], wts.get("qkv.bias")
+
+    def reorder(order):  # the student took queries from the block named order[0], and so on
+        pick = lambda t: torch.cat([t[D * "qkv".index(c):D * ("qkv".index(c) + 1)] for c in order])  # noqa: E731
+        return {**wts, "qkv.weight": pick(W), "qkv.bias": pick(b) if b is not None else None}
+    unscaled = math.sqrt(D // H)  # queries scaled up by sqrt(d_head) cancel the 1/sqrt(d_head)
+    no_scale = {**wts, "qkv.weight": torch.cat([W[:D] * unscaled, W[D:]]),
+                "qkv.bias": torch.cat([b[:D] * unscaled, b[D:]]) if b is not None else None}
+    no_proj = {**wts, "proj.weight": torch.eye(D), "proj.bias": None}
+    return {"order": [lambda x, o=o: reference(reorder(o), x, H) for o in ORDERS],
+            "scale": [lambda x: reference(no_scale, x, H)],
+            "causal": [lambda x: reference(wts, x, H, mask=False)],
+            "proj": [lambda x: reference(no_proj, x, H)]}
 
 
 def diagnose(wts, x, n_heads, out, again=None) -> str:
-    """The mistake a wrong output matches: a known bug of the layout, or dropout still on in eval mode (`again`
-    runs the same forward once more)."""
-    for bug, hint in BUGS.items():
-        want = buggy_mha(wts, x, n_heads, bug)
-        if want.shape == out.shape and bool(((want - out.to(want.dtype)).abs() < 1e-4).all()):
-            return hint
+    """The mistake a wrong output matches: a known bug, or dropout still on in eval mode (`again` runs the same
+    forward once more). A wrong head split or merge mixes time steps into heads: no change of weights gives it,
+    so it is what is left ("heads")."""
+    for hint, fns in variants(wts, x.size(-1), n_heads).items():
+        for fn in fns:
+            want = fn(x)
+            if want.shape == out.shape and bool(((want - out.to(want.dtype)).abs() < 1e-4).all()):
+                return hint
     if again is not None and not torch.equal(again(), out):
         return "dropout"
     return "heads"
@@ -72,7 +72,7 @@ def head0_heatmap(w, mha, wts, x):
     B, T, D = x.shape
     d_head = D // int(mha.attr("n_heads") or 4)
     q, k, _ = torch.nn.functional.linear(x, wts["qkv.weight"], wts.get("qkv.bias")).split(D, dim=-1)
-    want = oracle_attention(q[..., :d_head], k[..., :d_head], k[..., :d_head], causal(T))[1]
+    want = attention_weights(q[..., :d_head], k[..., :d_head], causal(T))  # head 0 owns the first d_head features
     got = got[0] if got else None
     if isinstance(got, torch.Tensor) and got.dim() == 4 and got.shape[-2:] == (T, T):
         figure("heatmap", title="attention weights of head 0, batch 0", got=grid(got[0, 0]), want=grid(want[0]))
@@ -132,7 +132,7 @@ def test_matches_oracle(w):
         x = randn(B, T, D)
         out = expect_tensor(mha(x, no_grad=True), f"MultiHeadAttention({D}, {H}) output", (B, T, D), "heads")
         try:
-            expect_close(out, oracle_mha(wts, x, H), f"MultiHeadAttention({D}, n_heads={H}) on (B={B}, T={T})",
+            expect_close(out, reference(wts, x, H), f"MultiHeadAttention({D}, n_heads={H}) on (B={B}, T={T})",
                          hint=lambda: diagnose(wts, x, H, out, again=lambda: mha(x, no_grad=True, seed=1)),
                          fallback="heads")
         except AssertionError:
@@ -157,7 +157,7 @@ def test_causality(w):
     x = randn(2, 8, 16)
     try:
         expect_causal(lambda t: mha(t, no_grad=True), x, "MultiHeadAttention",
-                      hint=lambda out: {"heads": "heads", "causal": "causal"}.get(diagnose(wts, x, 4, out), "causal"))
+                      hint=lambda out: "causal" if diagnose(wts, x, 4, out) == "causal" else "heads")
     except AssertionError:
         head0_heatmap(w, mha, wts, x)
         raise
@@ -182,3 +182,14 @@ def test_device_discipline(w):
     """forward builds every tensor (the causal mask) on the input's device."""
     mha, _ = build(w, 16, 4)
     expect_device_discipline(w, mha, torch.randn(2, 8, 16), "MultiHeadAttention")
+
+
+@points(0)
+def test_works_with_your_own_earlier_labs(w):
+    """Integration (no points: lab 1 scores in lab 1): MultiHeadAttention still matches on your own lab 1."""
+    def probe(worker):
+        mha, wts = build(worker, 16, 4)
+        x = randn(2, 8, 16)
+        expect_close(expect_tensor(mha(x, no_grad=True), "MultiHeadAttention output", (2, 8, 16)), reference(wts, x, 4),
+                     "MultiHeadAttention(16, 4) output")
+    expect_own_chain(w, probe, "MultiHeadAttention")

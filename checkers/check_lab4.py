@@ -11,8 +11,9 @@ import torch
 
 from checkers.client import Handle, StudentError
 from checkers.common import (expect_causal, expect_close, expect_device_discipline,
-                             expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_params, expect_tensor,
-                             fail, figure, fill, gelu_flavour, next_token_loss, oracle_gpt, points, randn)
+                             expect_every_parameter_gets_a_gradient, expect_own_chain, expect_no_shortcuts, expect_params, expect_tensor,
+                             fail, figure, fill, gelu_flavour, points, randn)
+from checkers.oracles import gpt as reference, greedy as reference_greedy, next_token_loss
 from checkers.check_lab3 import OPTIONAL as BLOCK_OPTIONAL, contract as block_contract
 
 LAB = "lab4_gpt"
@@ -48,16 +49,12 @@ def tokens(B, T, vocab_size):
 def flavour(model: Handle, wts: dict, n_heads=H, n_layers=L) -> str:
     """Which GELU the student's model uses (both are accepted), from its logits on a few tokens."""
     idx = tokens(1, 6, 11 if wts["tok_emb.weight"].shape[0] == 11 else wts["tok_emb.weight"].shape[0])
-    return gelu_flavour(model(idx, no_grad=True), lambda a: oracle_gpt(wts, idx, n_heads, n_layers, a))
+    return gelu_flavour(model(idx, no_grad=True), lambda a: reference(wts, idx, n_heads, n_layers, a))
 
 
 def greedy(wts: dict, idx: torch.Tensor, steps: int, crop: int, approximate: str) -> torch.Tensor:
     """The judge's own greedy continuation from weights."""
-    for _step in range(steps):
-        with torch.no_grad():
-            nxt = oracle_gpt(wts, idx[:, -crop:], H, L, approximate)[:, -1].argmax(-1, keepdim=True)
-        idx = torch.cat([idx, nxt], dim=1)
-    return idx
+    return reference_greedy(wts, idx, steps, crop, H, L, approximate)
 
 
 class Run:
@@ -176,8 +173,8 @@ def test_matches_oracle(w):
     model, wts = build(w, dropout=0.1)
     idx = tokens(2, 10, 11)
     logits = expect_tensor(model(idx, no_grad=True), "logits", (2, 10, 11), "gpt")
-    approximate = gelu_flavour(logits, lambda a: oracle_gpt(wts, idx, H, L, a))
-    expect_close(logits, oracle_gpt(wts, idx, H, L, approximate), "TinyGPT logits", atol=1e-4, hint="gpt")
+    approximate = gelu_flavour(logits, lambda a: reference(wts, idx, H, L, a))
+    expect_close(logits, reference(wts, idx, H, L, approximate), "TinyGPT logits", atol=1e-4, hint="gpt")
 
 
 @points(2)
@@ -319,7 +316,7 @@ def test_top_k_sampling(w):
     """Sampling with top_k=k only ever picks one of the k most likely tokens; temperature is applied."""
     model, wts = build(w, style="default")
     idx = tokens(1, 6, 11).repeat(200, 1)
-    allowed = set(oracle_gpt(wts, idx[:1], H, L, flavour(model, wts))[0, -1].topk(3).indices.tolist())
+    allowed = set(reference(wts, idx[:1], H, L, flavour(model, wts))[0, -1].topk(3).indices.tolist())
     out = expect_tensor(model.method("generate", idx, 1, temperature=2.0, top_k=3), "generate's output", (200, 7),
                         "sampling")
     picked = set(out[:, -1].tolist())
@@ -348,7 +345,7 @@ def test_temperature_scales_the_logits(w):
     """generate samples from softmax(logits / temperature): at T = 0.5, 1 and 2 the frequencies of 2000 samples match."""
     model, wts, approximate = peaky(w)
     prompt, n = tokens(1, 2, 11), 2000  # a short prompt: the sampling is what is measured, not the forward
-    logits = oracle_gpt(wts, prompt, H, L, approximate)[0, -1].double()
+    logits = reference(wts, prompt, H, L, approximate)[0, -1].double()
     for T in (0.5, 1.0, 2.0):
         out = expect_tensor(model.method("generate", prompt.repeat(n, 1), 1, temperature=T),
                             f"generate(idx of shape ({n}, 2), 1, temperature={T})", (n, 3), "sampling")
@@ -450,3 +447,15 @@ def test_device_discipline(w):
     """forward builds positions and every other tensor on the input's device."""
     model, _ = build(w)
     expect_device_discipline(w, model, tokens(2, 8, 11), "TinyGPT forward")
+
+
+@points(0)
+def test_works_with_your_own_earlier_labs(w):
+    """Integration (no points: labs 1-3 score in their own labs): the logits still match on your own labs 1-3."""
+    def probe(worker):
+        model, wts = build(worker, dropout=0.1)
+        idx = tokens(2, 10, 11)
+        logits = expect_tensor(model(idx, no_grad=True), "logits", (2, 10, 11))
+        expect_close(logits, reference(wts, idx, H, L, gelu_flavour(logits, lambda a: reference(wts, idx, H, L, a))),
+                     "TinyGPT logits", atol=1e-4)
+    expect_own_chain(w, probe, "TinyGPT")

@@ -157,13 +157,24 @@ class Worker:
     """One lab's worker: started on first use, restarted after it dies; requests time out after `timeout`."""
 
     def __init__(self, sources: dict, device: str = "cpu", memory: float = 4.0, timeout: float = 30.0,
-                 zygote: socket.socket = None, hide=(), deadline: float = None):
+                 zygote: socket.socket = None, hide=(), deadline: float = None, trusted=()):
         self.sources, self.device, self.memory, self.timeout = sources, device, memory, timeout
         self.zygote, self.hide, self.deadline = zygote, list(hide), deadline
+        self.trusted = list(trusted)  # modules among `sources` that are the pack's stand-ins (imported first)
         self.proc = self.pid = None
         self.kept = Kept()
         self.starts, self.hits = 0, []
         self.folder = None
+        self.siblings = []
+        # what the judge tells its checks: the lab, the submission's own files, and whether it is graded on them
+        self.lab, self.submission, self.own_labs = None, dict(sources), True
+
+    def sibling(self, sources: dict, trusted=()) -> "Worker":
+        """Another worker like this one on other files (closed with this one)."""
+        other = Worker(sources, self.device, self.memory, self.timeout, self.zygote, self.hide, self.deadline, trusted)
+        other.lab, other.submission, other.own_labs = self.lab, self.submission, self.own_labs
+        self.siblings.append(other)
+        return other
 
     # ---- lifecycle ----
     def _copy(self) -> str:
@@ -181,7 +192,7 @@ class Worker:
         self.resp_r, resp_w = os.pipe()
         self.out_r, out_w = os.pipe()
         spec = {"lab_dir": self.folder, "device": self.device, "memory": self.memory, "hide": self.hide,
-                "judge": os.getpid(), "cpu_seconds": int(self.timeout * 4) + 10}
+                "judge": os.getpid(), "cpu_seconds": int(self.timeout * 4) + 10, "trusted": self.trusted}
         if self.zygote is not None:
             ctl_r, ctl_w = os.pipe()
             socket.send_fds(self.zygote, [json.dumps(spec).encode()], [req_r, resp_w, out_w, ctl_w])
@@ -193,10 +204,11 @@ class Worker:
             self.pid = int(line.split()[1])
         else:  # a fresh interpreter (isolation "spawn", or plain pytest)
             code = ("import sys; sys.path.insert(0, sys.argv[1]); from worker.serve import serve; "
-                    "serve(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])")
+                    "serve(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6:])")
             env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-B", "-c", code, str(ROOT), str(req_r), str(resp_w), self.folder, self.device],
+                [sys.executable, "-I", "-B", "-c", code, str(ROOT), str(req_r), str(resp_w), self.folder, self.device,
+                 *self.trusted],
                 stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w, pass_fds=(req_r, resp_w), env=env,
                 cwd=self.folder, start_new_session=True)
             self.pid, self.ctl = self.proc.pid, None
@@ -217,6 +229,8 @@ class Worker:
         return data.decode(errors="replace").strip()
 
     def close(self):
+        for other in self.siblings:
+            other.close()
         if self.pid is None:
             return
         try:

@@ -1,15 +1,15 @@
-"""Shared helpers for every checker: the lab registry, hints, comparisons, oracles and the checks labs share.
+"""Shared helpers for every checker: the lab registry, hints, comparisons and the checks labs share.
 
 This runs in the judge, which never imports student code: the student's objects live in the worker and are
 reached through checkers/client.py, and everything compared here is a plain tensor decoded from the worker's
-answer. Oracles take weights (state dicts the judge chose and loaded), never modules.
+answer. Expected values come from checkers/oracles.py (torch's fused operators, from weights the judge chose).
 """
 import math
 
 import torch
-import torch.nn.functional as F
 
-from checkers.client import Handle, On, StudentError, Worker
+from checkers.client import ContractMissing, Handle, On, StudentError, Worker, WorkerGone
+from checkers.oracles import causal  # noqa: F401  (the checkers' shared causal mask)
 from checkers.static import Forbidden
 
 Tensor = torch.Tensor
@@ -111,6 +111,12 @@ HINTS = {
     "todo": ("Replace the `raise NotImplementedError` under each TODO with your code.",
              "The TODO comment says what to write; the module docstring gives the exact contract."),
     "earlier": ("This lab calls your code from an earlier lab: grade that lab first and fix it.", ""),
+    "chain": ("Fix the earlier lab named above first; this lab's own points do not depend on it.",
+              "Each lab is graded with the pack's own version of the labs before it, so its points are its own; this "
+              "check then runs your whole chain, the way your code will really run."),
+    "standalone": ("Import from an earlier lab only the names its contract (module docstring) defines.",
+                   "Each lab is graded with the pack's own version of the labs before it, which has exactly what their "
+                   "contracts define and nothing else."),
     "crash": ("Your code raised an error: its message says what went wrong, and the lines of your file it went "
               "through are listed when there are any.",
               "Run `python grader.py labN --verbose` for the full traceback, or call the function yourself with small "
@@ -125,11 +131,16 @@ HINTS = {
 
 
 class CheckFailure(AssertionError):
-    """A check's verdict: what was expected, what came back, and which mistake it points at."""
+    """A check's verdict: what was expected, what came back, which mistake it points at, and (`blame`) the earlier
+    lab at fault when it is not this one."""
 
-    def __init__(self, message: str, hint: str = None):
+    def __init__(self, message: str, hint: str = None, blame: str = None):
         super().__init__(message)
-        self.hint = hint
+        self.hint, self.blame = hint, blame
+
+
+class Skipped(Exception):
+    """The check does not apply to this submission; the message says why (it neither passes nor fails)."""
 
 
 def fail(message: str, hint=None, fallback=None):
@@ -143,10 +154,11 @@ def fail(message: str, hint=None, fallback=None):
     raise CheckFailure(message, hint if hint in HINTS else fallback)
 
 
-def points(n: int):
-    """Mark a check with the points it is worth (the grader reads them before any worker starts)."""
+def points(n: int, hidden: bool = False):
+    """Mark a check with the points it is worth (the grader reads them before any worker starts). A hidden check
+    is held back for the submission: the student release leaves it out (tools/release.py)."""
     def mark(fn):
-        fn.points = n
+        fn.points, fn.hidden = n, hidden
         return fn
     return mark
 
@@ -173,10 +185,6 @@ def heatmap_if_failing(got, want, title: str):
 def randn(*shape, dtype=None) -> Tensor:
     """Seeded normal noise (the judge seeds each check)."""
     return torch.randn(*shape, dtype=dtype)
-
-
-def causal(T: int) -> Tensor:
-    return torch.tril(torch.ones(T, T, dtype=torch.bool))
 
 
 # ---- comparisons ---------------------------------------------------------------------------
@@ -286,48 +294,6 @@ def sub(values: dict, prefix: str) -> dict:
     return {n[len(prefix) + 1:]: v for n, v in values.items() if n.startswith(prefix + ".")}
 
 
-# ---- oracles: recomputations from weights under the contract's layout ------------------------
-def oracle_attention(q, k, v, mask=None):
-    """(out, weights), computed independently of the submission."""
-    scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.size(-1))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask) if q.dtype != torch.float64 else weights @ v
-    return out, weights
-
-
-def oracle_mha(w: dict, x: Tensor, n_heads: int) -> Tensor:
-    B, T, D = x.shape
-    q, k, v = F.linear(x, w["qkv.weight"], w.get("qkv.bias")).split(D, dim=-1)
-    heads = [t.view(B, T, n_heads, D // n_heads).transpose(1, 2) for t in (q, k, v)]  # (B, H, T, d_head)
-    out, _ = oracle_attention(*heads, mask=causal(T))
-    out = out.transpose(1, 2).reshape(B, T, D)
-    return F.linear(out, w["proj.weight"], w.get("proj.bias"))
-
-
-def oracle_mlp(w: dict, x: Tensor, approximate: str = "none") -> Tensor:
-    h = F.gelu(F.linear(x, w["fc.weight"], w.get("fc.bias")), approximate=approximate)
-    return F.linear(h, w["proj.weight"], w.get("proj.bias"))
-
-
-def oracle_layer_norm(w: dict, x: Tensor) -> Tensor:
-    return F.layer_norm(x, (x.size(-1),), w.get("weight"), w.get("bias"), 1e-5)
-
-
-def oracle_block(w: dict, x: Tensor, n_heads: int, approximate: str = "none") -> Tensor:
-    x = x + oracle_mha(sub(w, "attn"), oracle_layer_norm(sub(w, "ln1"), x), n_heads)
-    return x + oracle_mlp(sub(w, "mlp"), oracle_layer_norm(sub(w, "ln2"), x), approximate)
-
-
-def oracle_gpt(w: dict, idx: Tensor, n_heads: int, n_layers: int, approximate: str = "none") -> Tensor:
-    T = idx.size(1)
-    x = F.embedding(idx, w["tok_emb.weight"]) + F.embedding(torch.arange(T), w["pos_emb.weight"])
-    for i in range(n_layers):
-        x = oracle_block(sub(w, f"blocks.{i}"), x, n_heads, approximate)
-    return F.linear(oracle_layer_norm(sub(w, "ln_f"), x), w["lm_head.weight"], w.get("lm_head.bias"))
-
-
 def gelu_flavour(out: Tensor, oracle) -> str:
     """'none' or 'tanh': whichever GELU makes oracle(approximate) closest to the student's output."""
     if not isinstance(out, Tensor) or out.device.type == "meta":
@@ -337,15 +303,6 @@ def gelu_flavour(out: Tensor, oracle) -> str:
         want = oracle(a)
         err[a] = float((want - out.to(want.dtype)).abs().max()) if want.shape == out.shape else float("inf")
     return min(err, key=err.get)
-
-
-def next_token_loss(w: dict, data: Tensor, seq_len: int, n_heads: int, n_layers: int, approximate="none") -> float:
-    """Mean next-token cross-entropy over every window of `data`, with the judge's own forward."""
-    windows = data.unfold(0, seq_len + 1, 1)  # (N, seq_len + 1): every window, plus the token after it
-    x, y = windows[:, :-1], windows[:, 1:]
-    with torch.no_grad():
-        logits = oracle_gpt({k: v.float() for k, v in w.items()}, x, n_heads, n_layers, approximate)
-    return float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)))
 
 
 # ---- checks shared by several labs ------------------------------------------------------------
@@ -361,6 +318,41 @@ def expect_causal(fn, x: Tensor, what: str, positions=(0, 3, 6), hint="causal"):
         expect_close(after[:, :t + 1], before[:, :t + 1],
                      f"{what}: changing only the tokens after position {t} moved the outputs at positions 0..{t}",
                      atol=1e-5, rtol=1e-5, hint=(lambda: hint(before)) if callable(hint) else hint)
+
+
+def expect_own_chain(w: Worker, probe, what: str):
+    """Run `probe(worker)` (it fails as a check fails) on the student's own earlier labs instead of the pack's
+    stand-ins. Passes when it passes; when it fails there but passes on the stand-ins, fails naming the first earlier
+    lab (from the latest back) whose own version breaks it. Skipped when there is nothing to compare."""
+    from checkers.standins import files_for
+    earlier = list(LABS)[:list(LABS).index(w.lab)]
+    if w.own_labs:
+        raise Skipped("not needed: every check already ran on your own earlier labs (--own-labs)")
+    missing = [f"{LABS[lab][0]}.py" for lab in earlier if f"{LABS[lab][0]}.py" not in w.submission]
+    if missing:
+        raise Skipped(f"not tried: this submission has no {', '.join(missing)}")
+
+    def failure(worker):
+        try:
+            probe(worker)
+        except (CheckFailure, StudentError, ContractMissing, WorkerGone) as exc:
+            return exc
+        finally:
+            if worker is not w:
+                worker.close()
+        return None
+    chain = lambda own: w.sibling(*files_for(w.lab, w.submission, own))  # noqa: E731
+    first = failure(chain(earlier))
+    if first is None:
+        return
+    if failure(w) is not None:
+        raise Skipped("not tried: this lab fails on the pack's own earlier labs already (see the checks above)")
+    culprit = next((lab for i, lab in reversed(list(enumerate(earlier))) if i and failure(chain(earlier[i:]))),
+                   earlier[0])
+    number, file = culprit[3], f"{LABS[culprit][0]}.py"
+    reason = str(first).splitlines()[0][:300]
+    raise CheckFailure(f"{what} passes with the pack's own lab {number} but not with your {file}: fix lab {number} "
+                       f"first (python grader.py {culprit}).\n  with your labs: {reason}", "chain", blame=culprit)
 
 
 def expect_every_parameter_gets_a_gradient(h: Handle, x, what: str):

@@ -16,7 +16,8 @@ import traceback
 import torch
 
 from checkers.client import ContractMissing, StudentError, Worker, WorkerGone
-from checkers.common import FIGURES, LABS, CheckFailure
+from checkers.common import FIGURES, LABS, CheckFailure, Skipped
+from checkers.standins import files_for
 from checkers.static import Forbidden, scan_source
 
 MAX_MESSAGE = 4000
@@ -44,9 +45,9 @@ def lab_of(filename: str):
 
 def describe(exc: BaseException, lab: str, display_dir: str) -> dict:
     """What went wrong, in words, with the student frame it came from and a kind the parent turns into a status."""
-    hint, trace, full, origin_lab = None, [], "", None
+    hint, trace, full, origin_lab, blame = None, [], "", None, None
     if isinstance(exc, CheckFailure):
-        kind, text, hint = "assert", str(exc), exc.hint
+        kind, text, hint, blame = "assert", str(exc), exc.hint, exc.blame
     elif isinstance(exc, Forbidden):
         kind, text, hint = "forbidden", f"forbidden: {exc}", "shortcut"
     elif isinstance(exc, ContractMissing):
@@ -61,6 +62,8 @@ def describe(exc: BaseException, lab: str, display_dir: str) -> dict:
         origin = exc.frames[-1] if exc.frames else None
         origin_lab = lab_of(origin[0]) if origin else None
         text = f"{exc.type}: {exc.message}"
+        if exc.type == "ImportError" and any(f"'{module}'" in exc.message for module, _ in LABS.values()):
+            hint = "standalone"  # a name an earlier lab's contract does not define
         if exc.shortcut:
             kind, text, hint = "forbidden", f"forbidden shortcut: {exc.message}", "shortcut"
         elif exc.type == "NotImplementedError" and origin_lab:
@@ -84,12 +87,15 @@ def describe(exc: BaseException, lab: str, display_dir: str) -> dict:
     hint = hint or {"not_started": "todo", "blocked": "earlier", "exception": "crash", "timeout": "slow",
                     "oom": "memory", "exit": "exit", "syntax": "syntax", "crashed": "crash"}.get(kind)
     return {"kind": kind, "message": text[:MAX_MESSAGE], "hint": hint, "origin": origin_lab, "trace": trace,
-            "traceback": full[-MAX_MESSAGE:]}
+            "traceback": full[-MAX_MESSAGE:], "blame": blame if blame in LABS else None}
 
 
 def run(lab, sources, display_dir, device, fd, nonce, check_timeout, deadline, zygote=None, hide=(), select=None,
-        memory=4.0):
-    """Run the checks of one lab, report them, and end the process. Never returns."""
+        memory=4.0, own_labs=False):
+    """Run the checks of one lab, report them, and end the process. Never returns.
+
+    The worker runs the submission's file for this lab with the pack's stand-ins for the labs before it, or, with
+    `own_labs`, the submission's own earlier labs."""
     emit = Channel(fd, nonce)
     worker = None
     try:
@@ -105,8 +111,10 @@ def run(lab, sources, display_dir, device, fd, nonce, check_timeout, deadline, z
         hits = scan_source(sources.get(f"{module}.py", b""), f"{module}.py")
         if hits:
             emit(type="forbidden", message="forbidden: " + "; ".join(hits[:5]))
-        worker = Worker(sources, device=device, memory=memory, timeout=check_timeout, zygote=zygote, hide=hide,
-                        deadline=deadline)
+        files, trusted = files_for(lab, sources, None if own_labs else ())
+        worker = Worker(files, device=device, memory=memory, timeout=check_timeout, zygote=zygote, hide=hide,
+                        deadline=deadline, trusted=trusted)
+        worker.lab, worker.submission, worker.own_labs = lab, dict(sources), own_labs
         try:
             worker.request({"op": "import", "module": module})
         except (StudentError, WorkerGone) as exc:
@@ -120,6 +128,10 @@ def run(lab, sources, display_dir, device, fd, nonce, check_timeout, deadline, z
             start = time.perf_counter()
             try:
                 check(worker)
+            except Skipped as exc:  # the check does not apply to this submission: it neither passes nor fails
+                emit(type="check", name=name, outcome="skipped", seconds=time.perf_counter() - start,
+                     message=str(exc)[:MAX_MESSAGE], figures=[])
+                continue
             except BaseException as exc:  # noqa: B036
                 record = describe(exc, lab, display_dir)
                 emit(type="check", name=name, outcome="failed", seconds=time.perf_counter() - start,

@@ -45,6 +45,8 @@ def docker_command(args, labs: list, source: Path, device: str, results: Path = 
         inner += ["--json", f"{PRIVATE}/results/results.json"]
     for name in args.check or []:
         inner += ["--check", name]
+    if getattr(args, "own_labs", False):
+        inner += ["--own-labs"]
     return cmd + [args.image] + inner
 
 

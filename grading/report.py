@@ -142,8 +142,12 @@ def lab_panel(result, hints: bool = False, verbose: bool = False, width: int = 1
             same.setdefault(key(c), []).append(c)
     for c in result.checks:
         # a check that passed but earns nothing (its lab was voided: forbidden, say) is neither ticked nor crossed
-        mark = Text("✗", style="red") if not c.passed else Text("✓", style="green") if c.score == c.points else Text("–")
-        message = check_text(c, hints, verbose) if not c.passed else Text(c.doc, style="dim") if verbose else Text("")
+        # a check failed because of an earlier lab (no points at stake here) is flagged, not crossed; one that did
+        # not apply is dashed
+        mark = Text("!", style="yellow") if c.blame and not c.passed else Text("✗", style="red") if not c.passed \
+            else Text("–") if c.skipped or c.score != c.points else Text("✓", style="green")
+        message = check_text(c, hints, verbose) if not c.passed else Text(c.message, style="dim") if c.skipped \
+            else Text(c.doc, style="dim") if verbose else Text("")
         group = same.get(key(c), []) if not c.passed and c.trace else []
         if len(group) > 1 and group[0] is not c:
             message = Text(f"the same error as in “{group[0].title}”", style="dim")

@@ -36,6 +36,7 @@ class Task:
     select: list = None
     key: object = None  # the caller's label (a submission, say)
     hide: tuple = ()  # folders the worker must not see, besides the grader's own tree and home
+    own_labs: bool = False  # run on the submission's own earlier labs, not the pack's stand-ins
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _limits(task: Task):
 def _spec(task: Task, zygote) -> dict:
     return {"lab": task.lab, "sources": task.sources, "display_dir": task.display_dir, "device": task.device,
             "check_timeout": max(1.0, task.timeout / 3), "deadline": time.monotonic() + task.timeout,
-            "select": task.select, "memory": task.memory, "zygote": zygote,
+            "select": task.select, "memory": task.memory, "zygote": zygote, "own_labs": task.own_labs,
             "hide": [str(ROOT), os.path.expanduser("~"), *map(str, task.hide)]}
 
 

@@ -37,6 +37,9 @@ class Check:
     traceback: str = ""
     figures: list = field(default_factory=list)
     seconds: float = 0.0
+    hidden: bool = False  # held back for the submission (not in the student release)
+    skipped: bool = False  # did not apply to this submission: neither passed nor failed
+    blame: str = None  # failed because of this earlier lab, not this one
 
     @property
     def title(self) -> str:
@@ -50,6 +53,7 @@ class LabResult:
     detail: str = ""
     checks: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    held_back: tuple = (0, 0)  # (checks, points) that run only at submission: the student release has no code for them
     output: str = ""  # what the student's code printed (its workers' output)
     internal: str = ""  # what the grader's own judge printed: shown only when grading itself failed
     seconds: float = 0.0
@@ -67,12 +71,20 @@ class LabResult:
 def expected_checks(lab: str, select=None) -> list:
     """The checks of a lab, in file order, with their points (read from the pack, never from a child)."""
     module = importlib.import_module(f"checkers.check_{lab}")
-    checks = [Check(name, getattr(fn, "points", 1), (fn.__doc__ or "").strip().splitlines()[0])
+    checks = [Check(name, getattr(fn, "points", 1), (fn.__doc__ or "").strip().splitlines()[0],
+                    hidden=getattr(fn, "hidden", False))
               for name, fn in vars(module).items() if name.startswith("test_") and callable(fn)]
     if select:  # a check's name as printed ("upper triangle"), as defined (test_upper_triangle_is_zero) or a part
         wanted = [str(s).strip().lower().replace(" ", "_").replace("-", "_") for s in select]
         checks = [c for c in checks if any(s and s in c.name for s in wanted)]
     return checks
+
+
+def held_back(lab: str) -> tuple:
+    """(checks, points) of the lab's hidden checks that this copy of the pack does not have (the student release
+    records them in HELD_BACK when it strips them)."""
+    value = getattr(importlib.import_module(f"checkers.check_{lab}"), "HELD_BACK", (0, 0))
+    return tuple(value) if isinstance(value, tuple) and len(value) == 2 else (0, 0)
 
 
 # a check that ran into one of these gets the matching status; the lab shows the first of them
@@ -102,7 +114,9 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
     for c in checks:
         r = by_name.get(c.name)
         if r:
-            c.passed = r.get("outcome") == "passed"
+            c.skipped = r.get("outcome") == "skipped"
+            c.passed = r.get("outcome") in ("passed", "skipped")
+            c.blame = r.get("blame") if r.get("blame") in LABS and r.get("blame") < task.lab else None
             c.message, c.hint, c.kind = clean(r.get("message", "")), r.get("hint"), r.get("kind")
             c.trace, c.seconds = [clean(t) for t in r.get("trace") or []], float(r.get("seconds") or 0.0)
             c.traceback, c.figures = clean(r.get("traceback", "")), [f for f in r.get("figures") or [] if isinstance(f, dict)]
@@ -129,7 +143,7 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
     elif faults:
         status = CHECK_STATUS[faults[0].kind]
         detail = f"{faults[0].title}: {faults[0].message}" + (f" ({len(faults) - 1} more check(s) too)" if len(faults) > 1 else "")
-    elif checks and all(c.passed for c in checks):
+    elif checks and all(c.passed for c in checks if not c.blame):  # an earlier lab's fault is noted, not charged
         status, detail = "passed", ""
     elif checks and all(c.kind == "not_started" for c in checks):
         first = checks[0].message.removeprefix("not implemented yet: ")
@@ -147,8 +161,12 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
 
     output = str(end.get("output", "")) if end else ""
     result = LabResult(task.lab, status, clean(detail), checks, output=clean(output), internal=clean(outcome.output),
-                       seconds=outcome.seconds,
-                       device=str(start.get("device", task.device)))
+                       seconds=outcome.seconds, device=str(start.get("device", task.device)),
+                       held_back=held_back(task.lab) if task.select is None else (0, 0))
+    for c in checks:
+        if c.blame and not c.passed:
+            result.notes.append(f"Lab {task.lab[3]} passes with the pack's own lab {c.blame[3]}, but not with your "
+                                f"{LABS[c.blame][0]}.py: fix lab {c.blame[3]} first (python grader.py {c.blame}).")
     blockers = sorted({r.get("origin") for r in list(by_name.values()) + [imported or {}]
                        if r.get("kind") == "blocked" and r.get("origin") in LABS})
     for lab in blockers:

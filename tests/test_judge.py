@@ -91,15 +91,15 @@ READ_FRAMES = '''    import sys
 '''
 # the checkers' own oracles as the implementation, imported directly or by a computed name
 IMPORT_ORACLE = '''
-from checkers.common import oracle_attention
+from checkers.oracles import attention
 def scaled_dot_product_attention(q, k, v, mask=None):
-    return oracle_attention(q, k, v, mask)
+    return attention(q, k, v, mask)
 '''
 IMPORT_ORACLE_HIDDEN = '''
 import importlib
-_common = importlib.import_module("check" + "ers.common")
+_oracles = importlib.import_module("check" + "ers.oracles")
 def scaled_dot_product_attention(q, k, v, mask=None):
-    return _common.oracle_attention(q, k, v, mask)
+    return _oracles.attention(q, k, v, mask)
 '''
 RUN_SOLUTIONS = f'''
 import os, sys

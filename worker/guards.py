@@ -4,7 +4,8 @@ Code in the worker's process can disable anything here, so none of it is a defen
 static scan of the source (checkers/static.py) is what rules on shortcuts, and every verdict is computed in the
 judge. What these add is a clear message for the honest student who reaches a built-in by accident.
 """
-from types import ModuleType
+import sys
+from types import CodeType, FunctionType, ModuleType
 
 import torch
 import torch.nn as nn
@@ -24,18 +25,54 @@ class ForbiddenShortcut(BaseException):
 
 
 class ShortcutGuard(TorchFunctionMode):
-    """Notes a built-in attention call however it was reached (an alias, getattr, a module made in forward)."""
+    """Notes a built-in attention call however it was reached (an alias, getattr, a module made in forward).
 
-    def __init__(self, hits: list):
+    The pack's stand-ins for earlier labs may call it: a call is let through when the innermost frame of the lab
+    folder on the stack runs code of a stand-in (`trusted`: ids of code objects taken when the stand-ins were
+    imported, before any student code ran)."""
+
+    def __init__(self, hits: list, trusted: set = frozenset(), lab_dir: str = None):
         super().__init__()
-        self.hits = hits
+        self.hits, self.trusted, self.lab_dir = hits, trusted, lab_dir
+
+    def _from_stand_in(self) -> bool:
+        frame = sys._getframe(2)
+        while frame is not None and self.trusted:
+            if id(frame.f_code) in self.trusted:
+                return True
+            if self.lab_dir and frame.f_code.co_filename.startswith(self.lab_dir):
+                return False
+            frame = frame.f_back
+        return False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
-        if func in _FORBIDDEN_FUNCS or any(f in name for f in _FORBIDDEN_FRAGMENTS):
+        if (func in _FORBIDDEN_FUNCS or any(f in name for f in _FORBIDDEN_FRAGMENTS)) and not self._from_stand_in():
             self.hits.append(name)
             raise ForbiddenShortcut(f"the code called torch's built-in `{name}`")
         return func(*args, **(kwargs or {}))
+
+
+def code_objects(module) -> list:
+    """Every code object defined in `module` (functions, methods, nested functions and lambdas)."""
+    found, todo, seen = [], list(vars(module).values()), set()
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, FunctionType) and obj.__module__ == module.__name__:
+            todo.append(obj.__code__)
+        elif isinstance(obj, CodeType):
+            found.append(obj)
+            todo += [c for c in obj.co_consts if isinstance(c, CodeType)]
+        elif isinstance(obj, type) and obj.__module__ == module.__name__:
+            todo += list(vars(obj).values())
+        elif isinstance(obj, (staticmethod, classmethod)):
+            todo.append(obj.__func__)
+        elif isinstance(obj, property):
+            todo += [f for f in (obj.fget, obj.fset, obj.fdel) if f is not None]
+    return found
 
 
 class DeviceMixError(RuntimeError):
