@@ -320,7 +320,7 @@ def main(argv=None) -> int:
     finally:
         if args.json and not args.batch:
             from grading.report import write_json
-            write_json(args.json, results, time.monotonic() - started, error, args.visibility)
+            write_json(args.json, results, time.monotonic() - started, error, args.visibility, args.hidden_visibility)
     return 0 if results and not error and all(r.status == "passed" for r in results) else 1
 
 

@@ -177,3 +177,16 @@ def test_device_discipline(w):
     if not all(t.remote_device.startswith(target) for t in out):
         fail(f"with inputs on {target}, out came back on {out[0].remote_device} and weights on "
              f"{out[1].remote_device}.", "device")
+
+
+@points(2, hidden=True)
+def test_unusual_shapes_and_large_scores(w):
+    """Matches torch's attention on 5-d inputs, a (1, Tq, Tk) mask, T=1, d_k=1, and scores in the hundreds."""
+    q, k, v = randn(2, 2, 3, 6, 8), randn(2, 2, 3, 6, 8), randn(2, 2, 3, 6, 5)
+    compare(w, q, k, v, causal(6), "5-d input (B, groups, heads, T, d), causal mask")
+    q = randn(3, 1, 4)
+    compare(w, q, q, q, causal(1), "T=1")
+    compare(w, randn(2, 5, 1), randn(2, 5, 1), randn(2, 5, 3), None, "d_k=1, no mask")
+    compare(w, randn(2, 7, 6), randn(2, 9, 6), randn(2, 9, 4), random_mask(7, 9)[None], "a (1, Tq, Tk) mask")
+    x = randn(2, 7, 16) * 8  # scores of several hundred: exp() of them overflows, softmax does not
+    compare(w, x, x, x, causal(7), "large scores (inputs scaled by 8)", atol=1e-4)

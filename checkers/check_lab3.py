@@ -160,3 +160,18 @@ def test_works_with_your_own_earlier_labs(w):
         expect_close(out, reference(wts, x, 4, gelu_flavour(out, lambda a: reference(wts, x, 4, a))),
                      "TransformerBlock(16, 4) output")
     expect_own_chain(w, probe, "TransformerBlock")
+
+
+@points(2, hidden=True)
+def test_tiny_shifted_and_wider_inputs(w):
+    """Matches on inputs of scale 1e-3 (LayerNorm's eps matters), inputs shifted by 50, and d_model=40 with 5 heads."""
+    block, wts = build(w, 16, 4)
+    for x, what in ((randn(2, 7, 16) * 1e-3, "inputs of scale 1e-3"), (randn(2, 7, 16) + 50, "inputs shifted by 50")):
+        out = expect_tensor(block(x, no_grad=True), "block output", x.shape, "residual")
+        expect_close(out, reference(wts, x, 4, gelu_flavour(out, lambda a: reference(wts, x, 4, a))),
+                     f"TransformerBlock(16, 4) on {what}", atol=1e-4, hint="prenorm")
+    block, wts = build(w, 40, 5)
+    x = randn(3, 11, 40)
+    out = expect_tensor(block(x, no_grad=True), "block output", x.shape, "residual")
+    expect_close(out, reference(wts, x, 5, gelu_flavour(out, lambda a: reference(wts, x, 5, a))),
+                 "TransformerBlock(40, 5) output", hint=lambda: diagnose(wts, x, 5, out), fallback="prenorm")

@@ -459,3 +459,22 @@ def test_works_with_your_own_earlier_labs(w):
         expect_close(logits, reference(wts, idx, H, L, gelu_flavour(logits, lambda a: reference(wts, idx, H, L, a))),
                      "TinyGPT logits", atol=1e-4)
     expect_own_chain(w, probe, "TinyGPT")
+
+
+@points(2, hidden=True)
+def test_edge_windows_and_long_prompts(w):
+    """get_batch on data with room for one window only; generate from a prompt longer than max_seq_len."""
+    data = torch.arange(10) * 3
+    batch = w.call((LAB, "get_batch"), data, 4, 9)
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        fail(f"get_batch must return a pair (x, y), got {type(batch).__name__}.", "shift")
+    x, y = (expect_tensor(t, name, (4, 9), "shift") for t, name in zip(batch, "xy"))
+    if not (torch.equal(x, data[:9].expand(4, 9)) and torch.equal(y, data[1:].expand(4, 9))):
+        fail("get_batch(data of 10 tokens, 4, seq_len=9) has one window only (start 0): x = data[0:9] and "
+             f"y = data[1:10], got x[0] = {x[0].tolist()} and y[0] = {y[0].tolist()}.", "batch_random")
+    model, wts = build(w, style="default", max_seq_len=8)
+    idx = tokens(2, 11, 11)  # longer than max_seq_len from the first step
+    out = expect_tensor(model.method("generate", idx, 3, top_k=1), "generate(idx of shape (2, 11), 3)", (2, 14),
+                        "crop")
+    expect_close(out.float(), greedy(wts, idx, 3, 8, flavour(model, wts)).float(),
+                 "greedy tokens from an 11-token prompt with max_seq_len=8", atol=0, hint="crop")

@@ -18,7 +18,7 @@ COLUMNS = ["submission", "score", "max_score"]
 
 
 def columns(labs) -> list:
-    return COLUMNS + [f"{lab}_{what}" for lab in labs for what in ("score", "status")]
+    return COLUMNS + [f"{lab}_{what}" for lab in labs for what in ("score", "status", "notes")]
 
 
 def done_already(path: Path) -> list:
@@ -40,6 +40,7 @@ def row(name: str, results) -> dict:
     out = {"submission": cell(name), "score": sum(r.score for r in results), "max_score": sum(r.max_score for r in results)}
     for r in results:
         out[f"{r.lab}_score"], out[f"{r.lab}_status"] = r.score, r.status
+        out[f"{r.lab}_notes"] = cell(" ".join(r.notes))  # "fix lab N first", when an earlier lab breaks this one
     return out
 
 

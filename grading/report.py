@@ -153,14 +153,15 @@ def lab_panel(result, hints: bool = False, verbose: bool = False, width: int = 1
             message = Text(f"the same error as in “{group[0].title}”", style="dim")
         elif len(group) > 1:
             message.append(f"\n(the same error in {len(group) - 1} more check{'s' if len(group) > 2 else ''})", style="dim")
+        title = c.title + (" (hidden)" if c.hidden else "")  # an instructor's copy: held back from students
         if narrow:
-            name = Text(c.title, style="bold")
+            name = Text(title, style="bold")
             if message:
                 name.append("\n")
                 name.append_text(message)
             table.add_row(mark, name, f"{c.score}/{c.points}")
         else:
-            table.add_row(mark, c.title, f"{c.score}/{c.points}", message)
+            table.add_row(mark, title, f"{c.score}/{c.points}", message)
     parts = [table]
     drawn = set()
     for c in result.checks:
@@ -173,6 +174,11 @@ def lab_panel(result, hints: bool = False, verbose: bool = False, width: int = 1
         parts.insert(0, Text(result.detail, style=STYLE.get(result.status, "bold magenta")))
     for note in result.notes:
         parts.append(Text("→ " + note, style="yellow"))
+    count, worth = result.held_back
+    if count:
+        parts.append(Text(f"+ {count} more check{'s' if count > 1 else ''} ({worth} point{'s' if worth != 1 else ''}) "
+                          "will run when you submit: the contract, on sizes and values these checks do not use.",
+                          style="dim"))
     if result.output.strip() and (verbose or result.status in ("error", "crashed", "exited", "timeout", "out of memory")):
         tail = "\n".join(result.output.strip().splitlines()[-15:])
         parts.append(Text("What your code printed (last lines):\n" + tail, style="dim"))
@@ -195,26 +201,33 @@ def print_scorecard(results, out: Console, hints=False, verbose=False, source=""
                    style="bold green" if total == best and all(r.status == "passed" for r in results) else "bold"))
 
 
-def results_json(results, elapsed: float, error: str = None, visibility: str = "visible") -> dict:
-    """Gradescope's results.json: one test per check, tagged with its lab."""
+def results_json(results, elapsed: float, error: str = None, visibility: str = "visible",
+                 hidden_visibility: str = "after_due_date") -> dict:
+    """Gradescope's results.json: one test per check, tagged with its lab; checks held back for submission get
+    `hidden_visibility`. A lab's notes (fix an earlier lab first) go in the summary and in its checks' output."""
     tests = []
     for r in results:
         for i, c in enumerate(r.checks, 1):
             output = c.message if not c.passed else ""
             if not c.passed and c.hint:
                 output += f"\nHint: {hint_text(c.hint)}"
+            if c.skipped:
+                output = c.message
             if r.status not in ("passed", "failed"):
                 output = f"[lab {r.status}: {r.detail}]\n{output}".strip()
             tests.append({"name": f"{r.lab} · {c.title}", "number": f"{r.lab[3]}.{i}", "score": c.score,
                           "max_score": c.points, "status": "passed" if c.passed and c.score == c.points else "failed",
-                          "output": output.strip(), "output_format": "text", "tags": [r.lab], "visibility": visibility})
-    summary = [f"{r.lab}: {r.status} {r.score}/{r.max_score}" + (f" ({r.detail})" if r.detail else "") for r in results]
+                          "output": output.strip(), "output_format": "text", "tags": [r.lab],
+                          "visibility": hidden_visibility if c.hidden else visibility})
+    summary = [f"{r.lab}: {r.status} {r.score}/{r.max_score}" + (f" ({r.detail})" if r.detail else "")
+               + "".join(f"\n  {note}" for note in r.notes) for r in results]
     if error:
         summary.append(f"grading error: {error}")
     return {"score": sum(r.score for r in results), "execution_time": round(elapsed, 2), "output": "\n".join(summary),
             "output_format": "text", "visibility": visibility, "stdout_visibility": "hidden",
             "extra_data": {"labs": {r.lab: {"status": r.status, "detail": r.detail, "score": r.score,
-                                            "max_score": r.max_score, "seconds": round(r.seconds, 3), "device": r.device}
+                                            "max_score": r.max_score, "notes": r.notes, "seconds": round(r.seconds, 3),
+                                            "device": r.device}
                                      for r in results}, "error": error},
             "tests": tests}
 
@@ -239,5 +252,6 @@ def write_atomic(path, text: str):
         raise
 
 
-def write_json(path, results, elapsed: float, error: str = None, visibility: str = "visible"):
-    write_atomic(path, json.dumps(results_json(results, elapsed, error, visibility), indent=2))
+def write_json(path, results, elapsed: float, error: str = None, visibility: str = "visible",
+               hidden_visibility: str = "after_due_date"):
+    write_atomic(path, json.dumps(results_json(results, elapsed, error, visibility, hidden_visibility), indent=2))

@@ -3,12 +3,14 @@
     python tools/release.py OUT_DIR            # OUT_DIR must be missing or empty
     python tools/release.py OUT_DIR --force    # empty OUT_DIR first
 
-The release holds labs/ (stubs regenerated from solutions/, so never stale), checkers/, grading/, worker/, grader.py,
-pytest.ini, requirements.txt, Dockerfile, .dockerignore and README.md without its instructors-only regions
-(from a line `<!-- instructors-only -->` to a line `<!-- /instructors-only -->`, markers included).
-No solutions/, tools/, tests/ or bench/.
+The release holds labs/ (stubs regenerated from solutions/, so never stale), checkers/ without the checks held back
+for submission (`@points(n, hidden=True)`: each checker file keeps only their count and points, as HELD_BACK),
+grading/, worker/, grader.py, pytest.ini, requirements.txt, Dockerfile, .dockerignore and README.md without its
+instructors-only regions (from a line `<!-- instructors-only -->` to a line `<!-- /instructors-only -->`, markers
+included). No solutions/, tools/, tests/ or bench/.
 """
 import argparse
+import ast
 import shutil
 import sys
 from pathlib import Path
@@ -52,6 +54,32 @@ def student_readme(text: str) -> str:
     return "".join(out)
 
 
+def _hidden_points(node) -> int:
+    """The points of a check marked @points(n, hidden=True), or None when it is not one."""
+    for d in getattr(node, "decorator_list", []):
+        if isinstance(d, ast.Call) and getattr(d.func, "id", None) == "points" and any(
+                k.arg == "hidden" and isinstance(k.value, ast.Constant) and k.value.value is True for k in d.keywords):
+            return d.args[0].value if d.args and isinstance(d.args[0], ast.Constant) else 1
+    return None
+
+
+def without_hidden_checks(source: str) -> str:
+    """A checker file without its hidden checks (decorators and the blank lines before them included), ending with
+    HELD_BACK = (how many, their points) when it had any."""
+    lines = source.splitlines(keepends=True)
+    cut = [(min(d.lineno for d in node.decorator_list), node.end_lineno, _hidden_points(node))
+           for node in ast.parse(source).body if _hidden_points(node) is not None]
+    for start, end, _ in sorted(cut, reverse=True):
+        while start > 1 and not lines[start - 2].strip():
+            start -= 1
+        del lines[start - 1:end]
+    text = "".join(lines).rstrip("\n") + "\n"
+    if cut:
+        text += (f"\n\n# checks held back for the submission: they run when you submit (how many, points)\n"
+                 f"HELD_BACK = ({len(cut)}, {sum(p for _, _, p in cut)})\n")
+    return text
+
+
 def write_release(out: Path) -> list:
     """Write the release into `out` (missing or empty); returns the paths of the files written."""
     out = Path(out)
@@ -61,6 +89,9 @@ def write_release(out: Path) -> list:
     texts[Path("README.md")] = student_readme((ROOT / "README.md").read_text())
     copies = [Path(name) for name in FILES] + [Path(name) for name in OPTIONAL_FILES if (ROOT / name).is_file()]
     copies += [path for package in PACKAGES for path in package_files(package)]
+    for path in [p for p in copies if p.parent == Path("checkers") and p.name.startswith("check_")]:
+        texts[path] = without_hidden_checks((ROOT / path).read_text())
+        copies.remove(path)
     written = []
     for rel, text in texts.items():
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
