@@ -23,6 +23,8 @@ def attend(w, q, k, v, mask=None, **options):
 def diagnose(q, k, mask, weights) -> str:
     """Name the mistake when the weights match a known buggy variant (each computed by torch's attention)."""
     q, k = q.detach().double(), k.detach().double()
+    if not bool(weights.isfinite().all()) and float(q.abs().amax() * k.abs().amax()) * q.size(-1) ** 0.5 > 88:
+        return "overflow"  # scores can pass 88, where exp() overflows in float32
     flipped = mask.transpose(-2, -1) if mask is not None else None
     variants = {
         "scale": lambda: attention_weights(q, k, mask, scale=1.0),
@@ -180,7 +182,7 @@ def test_device_discipline(w):
 
 
 @points(2, hidden=True)
-def test_unusual_shapes_and_large_scores(w):
+def test_unusual_shapes_and_scales(w):
     """Matches torch's attention on 5-d inputs, a (1, Tq, Tk) mask, T=1, d_k=1, and scores in the hundreds."""
     q, k, v = randn(2, 2, 3, 6, 8), randn(2, 2, 3, 6, 8), randn(2, 2, 3, 6, 5)
     compare(w, q, k, v, causal(6), "5-d input (B, groups, heads, T, d), causal mask")

@@ -184,6 +184,17 @@ def test_device_discipline(w):
     expect_device_discipline(w, mha, torch.randn(2, 8, 16), "MultiHeadAttention")
 
 
+@points(2, hidden=True)
+def test_other_sizes_and_lengths(w):
+    """Matches on sizes the other checks do not use: d_head=6, one head, and sequences of 13 and 20 tokens."""
+    for D, H, B, T in ((30, 5, 1, 13), (12, 1, 3, 4), (16, 4, 2, 20)):
+        mha, wts = build(w, D, H)
+        x = randn(B, T, D)
+        out = expect_tensor(mha(x, no_grad=True), f"MultiHeadAttention({D}, {H}) output", (B, T, D), "heads")
+        expect_close(out, reference(wts, x, H), f"MultiHeadAttention({D}, n_heads={H}) on (B={B}, T={T})",
+                     hint=lambda: diagnose(wts, x, H, out), fallback="heads")
+
+
 @points(0)
 def test_works_with_your_own_earlier_labs(w):
     """Integration (no points: lab 1 scores in lab 1): MultiHeadAttention still matches on your own lab 1."""
@@ -193,14 +204,3 @@ def test_works_with_your_own_earlier_labs(w):
         expect_close(expect_tensor(mha(x, no_grad=True), "MultiHeadAttention output", (2, 8, 16)), reference(wts, x, 4),
                      "MultiHeadAttention(16, 4) output")
     expect_own_chain(w, probe, "MultiHeadAttention")
-
-
-@points(2, hidden=True)
-def test_other_sizes_and_longer_sequences(w):
-    """Matches on sizes the other checks do not use: d_head=6, one head, and sequences of 13 and 20 tokens."""
-    for D, H, B, T in ((30, 5, 1, 13), (12, 1, 3, 4), (16, 4, 2, 20)):
-        mha, wts = build(w, D, H)
-        x = randn(B, T, D)
-        out = expect_tensor(mha(x, no_grad=True), f"MultiHeadAttention({D}, {H}) output", (B, T, D), "heads")
-        expect_close(out, reference(wts, x, H), f"MultiHeadAttention({D}, n_heads={H}) on (B={B}, T={T})",
-                     hint=lambda: diagnose(wts, x, H, out), fallback="heads")

@@ -33,6 +33,10 @@ HINTS = {
              "'may attend'."),
     "softmax": ("Take the softmax over the last dimension (the keys): torch.softmax(scores, dim=-1).",
                 "Each query's row of weights is a probability distribution over the keys it can see."),
+    "overflow": ("Use torch.softmax (it subtracts each row's maximum first): exp() of scores in the hundreds "
+                 "overflows to inf, and inf / inf is NaN.",
+                 "softmax(s) equals softmax(s - max(s)) row by row, and after subtracting the maximum every exp() is "
+                 "at most 1."),
     "causal": ("Token t may only look at tokens 0..t: build the mask with torch.tril and apply it in every head.",
                "If an output changes when a later token changes, information is flowing backwards in time."),
     "heads": ("Split q, k and v as (B, T, n_heads, d_head) and transpose to (B, n_heads, T, d_head); merge with "
@@ -227,8 +231,12 @@ def expect_close(actual, expected: Tensor, what: str, atol: float = 1e-5, rtol: 
     index = tuple(int(i) for i in bad.nonzero()[0])
     max_err = float(err[finite].max()) if bool(finite.any()) else float("nan")
     where = f" at index {list(index)}" if index else ""
-    message = (f"{what}: mismatch with the reference, max abs error {max_err:.3g} "
-               f"(tolerance {atol:g} + {rtol:g}*|expected|); first mismatch{where}.")
+    nans = int((a.isnan() & ~e.isnan()).sum())
+    if nans:  # the largest error among the finite values would hide the real problem
+        message = f"{what}: {nans} value(s) came back NaN where the reference has numbers; first mismatch{where}."
+    else:
+        message = (f"{what}: mismatch with the reference, max abs error {max_err:.3g} "
+                   f"(tolerance {atol:g} + {rtol:g}*|expected|); first mismatch{where}.")
     if a.dim() >= 1:
         row, start = index[:-1], _window(a.shape[-1], index[-1])
         where = f"row {list(row)}" + (f" from column {start}" if start else "")

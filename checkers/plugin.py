@@ -1,7 +1,8 @@
 """pytest plugin of the checkers: `pytest checkers/ --lab-dir solutions` runs the checks with a worker fixture.
 
 The grader does not use pytest; this is for working on the checkers. Each test module gets one worker (a fresh
-interpreter that runs the lab files of --lab-dir), and each check a fixed seed.
+interpreter that runs the lab's file of --lab-dir on the pack's stand-ins for the labs before it, as the grader
+does), and each check a fixed seed.
 """
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 
 from checkers.client import Worker
 from checkers.common import FIGURES, LABS
+from checkers.standins import files_for
 from checkers.static import read_lab_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +33,11 @@ def w(request):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     names = [f"{module}.py" for module, _ in LABS.values()]
-    worker = Worker({n: read_lab_file(str(folder / n)) for n in names if (folder / n).is_file()}, device=device,
-                    timeout=120)
+    submission = {n: read_lab_file(str(folder / n)) for n in names if (folder / n).is_file()}
+    lab = request.module.__name__.rsplit("check_", 1)[-1]
+    files, trusted = files_for(lab, submission, ())
+    worker = Worker(files, device=device, timeout=120, trusted=trusted)
+    worker.lab, worker.submission, worker.own_labs = lab, submission, False
     yield worker
     worker.close()
 

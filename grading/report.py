@@ -130,7 +130,7 @@ def lab_panel(result, hints: bool = False, verbose: bool = False, width: int = 1
     if narrow:
         table.add_column(ratio=1, overflow="fold")
     else:
-        table.add_column(width=32, no_wrap=True, overflow="ellipsis")
+        table.add_column(width=36, no_wrap=True, overflow="ellipsis")
     table.add_column(justify="right", width=5)
     if not narrow:
         table.add_column(ratio=1, overflow="fold")

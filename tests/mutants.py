@@ -11,6 +11,7 @@ class Mutant:
     fails: set  # checks that must fail
     hint: str = None  # the hint key at least one of those failures must carry
     status: str = "failed"
+    seen_from: str = None  # a later lab to grade instead: the mistake is in `lab`, the failures in that lab's checks
 
 
 L1_SCORES = "scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (..., Tq, Tk)"
@@ -51,6 +52,8 @@ MUTANTS = [
                                               "torch.triu(torch.ones(T, T, device=device))")], {"test_causal_mask"}, "mask"),
     Mutant("lab1-mask-ignores-device", "lab1", [("dtype=torch.bool, device=device))", "dtype=torch.bool))")],
            {"test_device_discipline"}, "device"),
+    Mutant("lab1-naive-softmax-overflows", "lab1", [(L1_SOFTMAX, "weights = scores.exp() / scores.exp().sum(-1, keepdim=True)")],
+           {"test_unusual_shapes_and_scales"}, "overflow"),  # public checks pass; exp() of large scores is inf
     Mutant("lab1-shortcut-via-getattr", "lab1", [(L1_SCORES, L1_SCORES + "\n    return getattr(torch.nn.functional, 'scaled_dot_product_' + 'attention')(q, k, v, attn_mask=mask), None")],
            {"test_no_shortcuts"}, status="forbidden"),
     # ---- lab 2
@@ -78,6 +81,8 @@ MUTANTS = [
     Mutant("lab2-one-head", "lab2", [("mha = MultiHeadAttention(d_model=16, n_heads=4)", "mha = MultiHeadAttention(d_model=16, n_heads=1)")],
            {"test_mha_exists"}),
     Mutant("lab2-wrong-shape", "lab2", [(L2_RETURN, L2_RETURN + ".transpose(0, 1)")], {"test_output_shape", "test_matches_oracle"}),
+    Mutant("lab2-mask-of-fixed-size", "lab2", [("causal_mask(T, device=x.device))", "causal_mask(8, device=x.device)[:T, :T])")],
+           {"test_other_sizes_and_lengths"}),  # public checks stop at T=8
     Mutant("lab2-builtin-mha", "lab2", [("self.dropout = nn.Dropout(dropout)", "self.dropout = nn.Dropout(dropout)\n        self.mha = nn.MultiheadAttention(d_model, n_heads, batch_first=True)")],
            {"test_no_shortcuts"}, status="forbidden"),
     # ---- lab 3
@@ -105,6 +110,8 @@ MUTANTS = [
     Mutant("lab3-wrong-shape", "lab3", [("        return x\n", "        return x[:, -1]\n")], {"test_output_shape_preserved"}),
     Mutant("lab3-future-leak", "lab3", [(L3_ATTN, L3_ATTN + " + x.mean(1, keepdim=True)")], {"test_causality"}, "causal"),
     Mutant("lab3-cpu-tensor", "lab3", [(L3_ATTN, L3_ATTN + " + torch.zeros(x.size(-1))")], {"test_device_discipline"}, "device"),
+    Mutant("lab3-layernorm-eps-1e-6", "lab3", [("nn.LayerNorm(d_model)", "nn.LayerNorm(d_model, eps=1e-6)")],
+           {"test_extreme_inputs_and_sizes"}, "prenorm"),  # visible only when the inputs' variance is near eps
     Mutant("lab3-builtin-layer", "lab3", [("self.dropout = nn.Dropout(dropout)", "self.dropout = nn.Dropout(dropout)\n        self.layer = nn.TransformerEncoderLayer(d_model, n_heads, batch_first=True)")],
            {"test_no_shortcuts"}, status="forbidden"),
     # ---- lab 4
@@ -167,7 +174,17 @@ MUTANTS = [
            {"test_generate_length_and_crop"}, "append"),
     Mutant("lab4-no-crop-index-error", "lab4", [("self(idx[:, -self.max_seq_len:])", "self(idx)")],
            {"test_generate_length_and_crop", "test_greedy_continues_pattern"}, "crop"),
+    Mutant("lab4-batch-start-off-by-one", "lab4", [("torch.randint(len(data) - seq_len, (batch_size,))",
+                                                    "torch.randint(len(data) - seq_len - 1, (batch_size,))")],
+           {"test_edge_windows_and_prompts"}),  # never picks the last window
     Mutant("lab4-future-leak", "lab4", [(L4_EMB, L4_EMB + "\n        x = x + x.mean(1, keepdim=True)")], {"test_causality"}, "causal"),
+    # ---- an earlier lab's mistake, seen from a later lab: no points lost there, the own-chain check names the lab
+    Mutant("lab1-no-scale-seen-from-lab2", "lab1", [(L1_SCORES, "scores = q @ k.transpose(-2, -1)")],
+           {"test_works_with_your_own_earlier_labs"}, "chain", status="passed", seen_from="lab2"),
+    Mutant("lab2-merge-seen-from-lab3", "lab2", [(L2_MERGE, "out = out.contiguous().view(B, T, D)")],
+           {"test_works_with_your_own_earlier_labs"}, "chain", status="passed", seen_from="lab3"),
+    Mutant("lab3-post-norm-seen-from-lab4", "lab3", [(L3_ATTN, "x = self.ln1(x + self.attn(x))")],
+           {"test_works_with_your_own_earlier_labs"}, "chain", status="passed", seen_from="lab4"),
     Mutant("lab4-builtin-attention", "lab4", [(L4_EMB, L4_EMB + "\n        x = x + F.scaled_dot_product_attention(x, x, x, is_causal=True)")],
            {"test_no_shortcuts"}, status="forbidden"),
 ]

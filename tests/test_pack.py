@@ -87,10 +87,10 @@ def test_checkers_run_under_plain_pytest():
     assert stub.returncode == 1 and "8 failed" in stub.stdout
 
 
-def test_a_lab_failing_because_of_an_earlier_lab_points_at_it(tmp_path):
+def test_with_own_labs_a_lab_failing_because_of_an_earlier_lab_points_at_it(tmp_path):
     from tests.helpers import submission
     folder = submission(tmp_path / "sub", "lab2", [("out.transpose(1, 2).contiguous().view(B, T, D)", "out.contiguous().view(B, T, D)")])
-    proc = run_grader("lab4", "--submission", folder, "--json", tmp_path / "r.json")
+    proc = run_grader("lab4", "--submission", folder, "--json", tmp_path / "r.json", "--own-labs")
     labs = json.loads((tmp_path / "r.json").read_text())["extra_data"]["labs"]
     assert list(labs) == ["lab4"] and labs["lab4"]["status"] == "failed"
     assert "builds on lab 2" in proc.stdout

@@ -17,9 +17,14 @@ from tools.release import write_release
 
 RELEASE_TOP = {"labs", "checkers", "grading", "worker", "grader.py", "pytest.ini", "requirements.txt", "Dockerfile", "README.md"}
 RELEASE_TOP |= {".dockerignore"} if (ROOT / ".dockerignore").is_file() else set()
-# Idioms the checkers' oracles (checkers/common.py) necessarily share with the solutions; allowed under checkers/
-# only. Any other overlap fails the leak test and needs a look.
-ORACLE_IDIOMS = {"d_k = q.size(-1)", "if mask is not None:", "return out, weights", "loss.backward()"}
+# Lines the checkers necessarily share with the solutions, allowed under checkers/ only: idioms of the hints, and
+# the declarations of the contract (its docstrings name them) that the stand-ins for earlier labs must make. Any
+# other overlap fails the leak test and needs a look.
+ORACLE_IDIOMS = {"d_k = q.size(-1)", "if mask is not None:", "return out, weights", "loss.backward()",
+                 "return torch.tril(torch.ones(T, T, dtype=torch.bool, device=device))",
+                 "self.dropout = nn.Dropout(dropout)", "self.proj = nn.Linear(expansion * d_model, d_model)",
+                 "self.ln1 = nn.LayerNorm(d_model)", "self.ln2 = nn.LayerNorm(d_model)", "self.mlp = MLP(d_model)",
+                 "self.attn = MultiHeadAttention(d_model, n_heads, dropout)"}
 
 
 def run_in(folder: Path, *args, env=None):
@@ -47,7 +52,7 @@ def test_release_holds_exactly_the_student_files(release):
     assert {p.name for p in release.iterdir()} == RELEASE_TOP
     assert {p.name: p.read_text() for p in (release / "labs").iterdir()} == expected_stubs()
     for package in ("checkers", "grading", "worker"):
-        shipped = {p.relative_to(release) for p in (release / package).rglob("*")}
+        shipped = {p.relative_to(release) for p in (release / package).rglob("*") if p.is_file()}
         assert shipped == {p.relative_to(ROOT) for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts}
 
 
