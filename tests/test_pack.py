@@ -78,13 +78,18 @@ def test_stub_markers_are_checked():
         raise AssertionError("an unterminated region must be an error")
 
 
-def test_checkers_run_under_plain_pytest():
+def test_checkers_run_under_plain_pytest(tmp_path):
     proc = subprocess.run([PY, "-m", "pytest", "checkers/", "-q", "-p", "no:cacheprovider", "--lab-dir", "solutions"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:]
     stub = subprocess.run([PY, "-m", "pytest", "checkers/check_lab1.py", "-q", "-p", "no:cacheprovider"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert stub.returncode == 1 and "8 failed" in stub.stdout
+    from grading.verdict import expected_checks
+    assert stub.returncode == 1 and f"{len(expected_checks('lab1'))} failed" in stub.stdout
+    (tmp_path / "lab3_block.py").write_bytes((ROOT / "solutions" / "lab3_block.py").read_bytes())
+    alone = subprocess.run([PY, "-m", "pytest", "checkers/check_lab3.py", "-q", "-p", "no:cacheprovider", "-rs",
+                            "--lab-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0 and "1 skipped" in alone.stdout and "not tried" in alone.stdout, alone.stdout[-2000:]
 
 
 def test_with_own_labs_a_lab_failing_because_of_an_earlier_lab_points_at_it(tmp_path):

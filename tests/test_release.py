@@ -79,12 +79,18 @@ def test_release_readme_has_no_instructor_section(release):
     readme = (release / "README.md").read_text()
     assert "instructors-only" not in readme and "--solutions" not in readme
     assert "## For students" in readme and "\n\n\n" not in readme
+    # for students: setup, the walkthrough, the options, the statuses; not the grader's internals or its limits
+    assert all(s in readme for s in ("pip install -r requirements.txt", "### Lab 4", "--watch", "| not started |",
+                                     "works with your own earlier labs", "will run when you submit"))
+    assert not [s for s in ("How grading works", "How grading stays honest", "What is not", "zygote", "Confinement",
+                            "hidden=True", "--own-labs") if s in readme]
 
 
 def test_release_grades_its_stubs_and_has_no_solutions(release):
     proc = run_in(release, "lab1")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "not started" in proc.stdout
+    assert "1 more check (2 points) will run when you submit" in " ".join(proc.stdout.replace("│", " ").split())
     proc = run_in(release, "lab1", "--solutions")
     assert proc.returncode == 2 and "no solutions/ folder" in proc.stderr
 
@@ -137,6 +143,21 @@ def test_a_gradescope_autograder_for_one_lab(tmp_path):
     assert "python3 grader.py lab1 --gradescope" in run and "chmod 0700 /autograder/results" in run
     with pytest.raises(ValueError):
         build_zip(tmp_path / "bad.zip", labs=["lab9"])
+
+
+def test_hidden_checks_are_shown_after_the_due_date_on_gradescope(autograder_zip, tmp_path):
+    source, autograder = tmp_path / "source", tmp_path / "autograder"
+    with zipfile.ZipFile(autograder_zip) as zf:
+        zf.extractall(source)
+    (autograder / "submission").mkdir(parents=True)
+    shutil.copyfile(ROOT / "solutions" / LAB_FILES["lab2"], autograder / "submission" / LAB_FILES["lab2"])
+    proc = run_in(source, "lab2", "--gradescope", env={"GRADESCOPE_ROOT": str(autograder)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # lab 2 alone: graded on the pack's lab 1
+    tests = json.loads((autograder / "results" / "results.json").read_text())["tests"]
+    hidden = {t["name"] for t in tests if t["visibility"] == "after_due_date"}
+    assert hidden == {"lab2 · other sizes and lengths"}, hidden
+    assert all(t["visibility"] == "visible" for t in tests if t["name"] not in hidden)
+    assert all(t["status"] == "passed" for t in tests)
 
 
 def test_gradescope_writes_results_for_an_empty_submission(autograder_zip, tmp_path):
