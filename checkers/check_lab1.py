@@ -7,7 +7,7 @@ import torch
 
 from checkers.client import On, StudentError
 from checkers.common import (causal, device_error, expect_close, expect_no_shortcuts, expect_tensor, fail,
-                             heatmap_if_failing, points, randn)
+                             heatmap_if_failing, matches, points, randn)
 from checkers.oracles import attention, weights as attention_weights
 
 LAB = "lab1_attention"
@@ -35,7 +35,7 @@ def diagnose(q, k, mask, weights) -> str:
     }
     for hint, variant in variants.items():
         want = variant()
-        if want is not None and want.shape == weights.shape and bool(((want - weights.to(want.dtype)).abs() < 1e-4).all()):
+        if want is not None and matches(want, weights):
             return hint
     return "mask" if mask is not None else "scale"
 

@@ -11,8 +11,8 @@ import torch
 
 from checkers.client import Handle, StudentError
 from checkers.common import (expect_causal, expect_close, expect_device_discipline,
-                             expect_every_parameter_gets_a_gradient, expect_own_chain, expect_no_shortcuts, expect_params, expect_tensor,
-                             fail, figure, fill, gelu_flavour, points, randn)
+                             expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_own_chain,
+                             expect_params, expect_tensor, fail, figure, fill, gelu_flavour, points, randn)
 from checkers.oracles import gpt as reference, greedy as reference_greedy, next_token_loss
 from checkers.check_lab3 import OPTIONAL as BLOCK_OPTIONAL, contract as block_contract
 

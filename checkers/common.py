@@ -206,6 +206,12 @@ def _fmt(t: Tensor, start: int = 0) -> str:
     return ("[..., " if start else "[") + ", ".join(values) + (", ...]" if start + SHOWN < flat.numel() else "]")
 
 
+def matches(want: Tensor, got) -> bool:
+    """A diagnosis's test: got has want's shape and every value within 1e-4 of it."""
+    return isinstance(got, Tensor) and got.device.type != "meta" and want.shape == got.shape and \
+        bool(((want - got.to(want.dtype)).abs() < 1e-4).all())
+
+
 def expect_tensor(actual, what: str, shape=None, hint=None) -> Tensor:
     if not isinstance(actual, Tensor):
         fail(f"{what}: expected a torch.Tensor, got {getattr(actual, 'type_name', type(actual).__name__)}.", hint)
