@@ -3,13 +3,16 @@
 - `read_lab_file`: only a regular file of at most 1 MB is taken (a symlink, FIFO or device is refused with a
   reason); it is read once, without following links and without blocking.
 - `scan_source`: an AST scan that ignores comments, strings and `if __name__ == "__main__":` blocks and reports
-  built-in attention reached through torch, assignments that patch torch or the test framework, imports of the
+  built-in attention reached through torch or through another module (an earlier lab's stand-in imports torch
+  too: `lab1_attention.F.scaled_dot_product_attention` is the built-in; `lab1_attention.scaled_dot_product_attention`
+  is lab 1's function and allowed), assignments that patch torch or the test framework, imports of the
   grader's own packages, torch's internals (`torch._C`, `DisableTorchFunction`), and torch attributes or modules
   looked up by a name computed at run time. It sees only what is written directly: code built from strings at
   run time (exec, say) is beyond it.
 """
 import ast
 import os
+import re
 import stat
 
 MAX_BYTES = 1 << 20
@@ -20,6 +23,7 @@ FORBIDDEN_NAMES = {
 }
 GRADER_PACKAGES = {"checkers", "grading", "worker", "solutions", "grader"}
 PATCHED_ROOTS = {"_pytest", "pytest"}  # any attribute assignment under these is tampering
+LAB_MODULE = re.compile(r"lab\d+_\w+$")  # the labs' own modules (lab1_attention, ...)
 
 
 class Forbidden(Exception):
@@ -65,11 +69,13 @@ def scan_source(source, filename: str = "<lab>") -> list:
     except (SyntaxError, ValueError):
         return []
     tree.body = [node for node in tree.body if not _is_main_guard(node)]
-    torch_aliases, hits = set(), []
+    torch_aliases, lab_aliases, from_labs, hits = set(), set(), set(), []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
                 top = a.name.split(".")[0]
+                if LAB_MODULE.match(a.name):
+                    lab_aliases.add(a.asname or a.name)
                 if top == "torch":
                     torch_aliases.add((a.asname or a.name).split(".")[0])
                 elif top in GRADER_PACKAGES:
@@ -83,15 +89,20 @@ def scan_source(source, filename: str = "<lab>") -> list:
                     torch_aliases.add(a.asname or a.name)
             elif top in GRADER_PACKAGES:
                 hits.append(f"line {node.lineno}: from {node.module} import ... (the grader's own code)")
+            elif LAB_MODULE.match(node.module or ""):
+                from_labs |= {a.asname or a.name for a in node.names}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in FORBIDDEN_NAMES and _root(node) in torch_aliases:
+        # a forbidden name as an attribute of anything but a lab module itself: torch, or torch reached through
+        # an earlier lab's module (lab1_attention.F.scaled_dot_product_attention)
+        if isinstance(node, ast.Attribute) and node.attr in FORBIDDEN_NAMES and (
+                _root(node) in torch_aliases or not (isinstance(node.value, ast.Name) and node.value.id in lab_aliases)):
             hits.append(f"line {node.lineno}: {ast.unparse(node)}")
         if isinstance(node, ast.Attribute) and node.attr == "_C" and _root(node) in torch_aliases or \
                 isinstance(node, (ast.Name, ast.Attribute)) and "DisableTorchFunction" in getattr(node, "attr", getattr(node, "id", "")):
             hits.append(f"line {node.lineno}: {ast.unparse(node)} (torch's internals)")
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "__import__") \
                 and node.args and not all(isinstance(a, ast.Constant) for a in node.args[1 if node.func.id == "getattr" else 0:2]) \
-                and (node.func.id == "__import__" or _root(node.args[0]) in torch_aliases):
+                and (node.func.id == "__import__" or _root(node.args[0]) in torch_aliases | lab_aliases | from_labs):
             hits.append(f"line {node.lineno}: {ast.unparse(node)} (a name computed at run time)")
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
             if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []

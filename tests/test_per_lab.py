@@ -10,6 +10,8 @@ from grading.verdict import expected_checks
 from tests.helpers import LAB_FILES, ROOT, grade_many, run_grader, submission
 
 MERGE = "out = out.transpose(1, 2).contiguous().view(B, T, D)"
+L2_ATTEND = "out, _ = scaled_dot_product_attention(q, k, v, causal_mask(T, device=x.device))"
+L3_LN1 = "self.ln1 = nn.LayerNorm(d_model)"
 CHAIN = "test_works_with_your_own_earlier_labs"
 LABS = list(LAB_FILES)
 MAX = {lab: sum(c.points for c in expected_checks(lab)) for lab in LABS}
@@ -29,6 +31,17 @@ def cases(tmp_path_factory):
         "lab2-stub": stub_lab2(made("lab2-stub")),
         "lab1-bug": submission(made("lab1-bug"), "lab1", [("/ math.sqrt(d_k)", "")]),
         "lab3-alone": made("lab3-alone"),
+        # torch's built-ins reached through a stand-in's own imports: the static scan sees them
+        "reach-through-lab2": submission(made("reach-lab2"), "lab2", [(L2_ATTEND, L2_ATTEND.replace(
+            "scaled_dot_product_attention(q, k, v, causal_mask(T, device=x.device))",
+            "lab1_attention.F.scaled_dot_product_attention(q, k, v, is_causal=True), None")),
+            ("from lab1_attention import", "import lab1_attention\nfrom lab1_attention import")]),
+        "reach-through-lab3": submission(made("reach-lab3"), "lab3", [(L3_LN1, L3_LN1 + "\n        self.fused = "
+                                                                      "lab2_multihead.nn.TransformerEncoderLayer(d_model, n_heads)"),
+                                                                      ("from lab2_multihead import", "import lab2_multihead\nfrom lab2_multihead import")]),
+        "lab1-as-a-module": submission(made("lab1-as-module"), "lab2", [(L2_ATTEND, L2_ATTEND.replace(
+            "scaled_dot_product_attention(q, k, v", "L1.scaled_dot_product_attention(q, k, v")),
+            ("from lab1_attention import", "import lab1_attention as L1\nfrom lab1_attention import")]),
         **{f"copied-stand-in-{lab}": submission(made(f"copied-{lab}"), lab, source=(
             ROOT / "checkers" / "standins" / LAB_FILES[lab]).read_text()) for lab in ("lab1", "lab2", "lab3")},
     }
@@ -39,6 +52,8 @@ def graded(cases):
     (cases["lab3-alone"] / LAB_FILES["lab3"]).write_text((ROOT / "solutions" / LAB_FILES["lab3"]).read_text())
     specs = {key: (folder, LABS) for key, folder in cases.items() if key != "lab3-alone"}
     specs["lab3-alone"] = (cases["lab3-alone"], ["lab3"])
+    for key in ("reach-through-lab2", "reach-through-lab3", "lab1-as-a-module"):
+        specs[key] = (cases[key], ["lab2" if "lab3" not in key else "lab3"])
     out = grade_many({k: v for k, v in specs.items() if not k.startswith("copied")})
     out.update(grade_many({k: (f, [k.rsplit("-", 1)[1]]) for k, (f, _) in specs.items() if k.startswith("copied")}))
     return out
@@ -78,6 +93,18 @@ def test_a_lab_submitted_alone_is_graded_on_the_stand_ins(graded):
 def test_a_copied_stand_in_breaks_the_shortcut_rule(lab, graded):
     result = graded[f"copied-stand-in-{lab}"][lab]
     assert (result["status"], result["score"]) == ("forbidden", 0), result["detail"]
+
+
+@pytest.mark.parametrize("case", ["reach-through-lab2", "reach-through-lab3"])
+def test_a_built_in_reached_through_a_stand_in_is_forbidden_by_the_scan(case, graded):
+    (result,) = graded[case].values()
+    assert (result["status"], result["score"]) == ("forbidden", 0)
+    assert result["detail"].startswith("forbidden: line"), result["detail"]  # the static scan, not a run-time guard
+
+
+def test_lab1_used_as_a_module_is_lab1_not_a_shortcut(graded):
+    result = graded["lab1-as-a-module"]["lab2"]
+    assert (result["status"], result["score"]) == ("passed", MAX["lab2"]), result["detail"]
 
 
 def test_own_labs_grades_on_the_submissions_own_chain(cases):
