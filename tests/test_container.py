@@ -91,3 +91,12 @@ def test_docker_dry_run_prints_the_hardened_command(tmp_path):
 def test_docker_flags_are_checked():
     assert run_grader("lab1", "--dry-run").returncode == 2
     assert run_grader("lab1", "--docker", "--batch", ROOT / "labs").returncode == 2
+
+
+def test_docker_passes_own_labs_on():
+    line = run_grader("lab3", "--docker", "--dry-run", "--submission", ROOT / "labs", "--device", "cpu",
+                      "--own-labs").stdout
+    cmd = shlex.split(line)
+    assert cmd[cmd.index("transformer-labs-grader:latest") + 1:][-1] == "--own-labs"
+    plain = shlex.split(run_grader("lab3", "--docker", "--dry-run", "--submission", ROOT / "labs").stdout)
+    assert "--own-labs" not in plain
