@@ -20,14 +20,18 @@ from pathlib import Path
 sys.dont_write_bytecode = True  # the grader never writes its own tree (nor could a worker's poisoned cache count)
 
 ROOT = Path(__file__).resolve().parent
-LAB_NAMES = ("lab1", "lab2", "lab3", "lab4")
-LAB_FILES = ("lab1_attention.py", "lab2_multihead.py", "lab3_block.py", "lab4_gpt.py")
+sys.path.insert(0, str(ROOT))
+from grading.labs import CORE, FILES  # noqa: E402  (standard library only)
+
+LAB_NAMES = tuple(FILES)
+LAB_FILES = tuple(FILES.values())
 VISIBILITY = ("visible", "hidden", "after_due_date", "after_published")
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="grader.py", description="Grade the transformer labs.")
-    p.add_argument("lab", nargs="*", default=["all"], metavar="LAB", help="lab1 .. lab4, several of them, or all (default)")
+    p.add_argument("lab", nargs="*", default=["all"], metavar="LAB",
+                   help=f"{LAB_NAMES[0]} .. {LAB_NAMES[-1]}, several of them, or all (default: {', '.join(CORE)})")
     p.add_argument("--solutions", action="store_true", help="grade the reference solutions in solutions/")
     p.add_argument("--submission", metavar="DIR", help="grade a folder holding the four lab files")
     p.add_argument("--json", metavar="PATH", help="write Gradescope-format results.json to PATH")
@@ -60,7 +64,7 @@ def parse_args(argv):
     unknown = [lab for lab in args.lab if lab not in (*LAB_NAMES, "all")]
     if unknown:
         p.error(f"unknown lab {unknown[0]!r}: choose from {', '.join(LAB_NAMES)} or all")
-    args.labs = list(LAB_NAMES) if "all" in args.lab else [lab for lab in LAB_NAMES if lab in args.lab]
+    args.labs = [lab for lab in LAB_NAMES if lab in args.lab or "all" in args.lab and lab in CORE]
     sources = [bool(args.solutions), bool(args.submission), bool(args.batch), bool(args.gradescope)]
     if sum(sources) > 1:
         p.error("choose one of --solutions, --submission, --batch, --gradescope")
@@ -286,7 +290,6 @@ def main(argv=None) -> int:
         return run_in_docker(args, labs, source, resolve_device(args.device))
     display = os.path.relpath(source) if not os.path.relpath(source).startswith("..") else str(source)
     started, results, error = time.monotonic(), [], None
-    sys.path.insert(0, str(ROOT))
     try:
         device = resolve_device(args.device)
         if args.batch or args.gradescope:

@@ -32,8 +32,11 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
-LABS = ("lab1", "lab2", "lab3", "lab4")
-LAB_FILES = ("lab1_attention.py", "lab2_multihead.py", "lab3_block.py", "lab4_gpt.py")
+sys.path.insert(0, str(ROOT))
+from grading.labs import CORE, FILES  # noqa: E402
+
+LABS = CORE
+LAB_FILES = tuple(FILES[lab] for lab in CORE)
 BUG = ("/ math.sqrt(d_k)", "")  # every 5th generated submission: lab 1 without its 1/sqrt(d_k) scale
 FLOOR = 'python -c "import torch, torch._dynamo"'
 ALL = "grader.py all --solutions"

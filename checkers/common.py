@@ -11,16 +11,11 @@ import torch
 from checkers.client import ContractMissing, Handle, On, StudentError, Worker, WorkerGone
 from checkers.oracles import causal  # noqa: F401  (the checkers' shared causal mask)
 from checkers.static import Forbidden
+from grading.labs import LABS  # noqa: F401  (lab -> (module, title), for the checkers and the judge)
 
 Tensor = torch.Tensor
 CONTRACT = "the lab's contract (module docstring) asks for it"
 
-LABS = {  # lab -> (module name, title); lab N builds on lab N-1
-    "lab1": ("lab1_attention", "Scaled dot-product attention"),
-    "lab2": ("lab2_multihead", "Multi-head attention"),
-    "lab3": ("lab3_block", "Pre-norm transformer block"),
-    "lab4": ("lab4_gpt", "Tiny GPT"),
-}
 
 # ---- hints: keyed by the mistake a check detects; (first hint, a second, deeper one) ---------
 HINTS = {

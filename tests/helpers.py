@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from grading.labs import FILES
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-LAB_FILES = {"lab1": "lab1_attention.py", "lab2": "lab2_multihead.py", "lab3": "lab3_block.py", "lab4": "lab4_gpt.py"}
+LAB_FILES = dict(FILES)
 
 
 def _total() -> int:

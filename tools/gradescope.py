@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:  # run as a script, tools/ is on sys.path but the 
     sys.path.insert(0, str(ROOT))
 
 from grader import parse_args  # noqa: E402  (standard library only at import time)
+from grading.labs import FILES as LAB_FILES  # noqa: E402
 from tools.release import PACKAGES, package_files  # noqa: E402
 
 FILES = ("grader.py", "pytest.ini", "requirements.txt")
@@ -103,9 +104,9 @@ def _entry(name: str, mode: int) -> zipfile.ZipInfo:
 def build_zip(out: Path, grader_args: str = "", labs=("all",)) -> list:
     """Write the autograder zip to `out`, grading `labs`; returns its entry names."""
     labs = list(labs) or ["all"]
-    bad = [lab for lab in labs if lab not in ("lab1", "lab2", "lab3", "lab4", "all")]
+    bad = [lab for lab in labs if lab not in (*LAB_FILES, "all")]
     if bad:
-        raise ValueError(f"--labs: unknown lab {bad[0]!r} (lab1 .. lab4, or all)")
+        raise ValueError(f"--labs: unknown lab {bad[0]!r} ({', '.join(LAB_FILES)}, or all)")
     scripts = {
         "setup.sh": _fill(SETUP_SH, venv=VENV, index=TORCH_INDEX,
                           torch=torch_pin((ROOT / "requirements.txt").read_text())),

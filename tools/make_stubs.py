@@ -13,7 +13,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAB_FILES = ("lab1_attention.py", "lab2_multihead.py", "lab3_block.py", "lab4_gpt.py")
+if str(ROOT) not in sys.path:  # run as a script, tools/ is on sys.path but the repository root is not
+    sys.path.insert(0, str(ROOT))
+from grading.labs import FILES  # noqa: E402
+
+LAB_FILES = tuple(FILES.values())
 BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION: (.+)$")
 END = re.compile(r"^\s*# END SOLUTION\s*$")
 
