@@ -11,7 +11,7 @@ from checkers.client import On
 from checkers.common import (causal, expect_causal, expect_close, expect_device_discipline,
                              expect_dropout_only_in_training, expect_every_parameter_gets_a_gradient,
                              expect_no_shortcuts, expect_own_chain, expect_params, expect_tensor, fail, figure, fill,
-                             grid, matches, points, randn)
+                             first_match, grid, points, randn)
 from checkers.oracles import mha as reference, weights as attention_weights
 
 LAB = "lab2_multihead"
@@ -53,14 +53,7 @@ def diagnose(wts, x, n_heads, out, again=None) -> str:
     """The mistake a wrong output matches: a known bug, or dropout still on in eval mode (`again` runs the same
     forward once more). A wrong head split or merge mixes time steps into heads: no change of weights gives it,
     so it is what is left ("heads")."""
-    for hint, fns in variants(wts, x.size(-1), n_heads).items():
-        for fn in fns:
-            want = fn(x)
-            if matches(want, out):
-                return hint
-    if again is not None and not torch.equal(again(), out):
-        return "dropout"
-    return "heads"
+    return first_match(variants(wts, x.size(-1), n_heads), x, out, again, "heads")
 
 
 def head0_heatmap(w, mha, wts, x):

@@ -4,7 +4,7 @@ import torch
 from checkers.client import On
 from checkers.common import (expect_causal, expect_close, expect_device_discipline, expect_dropout_only_in_training,
                              expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_own_chain,
-                             expect_params, expect_tensor, fail, fill, gelu_flavour, matches, points, randn, sub,
+                             expect_params, expect_tensor, fail, fill, first_match, gelu_flavour, points, randn, sub,
                              zeroed)
 from checkers.oracles import block as reference, layer_norm, mha, mlp as reference_mlp
 
@@ -46,14 +46,7 @@ def diagnose(wts, x, n_heads, out, approximate="none", again=None) -> str:
                      lambda x: ffn(ln2(x + attn(ln1(x)))),  # none around the MLP
                      lambda x: (lambda y: y + ffn(ln2(y)))(attn(ln1(x)))],  # none around attention
     }
-    for hint, fns in wirings.items():
-        for fn in fns:
-            want = fn(x)
-            if matches(want, out):
-                return hint
-    if again is not None and not torch.equal(again(), out):
-        return "dropout"
-    return "prenorm"
+    return first_match(wirings, x, out, again, "prenorm")
 
 
 @points(1)

@@ -11,7 +11,7 @@ import torch
 from checkers.client import ContractMissing, Handle, On, StudentError, Worker, WorkerGone
 from checkers.oracles import causal  # noqa: F401  (the checkers' shared causal mask)
 from checkers.static import Forbidden
-from grading.labs import LABS  # noqa: F401  (lab -> (module, title), for the checkers and the judge)
+from grading.labs import FILES, LABS  # LABS: lab -> (module, title), for the checkers and the judge
 
 Tensor = torch.Tensor
 CONTRACT = "the lab's contract (module docstring) asks for it"
@@ -207,6 +207,17 @@ def matches(want: Tensor, got) -> bool:
         bool(((want - got.to(want.dtype)).abs() < 1e-4).all())
 
 
+def first_match(variants: dict, x: Tensor, got, again=None, default: str = None) -> str:
+    """Diagnose `got`: the first hint one of whose variants (functions of x) reproduces it; "dropout" when `again()`
+    (the same forward once more) gives something else; `default` otherwise."""
+    for hint, fns in variants.items():
+        if any(matches(fn(x), got) for fn in fns):
+            return hint
+    if again is not None and not torch.equal(again(), got):
+        return "dropout"
+    return default
+
+
 def expect_tensor(actual, what: str, shape=None, hint=None) -> Tensor:
     if not isinstance(actual, Tensor):
         fail(f"{what}: expected a torch.Tensor, got {getattr(actual, 'type_name', type(actual).__name__)}.", hint)
@@ -337,7 +348,7 @@ def expect_own_chain(w: Worker, probe, what: str):
     earlier = list(LABS)[:list(LABS).index(w.lab)]
     if w.own_labs:
         raise Skipped("not needed: every check already ran on your own earlier labs (--own-labs)")
-    missing = [f"{LABS[lab][0]}.py" for lab in earlier if f"{LABS[lab][0]}.py" not in w.submission]
+    missing = [FILES[lab] for lab in earlier if FILES[lab] not in w.submission]
     if missing:
         raise Skipped(f"not tried: this submission has no {', '.join(missing)}")
 
@@ -358,7 +369,7 @@ def expect_own_chain(w: Worker, probe, what: str):
         raise Skipped("not tried: this lab fails on the pack's own earlier labs already (see the checks above)")
     culprit = next((lab for i, lab in reversed(list(enumerate(earlier))) if i and failure(chain(earlier[i:]))),
                    earlier[0])
-    number, file = culprit[3], f"{LABS[culprit][0]}.py"
+    number, file = culprit[3], FILES[culprit]
     reason = str(first).splitlines()[0][:300]
     raise CheckFailure(f"{what} passes with the pack's own lab {number} but not with your {file}: fix lab {number} "
                        f"first (python grader.py {culprit}).\n  with your labs: {reason}", "chain", blame=culprit)

@@ -116,7 +116,8 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
         if r:
             c.skipped = r.get("outcome") == "skipped"
             c.passed = r.get("outcome") in ("passed", "skipped")
-            c.blame = r.get("blame") if r.get("blame") in LABS and r.get("blame") < task.lab else None
+            earlier = list(LABS)[:list(LABS).index(task.lab)]
+            c.blame = r.get("blame") if r.get("blame") in earlier else None
             c.message, c.hint, c.kind = clean(r.get("message", "")), r.get("hint"), r.get("kind")
             c.trace, c.seconds = [clean(t) for t in r.get("trace") or []], float(r.get("seconds") or 0.0)
             c.traceback, c.figures = clean(r.get("traceback", "")), [f for f in r.get("figures") or [] if isinstance(f, dict)]

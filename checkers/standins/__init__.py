@@ -5,7 +5,7 @@ trusts their code alone to call those operators.
 """
 from pathlib import Path
 
-from checkers.common import LABS
+from grading.labs import FILES, LABS
 
 FOLDER = Path(__file__).resolve().parent
 
@@ -19,13 +19,11 @@ def files_for(lab: str, submission: dict, own=None) -> tuple:
         return dict(submission), []
     files, trusted = {}, []
     for name in earlier:
-        module = LABS[name][0]
-        if name in own and f"{module}.py" in submission:
-            files[f"{module}.py"] = submission[f"{module}.py"]
+        if name in own and FILES[name] in submission:
+            files[FILES[name]] = submission[FILES[name]]
         else:
-            files[f"{module}.py"] = (FOLDER / f"{module}.py").read_bytes()
-            trusted.append(module)
-    module = f"{LABS[lab][0]}.py"
-    if module in submission:
-        files[module] = submission[module]
+            files[FILES[name]] = (FOLDER / FILES[name]).read_bytes()
+            trusted.append(LABS[name][0])
+    if FILES[lab] in submission:
+        files[FILES[lab]] = submission[FILES[lab]]
     return files, trusted
