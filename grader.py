@@ -3,7 +3,7 @@
 
     python grader.py lab2                      # grade labs/lab2_multihead.py
     python grader.py all --solutions           # grade the reference solutions
-    python grader.py all --submission DIR      # grade a folder holding the four lab files
+    python grader.py all --submission DIR      # grade a folder holding the lab files
     python grader.py lab1 --json results.json  # also write Gradescope-format results
 
 Each lab is judged in a child process (the judge) that never runs student code: it asks a worker process, forked
@@ -21,7 +21,7 @@ sys.dont_write_bytecode = True  # the grader never writes its own tree (nor coul
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from grading.labs import CORE, FILES  # noqa: E402  (standard library only)
+from grading.labs import CORE, FILES, GROUPS  # noqa: E402  (standard library only)
 
 LAB_NAMES = tuple(FILES)
 LAB_FILES = tuple(FILES.values())
@@ -31,9 +31,10 @@ VISIBILITY = ("visible", "hidden", "after_due_date", "after_published")
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="grader.py", description="Grade the transformer labs.")
     p.add_argument("lab", nargs="*", default=["all"], metavar="LAB",
-                   help=f"{LAB_NAMES[0]} .. {LAB_NAMES[-1]}, several of them, or all (default: {', '.join(CORE)})")
+                   help=f"{LAB_NAMES[0]} .. {LAB_NAMES[-1]}, several of them, all ({', '.join(CORE)}, the default) or "
+                        f"bonus ({', '.join(GROUPS['bonus'])})")
     p.add_argument("--solutions", action="store_true", help="grade the reference solutions in solutions/")
-    p.add_argument("--submission", metavar="DIR", help="grade a folder holding the four lab files")
+    p.add_argument("--submission", metavar="DIR", help="grade a folder holding the lab files")
     p.add_argument("--json", metavar="PATH", help="write Gradescope-format results.json to PATH")
     p.add_argument("--own-labs", action="store_true",
                    help="grade each lab on the submission's own earlier labs, not the pack's stand-ins for them "
@@ -61,10 +62,10 @@ def parse_args(argv):
     p.add_argument("--isolation", choices=("fork", "spawn"), default="fork" if sys.platform == "linux" else "spawn",
                    help="fork children from this preloaded process (fast, Linux) or start fresh interpreters")
     args = p.parse_args(argv)
-    unknown = [lab for lab in args.lab if lab not in (*LAB_NAMES, "all")]
+    unknown = [lab for lab in args.lab if lab not in (*LAB_NAMES, *GROUPS)]
     if unknown:
-        p.error(f"unknown lab {unknown[0]!r}: choose from {', '.join(LAB_NAMES)} or all")
-    args.labs = [lab for lab in LAB_NAMES if lab in args.lab or "all" in args.lab and lab in CORE]
+        p.error(f"unknown lab {unknown[0]!r}: choose from {', '.join(LAB_NAMES)}, all or bonus")
+    args.labs = [lab for lab in LAB_NAMES if lab in args.lab or any(lab in GROUPS[g] for g in GROUPS if g in args.lab)]
     sources = [bool(args.solutions), bool(args.submission), bool(args.batch), bool(args.gradescope)]
     if sum(sources) > 1:
         p.error("choose one of --solutions, --submission, --batch, --gradescope")
@@ -95,7 +96,7 @@ def resolve_device(requested: str) -> str:
 
 
 def read_submission(source: Path) -> tuple:
-    """({file: bytes}, {file: why it was refused}) for the four lab files: nothing else of a submission is read.
+    """({file: bytes}, {file: why it was refused}) for the lab files: nothing else of a submission is read.
 
     Only regular files of at most 1 MB are taken (no symlinks, FIFOs or devices); they are read once, here, before
     any worker runs, and every judge and worker works from these bytes.

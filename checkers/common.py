@@ -101,6 +101,68 @@ HINTS = {
     "train_args": ("train must honour its arguments: steps, batch_size and seq_len for get_batch, lr for the "
                    "optimizer.",
                    "Hard-coded values pass the default run but not a caller who asks for something else."),
+    # lab 5
+    "rms_sqrt": ("RMSNorm divides by the root of the mean square: x / sqrt(mean(x**2, dim=-1, keepdim=True) + eps), "
+                 "or x * torch.rsqrt(...).",
+                 "Without the square root the output scales like 1/|x| instead of being scale-free."),
+    "rms_dim": ("Take the mean of x**2 over the last dimension (the features), with keepdim=True.",
+                "Each token is normalised on its own: mean over dim=-1, never over the batch or time."),
+    "rms_center": ("RMSNorm does not subtract the mean (that is LayerNorm): x / sqrt(mean(x**2) + eps) * weight.",
+                   "Dropping the centring saves a reduction per token; on inputs whose mean is not zero the two differ."),
+    "rms_eps": ("eps goes inside the square root, and RMSNorm must use the eps it was given: "
+                "sqrt(mean(x**2) + self.eps).", "With small inputs, a different or misplaced eps changes the output."),
+    "rms_weight": ("Multiply the normalised x by self.weight.", "The gain is RMSNorm's only parameter."),
+    "rms_float32": ("Compute RMSNorm in float32 (x.float()) and cast the result back with .to(x.dtype).",
+                    "float16's largest value is 65504: squares of values near 300 overflow to inf in float16 itself."),
+    "swiglu": ("SwiGLU: self.w2(F.silu(self.w1(x)) * self.w3(x)), with no biases.", ""),
+    "swiglu_gate": ("silu goes on w1's output (the gate), and w3's output is what it multiplies: "
+                    "w2(silu(w1(x)) * w3(x)).", "Swapping w1 and w3 gives another function of the same weights."),
+    "swiglu_act": ("The gate's activation is SiLU (F.silu, x * sigmoid(x)), not GELU, ReLU or a plain sigmoid.", ""),
+    "rope": ("rope: for each adjacent pair (x[..., 2i], x[..., 2i+1]) at position p, turn by p * theta ** (-2i / d): "
+             "(a cos - b sin, a sin + b cos).", "Print rope(x, positions) for d=2 and a single position to see one rotation."),
+    "rope_pairs": ("Pair adjacent features, (x[..., 0::2], x[..., 1::2]), and put each turned pair back side by side "
+                   "(torch.stack(..., dim=-1).flatten(-2)).",
+                   "Pairing feature i with i + d/2 is another convention (GPT-NeoX's); this lab's contract is "
+                   "RoFormer's adjacent pairs."),
+    "rope_freq": ("Pair i turns at theta ** (-2i / d) = 1 / theta ** (torch.arange(0, d, 2) / d), with the theta "
+                  "given.", "The first pair turns fastest (one radian per position) and the last slowest."),
+    "rope_rotation": ("A rotation by angle a maps (a0, a1) to (a0 cos - a1 sin, a0 sin + a1 cos): check both signs.",
+                      "A true rotation keeps lengths, and q . k after rotating both then depends only on the distance "
+                      "between their positions."),
+    "rope_positions": ("Use the positions you are given: angles = positions[..., None] * freqs.", ""),
+    "gqa": ("GQAttention: q (B, n_heads, T, d_head), k and v (B, n_kv_heads, T, d_head); rope on q and k; repeat each "
+            "key/value head for its group; causal attention with lab 1; merge; wo.", ""),
+    "gqa_order": ("Query head h reads key/value head h // (n_heads // n_kv_heads): repeat each key/value head in place "
+                  "with k.repeat_interleave(group, dim=1), not k.repeat(1, group, 1, 1).",
+                  "repeat tiles the whole set of heads (0, 1, 0, 1), so head 1 would read key/value head 1 instead of 0."),
+    "rope_values": ("Apply rope to queries and keys only, never to values.",
+                    "Positions enter through the scores q . k; values carry content."),
+    "rope_qk": ("Apply rope to both queries and keys (after the head split, over d_head).",
+                "Turning only one of them makes scores depend on absolute positions."),
+    "llama": ("LlamaGPT: tok_emb, the blocks (x = x + attn(norm1(x)); x = x + ffn(norm2(x))), norm, lm_head; no "
+              "biases and no position table.", ""),
+    "llama_train": ("If the earlier lab 5 checks pass, the model trains: look for a forward that changes between calls or "
+                    "parameters left out of the module tree (a plain list instead of nn.ModuleList).", ""),
+    # lab 6
+    "cache": ("A cached step: positions start_pos..start_pos+T-1 for rope, append the new keys and values, then "
+              "attend over everything cached.", "Compare forward(idx, cache) step by step with forward(idx) on the whole "
+              "sequence: the last logits must match."),
+    "cache_update": ("KVCache.update concatenates along dim=2 (time) per layer and returns the layer's whole keys and "
+                     "values; length is layer 0's time size.", ""),
+    "cache_stale": ("Each KVCache needs lists of its own (made in __init__), and generate_cached a fresh KVCache per call.",
+                    "A class attribute or a module-level cache carries one generation's keys into the next."),
+    "cache_unread": ("The new token's query must attend over the cache's keys and values (what update returns), not "
+                     "only its own.", "Write the keys into the cache and read them back in the same step."),
+    "cache_self": ("Append the new keys and values to the cache before attending: the newest token sees itself.", ""),
+    "cache_off_by_one": ("A token fed at start_pos sits at position start_pos: rope uses torch.arange(start_pos, "
+                         "start_pos + T), and generate_cached feeds the newest token at start_pos = tokens so far - 1.", ""),
+    "cache_positions": ("Rotate queries and keys at their real positions, start_pos + 0..T-1, not from 0 on each call.",
+                        "rope's angles come from positions: without start_pos every step looks like position 0."),
+    "cache_recompute": ("After the prompt, pass only the newest token (idx[:, -1:]) to forward, with the cache.",
+                        "Recomputing the whole sequence each step costs O(T) per token; the cache makes it O(1) in the "
+                        "model's matmuls."),
+    "cache_chunk": ("With several new tokens, query i may see cached positions 0..start_pos+i: a (T, start_pos + T) mask.",
+                    "A causal_mask(T) only fits when start_pos is 0; with no mask the chunk's early tokens see its later ones."),
     "tokenizer": ("One id per distinct character: decode(encode(s)) must give s back.",
                   "Sort the set of characters so ids are stable between runs."),
     "shape": ("Check the shapes against the contract: out is (..., Tq, d_v) and weights (..., Tq, Tk); return the "

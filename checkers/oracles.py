@@ -138,19 +138,115 @@ def _gpt_of(w: dict, n_heads: int, n_layers: int, approximate: str):
 
 
 def next_token_loss(w: dict, data: Tensor, seq_len: int, n_heads: int, n_layers: int, approximate="none") -> float:
-    """Mean next-token cross-entropy over every window of `data`, from the weights."""
+    """Mean next-token cross-entropy over every window of `data`, from lab 4's weights."""
+    return loss_of(gpt_of(w, n_heads, n_layers, approximate), data, seq_len)
+
+
+def loss_of(forward, data: Tensor, seq_len: int) -> float:
+    """Mean next-token cross-entropy of `forward` (idx -> logits) over every window of `data`."""
     windows = data.unfold(0, seq_len + 1, 1)  # (N, seq_len + 1): every window, plus the token after it
     windows, counts = windows.unique(dim=0, return_counts=True)  # a repeating text has few distinct windows
-    logits = gpt(w, windows[:, :-1], n_heads, n_layers, approximate)
+    logits = forward(windows[:, :-1])
     losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), windows[:, 1:].reshape(-1), reduction="none")
     losses = losses.view(len(windows), -1).mean(1)  # one per distinct window
     return float((losses * counts).sum() / counts.sum())
 
 
 def greedy(w: dict, idx: Tensor, steps: int, crop: int, n_heads: int, n_layers: int, approximate: str) -> Tensor:
-    """Greedy continuation from the weights, feeding the last `crop` tokens each step."""
-    forward = gpt_of(w, n_heads, n_layers, approximate)
+    """Greedy continuation from lab 4's weights, feeding the last `crop` tokens each step."""
+    return greedy_of(gpt_of(w, n_heads, n_layers, approximate), idx, steps, crop)
+
+
+def greedy_of(forward, idx: Tensor, steps: int, crop: int = None) -> Tensor:
+    """Greedy continuation by `forward` (idx -> logits), feeding the last `crop` tokens (all when None) each step."""
+    crop = crop or idx.size(1) + steps
     for _step in range(steps):
         nxt = forward(idx[:, -crop:])[:, -1].argmax(-1, keepdim=True)
         idx = torch.cat([idx, nxt], dim=1)
     return idx
+
+
+# ---- lab 5: a Llama-style model ---------------------------------------------------------------------------------
+# torch has RMSNorm (F.rms_norm) and attention; it has no rope or SwiGLU, so those two are the contract's formulas
+# (rope as a complex multiplication). Grouped-query attention is torch's multi-head attention with wk's and wv's
+# rows repeated for each query head of a group, and queries and keys turned by rope head by head in place: no head
+# split is written out.
+def rms_norm(weight: Tensor, x: Tensor, eps: float = 1e-5) -> Tensor:
+    return F.rms_norm(x.to(torch.float64), (x.size(-1),), weight.detach().to(torch.float64), eps)
+
+
+def swiglu(w: dict, x: Tensor, act=F.silu) -> Tensor:
+    """w2(act(w1 x) * w3 x) from SwiGLU's weights (w1, w2, w3)."""
+    w, x = _double(w), x.to(torch.float64)
+    return F.linear(act(F.linear(x, w["w1.weight"])) * F.linear(x, w["w3.weight"]), w["w2.weight"])
+
+
+def rope(x: Tensor, positions: Tensor, theta: float = 10000.0, halves: bool = False, rate: float = 2.0,
+         sign: int = 1) -> Tensor:
+    """The contract's rope in float64: adjacent pairs turned by position * theta ** (-2i / d). For diagnoses:
+    halves=True pairs feature i with i + d/2; rate=1 uses theta ** (-i / d); sign=-1 turns the other way."""
+    x, d = x.detach().to(torch.float64), x.size(-1)
+    angles = sign * positions.to(torch.float64)[..., None] * theta ** (-rate * torch.arange(d // 2, dtype=torch.float64) / d)
+    turn = torch.polar(torch.ones_like(angles), angles)
+    if halves:
+        z = torch.complex(x[..., :d // 2], x[..., d // 2:]) * turn
+        return torch.cat([z.real, z.imag], -1)
+    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (d // 2, 2)).contiguous()) * turn).flatten(-2)
+
+
+def _grouped(weight: Tensor, n_kv_heads: int, group: int, interleave: bool = True) -> Tensor:
+    """wk's or wv's rows repeated so that query head h reads key/value head h // group (interleave=False: h % n_kv)."""
+    heads = weight.unflatten(0, (n_kv_heads, -1))
+    heads = heads.repeat_interleave(group, 0) if interleave else heads.repeat(group, 1, 1)
+    return heads.flatten(0, 1)
+
+
+def gqa(w: dict, x: Tensor, n_heads: int, n_kv_heads: int, theta: float = 10000.0, positions: Tensor = None,
+        mask: Tensor = None, rope_on=("q", "k"), interleave: bool = True, scale: float = None) -> Tensor:
+    """Lab 5's grouped-query attention (wq, wk, wv, wo) on x (B, T, D); positions (T,) for rope (default 0..T-1);
+    mask (T, T) True = may attend (default causal). For diagnoses: rope_on also "v" or fewer; interleave=False
+    pairs query head h with key/value head h % n_kv_heads; scale multiplies the scores by scale * sqrt(d_head)."""
+    w, x = _double(w), x.to(torch.float64)
+    T, D = x.size(1), x.size(-1)
+    d_head, group = D // n_heads, n_heads // n_kv_heads
+    positions = torch.arange(T) if positions is None else positions
+    turn = lambda t: rope(t.unflatten(-1, (n_heads, d_head)), positions[:, None], theta).flatten(-2)  # noqa: E731
+    q = F.linear(x, w["wq.weight"]) * (1.0 if scale is None else scale * d_head ** 0.5)
+    k = F.linear(x, _grouped(w["wk.weight"], n_kv_heads, group, interleave))
+    v = F.linear(x, _grouped(w["wv.weight"], n_kv_heads, group, interleave))
+    q, k, v = (turn(t) if name in rope_on else t for name, t in zip("qkv", (q, k, v)))
+    eye = torch.eye(D, dtype=torch.float64)
+    out, _ = F.multi_head_attention_forward(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), D, n_heads, None, None, None, None, False, 0.0,
+        w["wo.weight"], None, training=False, need_weights=False,
+        attn_mask=~(causal(T) if mask is None else mask), use_separate_proj_weight=True, q_proj_weight=eye,
+        k_proj_weight=eye, v_proj_weight=eye)
+    return out.transpose(0, 1)
+
+
+def llama_block(w: dict, x: Tensor, n_heads: int, n_kv_heads: int, positions=None, mask=None,
+                post_norm: bool = False, norm2: str = "norm2") -> Tensor:
+    """Lab 5's block from its weights (norm1, attn.*, norm2, ffn.*). For diagnoses: post_norm=True normalises after
+    each residual add; norm2="norm1" uses norm1's weight for the feed-forward too."""
+    attn = {n[5:]: t for n, t in w.items() if n.startswith("attn.")}
+    ffn = {n[4:]: t for n, t in w.items() if n.startswith("ffn.")}
+    x = x.to(torch.float64)
+    if post_norm:
+        x = rms_norm(w["norm1.weight"], x + gqa(attn, x, n_heads, n_kv_heads, positions=positions, mask=mask))
+        return rms_norm(w[f"{norm2}.weight"], x + swiglu(ffn, x))
+    x = x + gqa(attn, rms_norm(w["norm1.weight"], x), n_heads, n_kv_heads, positions=positions, mask=mask)
+    return x + swiglu(ffn, rms_norm(w[f"{norm2}.weight"], x))
+
+
+def llama_of(w: dict, n_heads: int, n_kv_heads: int, n_layers: int):
+    """Lab 5's forward from its weights, as a function of idx (and, for lab 6's diagnoses, of each token's position
+    and a (T, T) mask, True = may attend)."""
+    w = _double(w)
+    blocks = [{n[len(f"blocks.{i}."):]: t for n, t in w.items() if n.startswith(f"blocks.{i}.")} for i in range(n_layers)]
+
+    def forward(idx: Tensor, positions: Tensor = None, mask: Tensor = None) -> Tensor:
+        x = F.embedding(idx, w["tok_emb.weight"])
+        for blk in blocks:
+            x = llama_block(blk, x, n_heads, n_kv_heads, positions, mask)
+        return F.linear(rms_norm(w["norm.weight"], x), w["lm_head.weight"])
+    return forward

@@ -19,7 +19,7 @@ MAX_BYTES = 1 << 20
 FORBIDDEN_NAMES = {
     "scaled_dot_product_attention", "multi_head_attention_forward", "MultiheadAttention", "Transformer",
     "TransformerEncoder", "TransformerEncoderLayer", "TransformerDecoder", "TransformerDecoderLayer",
-    "_native_multi_head_attention", "_transformer_encoder_layer_fwd",
+    "_native_multi_head_attention", "_transformer_encoder_layer_fwd", "rms_norm", "RMSNorm", "_fused_rms_norm",
 }
 GRADER_PACKAGES = {"checkers", "grading", "worker", "solutions", "grader"}
 PATCHED_ROOTS = {"_pytest", "pytest"}  # any attribute assignment under these is tampering

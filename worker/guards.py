@@ -15,9 +15,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 FORBIDDEN_MODULES = (nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoder, nn.TransformerEncoderLayer,
-                     nn.TransformerDecoder, nn.TransformerDecoderLayer)
-_FORBIDDEN_FUNCS = {F.scaled_dot_product_attention, F.multi_head_attention_forward}
-_FORBIDDEN_FRAGMENTS = ("scaled_dot_product", "multi_head_attention", "transformer_encoder", "flash_attention")
+                     nn.TransformerDecoder, nn.TransformerDecoderLayer, nn.RMSNorm)
+_FORBIDDEN_FUNCS = {F.scaled_dot_product_attention, F.multi_head_attention_forward, F.rms_norm}
+_FORBIDDEN_FRAGMENTS = ("scaled_dot_product", "multi_head_attention", "transformer_encoder", "flash_attention",
+                        "rms_norm")
 
 
 class ForbiddenShortcut(BaseException):

@@ -237,7 +237,7 @@ def describe(module: nn.Module) -> dict:
             kinds.append("forbidden")
         modules.append([name, type(m).__name__, type(m).__module__, kinds])
     attrs = {}
-    for key in ("n_heads", "d_head", "max_seq_len", "in_features", "out_features", "eps"):
+    for key in ("n_heads", "n_kv_heads", "d_head", "max_seq_len", "in_features", "out_features", "eps"):
         value = getattr(module, key, None)
         if type(value) in (int, float):
             attrs[key] = value

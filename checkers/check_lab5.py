@@ -1,0 +1,366 @@
+"""Lab 5 checks: RMSNorm, SwiGLU, rope, grouped-query attention, the Llama block and model, and its training.
+
+Every expected value comes from checkers/oracles.py on the weights the judge loaded into the student's modules.
+The model trains with lab 4's `train` (the pack's own, when lab 5 is graded on its own) and the judge evaluates
+the weights it reports.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from checkers.client import On
+from checkers.common import (expect_causal, expect_close, expect_device_discipline,
+                             expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_own_chain,
+                             expect_params, expect_tensor, fail, figure, fill, first_match, points, randn, sub)
+from checkers.oracles import gqa, greedy_of, llama_block, llama_of, loss_of, rms_norm, rope, swiglu
+
+LAB = "lab5_llama"
+TEXT, SEQ_LEN, STEPS, PROMPT, NEW_TOKENS = "hello transformer! ", 16, 150, "hello tr", 40
+D, H, KV, L = 32, 4, 2, 2
+
+
+# ---- the contract's parameters, and the student's modules with the judge's weights ---------------------------
+def attn_contract(D: int, H: int, KV: int) -> dict:
+    return {"wq.weight": (D, D), "wk.weight": (KV * (D // H), D), "wv.weight": (KV * (D // H), D), "wo.weight": (D, D)}
+
+
+def block_contract(D: int, H: int, KV: int, d_ff: int) -> dict:
+    return {"norm1.weight": (D,), **{f"attn.{n}": s for n, s in attn_contract(D, H, KV).items()},
+            "norm2.weight": (D,), "ffn.w1.weight": (d_ff, D), "ffn.w3.weight": (d_ff, D), "ffn.w2.weight": (D, d_ff)}
+
+
+def model_contract(V: int, D: int, H: int, KV: int, n_layers: int, d_ff: int) -> dict:
+    want = {"tok_emb.weight": (V, D)}
+    for i in range(n_layers):
+        want.update({f"blocks.{i}.{n}": s for n, s in block_contract(D, H, KV, d_ff).items()})
+    return {**want, "norm.weight": (D,), "lm_head.weight": (V, D)}
+
+
+def new(w, name: str, want: dict, *args, style="check", lab=LAB, **kwargs):
+    """The student's `name`(*args) with exactly the contract's parameters, filled with the judge's values."""
+    h = w.new(lab, name, *args, **kwargs)
+    what = f"{name}({', '.join(map(str, args))})"
+    expect_params(h, want, what, "llama")
+    extra = sorted(set(h.params) - set(want) - {n for g in h.ties for n in g})
+    if extra:
+        fail(f"{what} has parameters the contract does not list: {', '.join(extra)} (no biases in lab 5).", "llama")
+    return h, fill(h, style=style)
+
+
+def model(w, V=11, d_model=D, n_heads=H, n_kv_heads=KV, n_layers=L, max_seq_len=SEQ_LEN, style="check", lab=LAB):
+    return new(w, "LlamaGPT", model_contract(V, d_model, n_heads, n_kv_heads, n_layers, 4 * d_model), V,
+               d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, n_layers=n_layers, max_seq_len=max_seq_len,
+               style=style, lab=lab)
+
+
+def tokens(B, T, V=11):
+    return torch.randint(V, (B, T))
+
+
+# ---- diagnoses: each known mistake is the oracle with one thing changed ----------------------------------------
+def rms_mistake(weight, x, out) -> str:
+    x64, wt = x.double(), weight.double()
+    ms = x64.pow(2).mean(-1, keepdim=True)
+    variants = {
+        "rms_sqrt": [lambda x: x64 / (ms + 1e-5) * wt, lambda x: x64 * (ms + 1e-5) * wt],
+        "rms_dim": [lambda x: x64 / (x64.pow(2).mean(-2, keepdim=True) + 1e-5).sqrt() * wt,
+                    lambda x: x64 / (x64.pow(2).mean() + 1e-5).sqrt() * wt],
+        "rms_center": [lambda x: F.layer_norm(x64, (x.size(-1),), wt, None, 1e-5)],
+        "rms_eps": [lambda x: x64 / (ms.sqrt() + 1e-5) * wt],
+        "rms_weight": [lambda x: rms_norm(torch.ones_like(wt), x)],
+    }
+    return first_match(variants, x, out, default="rms_sqrt")
+
+
+def swiglu_mistake(wts, x, out) -> str:
+    swapped = {"w1.weight": wts["w3.weight"], "w3.weight": wts["w1.weight"], "w2.weight": wts["w2.weight"]}
+    variants = {
+        "swiglu_gate": [lambda x: swiglu(swapped, x)],
+        "swiglu_act": [lambda x: swiglu(wts, x, F.gelu), lambda x: swiglu(wts, x, F.relu),
+                       lambda x: swiglu(wts, x, torch.sigmoid), lambda x: swiglu(wts, x, lambda t: t)],
+    }
+    return first_match(variants, x, out, default="swiglu")
+
+
+def rope_mistake(x, positions, out, theta=10000.0) -> str:
+    variants = {
+        "rope_pairs": [lambda x: rope(x, positions, theta, halves=True)],
+        "rope_freq": [lambda x: rope(x, positions, theta, rate=1.0), lambda x: rope(x, positions, theta, rate=-2.0),
+                      lambda x: rope(x, positions, 10000.0)],
+        "rope_rotation": [lambda x: rope(x, positions, theta, sign=-1)],
+        "rope_positions": [lambda x: x.double(), lambda x: rope(x, torch.zeros_like(positions), theta),
+                           lambda x: rope(x, torch.arange(x.size(-2)).expand_as(positions), theta)],
+    }
+    return first_match(variants, x, out, default="rope")
+
+
+def attn_mistake(wts, x, n_heads, n_kv_heads, out) -> str:
+    T = x.size(1)
+    variants = {
+        "gqa_order": [lambda x: gqa(wts, x, n_heads, n_kv_heads, interleave=False)],
+        "rope_values": [lambda x: gqa(wts, x, n_heads, n_kv_heads, rope_on="qkv")],
+        "rope_qk": [lambda x: gqa(wts, x, n_heads, n_kv_heads, rope_on=on) for on in ((), ("q",), ("k",))],
+        "causal": [lambda x: gqa(wts, x, n_heads, n_kv_heads, mask=torch.ones(T, T, dtype=torch.bool))],
+        "scale": [lambda x: gqa(wts, x, n_heads, n_kv_heads, scale=1.0)],
+    }
+    return first_match(variants, x, out, default="gqa")
+
+
+def block_mistake(wts, x, out) -> str:
+    attn = lambda h: gqa(sub(wts, "attn"), h, H, KV)  # noqa: E731
+    ffn = lambda h: swiglu(sub(wts, "ffn"), h)  # noqa: E731
+    norm1, norm2 = (lambda h, n=n: rms_norm(wts[f"{n}.weight"], h) for n in ("norm1", "norm2"))
+    variants = {
+        "prenorm": [lambda x: llama_block(wts, x, H, KV, post_norm=True), lambda x: llama_block(wts, x, H, KV, norm2="norm1")],
+        "residual": [lambda x: ffn(norm2(attn(norm1(x)))), lambda x: ffn(norm2(x + attn(norm1(x)))),
+                     lambda x: (lambda y: y + ffn(norm2(y)))(attn(norm1(x)))],
+    }
+    return first_match(variants, x, out, default="llama")
+
+
+# ---- the checks --------------------------------------------------------------------------------------------------
+@points(2)
+def test_rmsnorm_matches_formula(w):
+    """RMSNorm: x / sqrt(mean(x**2, -1) + eps) * weight, on inputs whose mean is not zero, with the default and a given eps."""
+    for eps, scale in ((None, 2.0), (0.5, 0.3)):  # a large eps on small inputs: eps counts
+        norm, wts = new(w, "RMSNorm", {"weight": (24,)}, 24, **({} if eps is None else {"eps": eps}))
+        x = randn(2, 5, 24) * scale + 0.5 * scale
+        out = expect_tensor(norm(x, no_grad=True), "RMSNorm output", x.shape, "rms_sqrt")
+        expect_close(out, rms_norm(wts["weight"], x, eps or 1e-5), f"RMSNorm(24{'' if eps is None else f', eps={eps}'})",
+                     atol=1e-5, hint=(lambda: rms_mistake(wts["weight"], x, out)) if eps is None else "rms_eps",
+                     fallback="rms_sqrt")
+
+
+@points(1)
+def test_rmsnorm_keeps_half_precision(w):
+    """RMSNorm computes in float32 and returns the input's dtype: float16 inputs near 300 (whose squares overflow
+    float16) and bfloat16 inputs."""
+    norm, wts = new(w, "RMSNorm", {"weight": (64,)}, 64)
+    for dtype, x in ((torch.float16, randn(2, 4, 64) * 300), (torch.bfloat16, randn(2, 4, 64) * 3)):
+        half = x.to(dtype)
+        out = expect_tensor(norm.method("forward", half, no_grad=True), f"RMSNorm on {dtype}", half.shape, "rms_float32")
+        if out.dtype != dtype:
+            fail(f"RMSNorm on a {str(dtype)[6:]} input returned {str(out.dtype)[6:]}: return the input's dtype "
+                 "(compute in float32, then .to(x.dtype)).", "rms_float32")
+        expect_close(out, rms_norm(wts["weight"], half).to(dtype), f"RMSNorm on {str(dtype)[6:]} inputs", atol=2e-2,
+                     rtol=2e-2, hint="rms_float32")
+
+
+@points(2)
+def test_swiglu_matches_formula(w):
+    """SwiGLU: w2(silu(w1 x) * w3 x) with w1, w3 (D -> d_ff) and w2 (d_ff -> D), no biases."""
+    ffn, wts = new(w, "SwiGLU", {"w1.weight": (40, 16), "w3.weight": (40, 16), "w2.weight": (16, 40)}, 16, 40)
+    x = randn(2, 6, 16)
+    out = expect_tensor(ffn(x, no_grad=True), "SwiGLU output", x.shape, "swiglu")
+    expect_close(out, swiglu(wts, x), "SwiGLU(16, 40)", atol=1e-5, hint=lambda: swiglu_mistake(wts, x, out),
+                 fallback="swiglu")
+
+
+@points(2)
+def test_rope_matches_formula(w):
+    """rope turns each adjacent pair (2i, 2i+1) by position * theta ** (-2i / d): positions (T,) or (B, 1, T), any theta."""
+    x = randn(2, 3, 7, 8)
+    cases = ((torch.arange(7), 10000.0, "positions 0..6"), (torch.randint(0, 50, (2, 1, 7)), 10000.0,
+             "positions of shape (2, 1, 7)"), (torch.arange(7) + 3, 100.0, "positions 3..9 and theta=100"))
+    for positions, theta, what in cases:
+        out = w.call((LAB, "rope"), x, positions, theta)
+        out = expect_tensor(out, f"rope(x of shape {tuple(x.shape)}, {what})", x.shape, "rope")
+        expect_close(out, rope(x, positions, theta), f"rope with {what}", atol=1e-4,
+                     hint=lambda: rope_mistake(x, positions, out, theta), fallback="rope")
+
+
+@points(1)
+def test_rope_relative_positions(w):
+    """Scores between rope'd queries and keys depend only on position differences, and rope keeps each vector's length."""
+    q, k, base = randn(1, 1, 6, 16), randn(1, 1, 6, 16), torch.arange(6)
+    scores = []
+    for shift in (0, 7, 100):
+        q_rot, k_rot = (expect_tensor(w.call((LAB, "rope"), t, base + shift), "rope's output", t.shape, "rope")
+                        for t in (q, k))
+        if shift == 0:
+            expect_close(q_rot.norm(dim=-1), q.norm(dim=-1), "lengths of vectors after rope (a rotation keeps them)",
+                         atol=1e-4, hint="rope_rotation")
+        scores.append((q_rot @ k_rot.transpose(-2, -1)).double())
+    for shift, s in zip((7, 100), scores[1:]):
+        expect_close(s, scores[0], f"q . k scores with every position moved by {shift} (should not change)",
+                     atol=1e-3, hint="rope_rotation")
+
+
+@points(3)
+def test_attention_matches_oracle(w):
+    """GQAttention with n_kv_heads in {1, 2, n_heads} (n_heads: plain multi-head attention): rope on queries and keys,
+    query head h reading key/value head h // (n_heads // n_kv_heads), causal, lab 1's attention, wo."""
+    x = randn(2, 9, D)
+    for n_kv in (1, 2, H):
+        attn, wts = new(w, "GQAttention", attn_contract(D, H, n_kv), D, H, n_kv)
+        out = expect_tensor(attn(x, no_grad=True), f"GQAttention({D}, {H}, {n_kv}) output", x.shape, "gqa")
+        expect_close(out, gqa(wts, x, H, n_kv), f"GQAttention({D}, n_heads={H}, n_kv_heads={n_kv})", atol=1e-4,
+                     hint=lambda: attn_mistake(wts, x, H, n_kv, out), fallback="gqa")
+
+
+@points(1)
+def test_module_structure(w):
+    """The contract's sub-modules: LlamaBlock's norm1, attn, norm2, ffn; LlamaGPT's tok_emb, blocks, norm, lm_head and
+    no position table; GQAttention keeps n_heads, n_kv_heads and d_head."""
+    attn = w.new(LAB, "GQAttention", 24, 6, 2)
+    for name, want in (("n_heads", 6), ("n_kv_heads", 2), ("d_head", 4)):
+        if attn.attr(name) != want:
+            fail(f"GQAttention(24, 6, 2).{name} should be {want}, got {attn.attr(name)!r}.", "gqa")
+    gpt, _ = model(w, n_layers=3)
+    modules = gpt.modules
+    for name, kind in (("tok_emb", "Embedding"), ("blocks", "ModuleList"), ("norm", None), ("lm_head", "Linear")):
+        if name not in modules or (kind and kind not in modules[name][2]):
+            fail(f"LlamaGPT needs self.{name} ({kind or 'an RMSNorm'}).", "llama")
+    blocks = [m for n, m in modules.items() if n.startswith("blocks.") and n.count(".") == 1]
+    if len(blocks) != 3 or not all(m[0] == "LlamaBlock" for m in blocks):
+        fail(f"blocks must hold n_layers=3 LlamaBlocks, got {[m[0] for m in blocks]}.", "llama")
+    if any("Embedding" in kinds for n, (_, _, kinds) in modules.items() if n and n != "tok_emb"):
+        fail("LlamaGPT has an embedding besides tok_emb: positions enter through rope, not a table.", "llama")
+    if gpt.attr("max_seq_len") != SEQ_LEN:
+        fail("LlamaGPT must keep max_seq_len as self.max_seq_len (lab 4's generate crops with it).", "llama")
+
+
+@points(2)
+def test_block_matches_oracle(w):
+    """LlamaBlock: x = x + attn(norm1(x)), then x = x + ffn(norm2(x)), recomputed from its own parameters."""
+    block, wts = new(w, "LlamaBlock", block_contract(D, H, KV, 64), D, H, KV, 64)
+    x = randn(2, 8, D)
+    out = expect_tensor(block(x, no_grad=True), "LlamaBlock output", x.shape, "llama")
+    expect_close(out, llama_block(wts, x, H, KV), f"LlamaBlock({D}, {H}, {KV}, 64)", atol=1e-4,
+                 hint=lambda: block_mistake(wts, x, out), fallback="llama")
+
+
+@points(2)
+def test_model_matches_oracle(w):
+    """LlamaGPT's logits: tok_emb, the blocks, norm, lm_head, recomputed from its own parameters."""
+    gpt, wts = model(w)
+    idx = tokens(2, 10)
+    logits = expect_tensor(gpt(idx, no_grad=True), "logits", (2, 10, 11), "llama")
+    expect_close(logits, llama_of(wts, H, KV, L)(idx), "LlamaGPT logits", atol=1e-4, hint="llama")
+
+
+@points(1)
+def test_gradients_reach_every_parameter(w):
+    """Backward works and every parameter receives a gradient."""
+    gpt, _ = model(w)
+    expect_every_parameter_gets_a_gradient(gpt, tokens(2, 12), "LlamaGPT")
+
+
+@points(1)
+def test_causality(w):
+    """Changing future tokens never changes earlier logits."""
+    gpt, _ = model(w)
+    expect_causal(lambda t: gpt(t, no_grad=True), tokens(2, 12), "LlamaGPT logits", positions=(0, 5))
+
+
+@points(1)
+def test_device_discipline(w):
+    """forward builds positions, angles and masks on the input's device."""
+    gpt, _ = model(w)
+    expect_device_discipline(w, gpt, tokens(2, 8), "LlamaGPT forward")
+
+
+@points(1)
+def test_no_shortcuts(w):
+    """No built-in attention, RMSNorm or transformer layers in the source, the module tree, or at run time."""
+    gpt, _ = model(w)
+    expect_no_shortcuts(w, lambda: gpt(tokens(2, 8), guard=True, backward={"grad_out": randn(2, 8, 11), "index": None}),
+                        gpt)
+
+
+class Run:
+    """The student's LlamaGPT trained from default weights by lab 4's `train` on the text; the judge's own losses."""
+
+    def __init__(self, w):
+        tok = w.new("lab4_gpt", "CharTokenizer", TEXT)
+        ids = tok.method("encode", TEXT * 20)
+        self.vocab = {ch: ids[TEXT.index(ch)] for ch in set(TEXT)}
+        self.chars = {i: ch for ch, i in self.vocab.items()}
+        self.tok, self.data = tok, torch.tensor(ids, dtype=torch.long)
+        self.model, before = model(w, tok.get("vocab_size"), style="default")
+        losses = w.call(("lab4_gpt", "train"), self.model, self.data, steps=STEPS, batch_size=16, lr=3e-3, timeout=None)
+        self.logged = [round(float(x), 4) for x in losses if type(x) in (int, float)] if isinstance(losses, list) else []
+        self.model.method("eval")
+        after = self.model.state()
+        self.after = {n: after.get(n) for n in before}
+        if not all(isinstance(t, torch.Tensor) and t.shape == before[n].shape for n, t in self.after.items()):
+            fail("the trained model does not report every parameter it was built with.", "llama")
+        self.forward = llama_of(self.after, H, KV, L)
+        self.loss_before = loss_of(llama_of(before, H, KV, L), self.data, SEQ_LEN)
+        self.loss_after = loss_of(self.forward, self.data, SEQ_LEN)
+
+
+_RUNS = {}
+
+
+def trained(w) -> Run:
+    """One training run per judge (later checks read it, or get its failure)."""
+    if w not in _RUNS:
+        try:
+            _RUNS[w] = Run(w)
+        except BaseException as exc:  # noqa: B036
+            _RUNS[w] = exc
+    if isinstance(_RUNS[w], BaseException):
+        raise _RUNS[w]
+    return _RUNS[w]
+
+
+@points(2)
+def test_loss_drops_30_percent(w):
+    """Trained by lab 4's train (150 steps), the model's next-token loss, as the grader computes it, drops by more than 30%."""
+    run = trained(w)
+    if len(run.logged) >= 2:
+        figure("losses", values=run.logged)
+    if not (math.isfinite(run.loss_after) and run.loss_after < 0.7 * run.loss_before):
+        fail(f"next-token loss went from {run.loss_before:.3f} to {run.loss_after:.3f} after {STEPS} steps of lab 4's "
+             "train: a drop of more than 30% is expected.", "llama_train")
+
+
+@points(2)
+def test_greedy_continues_pattern(w):
+    """After training, greedy sampling with lab 4's sample (top_k=1) continues the text exactly, past max_seq_len."""
+    run = trained(w)
+    want = (PROMPT + (TEXT * 10)[len(PROMPT):])[:len(PROMPT) + NEW_TOKENS]
+    idx = torch.tensor([[run.vocab[c] for c in PROMPT]])
+    ours = "".join(run.chars.get(int(i), "?") for i in greedy_of(run.forward, idx, NEW_TOKENS, SEQ_LEN)[0].tolist())
+    got = w.call(("lab4_gpt", "sample"), run.model, run.tok, PROMPT, NEW_TOKENS, top_k=1)
+    figure("text", label="greedy sample", text=str(got))
+    for text, whose in ((ours, "the trained weights (the grader's own greedy decoding)"), (got, "sample")):
+        if text != want:
+            at = next((i for i, (a, b) in enumerate(zip(str(text), want)) if a != b), min(len(str(text)), len(want)))
+            fail(f"greedy continuation of {PROMPT!r} by {whose} went wrong at character {at}:\n  expected {want!r}\n"
+                 f"  got      {str(text)[:80]!r}\n(loss after training: {run.loss_after:.3f})", "llama_train")
+
+
+@points(2, hidden=True)
+def test_other_sizes_and_positions(w):
+    """GQAttention(48, 6, 3) on 13 tokens, RMSNorm with eps=1e-2 on small inputs, rope at positions past 1000."""
+    x = randn(2, 13, 48)
+    attn, wts = new(w, "GQAttention", attn_contract(48, 6, 3), 48, 6, 3)
+    out = expect_tensor(attn(x, no_grad=True), "GQAttention(48, 6, 3) output", x.shape, "gqa")
+    expect_close(out, gqa(wts, x, 6, 3), "GQAttention(48, n_heads=6, n_kv_heads=3) on 13 tokens", atol=1e-4,
+                 hint=lambda: attn_mistake(wts, x, 6, 3, out), fallback="gqa")
+    norm, nw = new(w, "RMSNorm", {"weight": (16,)}, 16, eps=1e-2)
+    small = randn(3, 16) * 0.05
+    expect_close(norm(small, no_grad=True), rms_norm(nw["weight"], small, 1e-2), "RMSNorm(16, eps=1e-2) on inputs "
+                 "of scale 0.05", atol=1e-4, hint="rms_eps")
+    q, positions = randn(1, 2, 5, 16), torch.arange(1000, 1005)
+    expect_close(w.call((LAB, "rope"), q, positions), rope(q, positions), "rope at positions 1000..1004", atol=1e-3,
+                 hint=lambda: rope_mistake(q, positions, w.call((LAB, "rope"), q, positions)), fallback="rope")
+
+
+@points(0)
+def test_works_with_your_own_earlier_labs(w):
+    """Integration (no points: labs 1-4 score in their own labs): the logits still match on your own lab 1, and lab 4's
+    train still trains."""
+    def probe(worker):
+        gpt, wts = model(worker)
+        idx = tokens(2, 10)
+        expect_close(expect_tensor(gpt(idx, no_grad=True), "logits", (2, 10, 11)), llama_of(wts, H, KV, L)(idx),
+                     "LlamaGPT logits", atol=1e-4)
+        data = torch.tensor([i % 5 for i in range(60)])
+        losses = worker.call(("lab4_gpt", "train"), gpt, data, steps=3, batch_size=4, seq_len=8)
+        if not (isinstance(losses, list) and len(losses) == 3):
+            fail(f"lab 4's train(steps=3) on LlamaGPT returned {str(losses)[:80]}.")
+    expect_own_chain(w, probe, "LlamaGPT")

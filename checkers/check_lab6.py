@@ -1,0 +1,240 @@
+"""Lab 6 checks: the key/value cache and cached generation on lab 5's model.
+
+The judge drives the student's cached forward step by step with a KVCache the student's code built, and compares
+every step's logits with lab 5's full forward over the whole sequence (checkers/oracles.py). Known mistakes are
+that forward with the positions or the mask a broken cache would use. Cost is counted in tokens, not seconds: the
+tokens the model embeds at each call of generate_cached.
+"""
+import torch
+
+from checkers.client import On, StudentError
+from checkers.common import (device_error, expect_close, expect_device_discipline, expect_no_shortcuts, expect_own_chain,
+                             expect_tensor, fail, first_match, points)
+from checkers.check_lab5 import H, KV, L, model as lab5_model, tokens
+from checkers.oracles import causal, greedy_of, llama_of
+
+LAB = "lab6_kvcache"
+V, PROMPT_LEN, STEPS = 11, 5, 6
+ATOL = 1e-4  # a cached step's logits against the full forward's, float32 against float64
+
+
+def model(w, **kwargs):
+    """The student's lab 6 LlamaGPT with the judge's weights, and the judge's full forward for them."""
+    gpt, wts = lab5_model(w, V, lab=LAB, **kwargs)
+    return gpt, wts, llama_of(wts, kwargs.get("n_heads", H), kwargs.get("n_kv_heads", KV), kwargs.get("n_layers", L))
+
+
+def cache_of(w, n_layers=L):
+    return w.new(LAB, "KVCache", n_layers)
+
+
+def length(cache) -> int:
+    value = cache.get("length")
+    if type(value) is not int:
+        fail(f"KVCache.length must be an int (a property), got {type(value).__name__}: {str(value)[:60]}.", "cache_update")
+    return value
+
+
+def step_logits(gpt, cache, idx, start_pos, what):
+    out = gpt(idx, cache=cache, start_pos=start_pos, no_grad=True)
+    return expect_tensor(out, what, (idx.size(0), idx.size(1), V), "cache")
+
+
+def steps_mistake(full, idx: torch.Tensor, prompt_len: int, got: torch.Tensor) -> str:
+    """Which broken cache gives the last step's logits `got`: one never read, one read before the newest key is
+    added, rope positions off by one, or rope positions that restart at 0 for each call."""
+    T = idx.size(1)
+    steps = torch.arange(prompt_len, T)
+    never = causal(T) & (torch.eye(T, dtype=torch.bool) | (torch.arange(T) < prompt_len)[:, None])  # steps see themselves only
+    blind = causal(T).clone()
+    blind[steps, steps] = False  # each step reads the cache before its own key is in it
+    shifted = torch.cat([torch.arange(prompt_len), steps + 1])
+    restarted = torch.cat([torch.arange(prompt_len), torch.zeros(T - prompt_len, dtype=torch.long)])
+    variants = {
+        "cache_unread": [lambda i: full(i, mask=never)[:, -1:]],
+        "cache_self": [lambda i: full(i, mask=blind)[:, -1:]],
+        "cache_off_by_one": [lambda i: full(i, positions=shifted)[:, -1:], lambda i: full(i, positions=shifted - 2)[:, -1:]],
+        "cache_positions": [lambda i: full(i, positions=restarted)[:, -1:]],
+    }
+    return first_match(variants, idx, got, default="cache")
+
+
+@points(1)
+def test_cache_update_appends(w):
+    """KVCache.update appends keys and values along time, layer by layer, returns what the layer holds; length counts."""
+    cache = cache_of(w, 2)
+    if length(cache) != 0:
+        fail(f"a new KVCache should have length 0, got {length(cache)}.", "cache_update")
+    k1, v1, k2, v2 = (torch.randn(1, KV, n, 4) for n in (3, 3, 2, 2))
+    for step, (k, v, want_k, want_v) in enumerate(((k1, v1, k1, v1), (k2, v2, torch.cat([k1, k2], 2),
+                                                                        torch.cat([v1, v2], 2)))):
+        out = w.call(("handle", cache.id, "update"), 0, k, v)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            fail(f"KVCache.update must return (keys, values), got {type(out).__name__}.", "cache_update")
+        for got, want, name in zip(out, (want_k, want_v), ("keys", "values")):
+            expect_close(expect_tensor(got, f"update's {name} after call {step + 1}", want.shape, "cache_update"), want,
+                         f"update's {name} after call {step + 1} (everything layer 0 holds, oldest first)", atol=0,
+                         hint="cache_update")
+    if length(cache) != 5:
+        fail(f"after appending 3 and then 2 positions, KVCache.length should be 5, got {length(cache)}.", "cache_update")
+    keys = cache.get("keys")
+    if not (isinstance(keys, list) and len(keys) == 2 and keys[1] is None):
+        fail("KVCache.keys must be a list with one entry per layer, None for a layer not yet filled.", "cache_update")
+
+
+@points(1)
+def test_each_cache_is_its_own(w):
+    """Two KVCache instances share nothing: filling one leaves the other empty (no class-level lists)."""
+    first, second = cache_of(w), cache_of(w)
+    w.call(("handle", first.id, "update"), 0, torch.randn(1, KV, 3, 4), torch.randn(1, KV, 3, 4))
+    keys = second.get("keys")
+    if length(second) != 0 or not (isinstance(keys, list) and keys[0] is None):
+        fail("filling one KVCache filled another too: create the lists in __init__ (self.keys = [None] * n_layers), "
+             "not as class attributes.", "cache_stale")
+
+
+@points(2)
+def test_prefill_matches_uncached(w):
+    """forward(idx, cache, start_pos=0) gives lab 5's logits, fills the cache with T positions, and cache=None is lab 5's forward."""
+    gpt, _, full = model(w)
+    idx = tokens(2, 7)
+    want = full(idx)
+    expect_close(expect_tensor(gpt(idx, no_grad=True), "forward(idx) without a cache", (2, 7, V), "llama"), want,
+                 "forward(idx) without a cache (lab 5's forward)", atol=ATOL, hint="llama")
+    cache = cache_of(w)
+    expect_close(step_logits(gpt, cache, idx, 0, "forward(idx, cache, 0)"), want, "forward(idx, cache, start_pos=0)",
+                 atol=ATOL, hint="cache")
+    if length(cache) != 7:
+        fail(f"after forward on 7 tokens with a new cache, cache.length should be 7, got {length(cache)}.", "cache_update")
+
+
+@points(3)
+def test_cached_steps_match_uncached_logits(w):
+    """After a 5-token prompt, 6 steps of one token each (start_pos = tokens so far) give the full forward's last logits
+    at every step (tolerance 1e-4)."""
+    gpt, _, full = model(w)
+    idx = tokens(2, PROMPT_LEN + STEPS)
+    cache = cache_of(w)
+    step_logits(gpt, cache, idx[:, :PROMPT_LEN], 0, "logits of the prompt")
+    for t in range(PROMPT_LEN, PROMPT_LEN + STEPS):
+        got = step_logits(gpt, cache, idx[:, t:t + 1], t, f"logits of the step at position {t}")
+        expect_close(got, full(idx[:, :t + 1])[:, -1:], f"logits of the step at position {t} (start_pos={t}) against "
+                     f"the full forward over all {t + 1} tokens", atol=ATOL,
+                     hint=lambda: steps_mistake(full, idx[:, :t + 1], PROMPT_LEN, got), fallback="cache")
+
+
+@points(1)
+def test_cache_grows_one_position_per_step(w):
+    """Each one-token step adds exactly one position to every layer's keys and values, (B, n_kv_heads, T, d_head)."""
+    gpt, _, _ = model(w)
+    idx, cache = tokens(2, 8), cache_of(w)
+    for start, end in ((0, 4), (4, 5), (5, 6), (6, 7), (7, 8)):  # a 4-token prompt, then one token per step
+        step_logits(gpt, cache, idx[:, start:end], start, f"logits at start_pos={start}")
+        if length(cache) != end:
+            fail(f"after {'a 4-token prompt' + (f' and {end - 4} one-token step(s)' if end > 4 else '')}, cache.length "
+                 f"should be {end}, got {length(cache)}.", "cache_update")
+        for name in ("keys", "values"):
+            held = cache.get(name)
+            for layer in range(L):
+                entry = held[layer] if isinstance(held, list) and len(held) == L else None
+                expect_tensor(entry, f"cache.{name}[{layer}] after {end} positions", (2, KV, end, 32 // H), "cache_update")
+
+
+@points(2)
+def test_one_token_per_step(w):
+    """generate_cached embeds the prompt once and then one token per step: a step's cost does not grow with the tokens
+    generated (counted in tokens passed to the model, not in seconds), and no gradients are kept."""
+    gpt, _, _ = model(w)
+    result = w.call((LAB, "generate_cached"), gpt, tokens(2, 6), 10, top_k=1, watch=(gpt, "tok_emb"))
+    calls = [(shape, grad) for shape, grad in result["watched"] if type(shape) is list and len(shape) == 2]
+    lengths = [shape[1] for shape, _ in calls]
+    if not lengths or lengths[0] != 6 or any(n != 1 for n in lengths[1:]) or len(lengths) not in (10, 11):
+        shown = lengths[:12] + (["..."] if len(lengths) > 12 else [])
+        fail(f"generating 10 tokens from a 6-token prompt embedded these numbers of tokens per call: {shown}; "
+             "expected 6 once, then 1 per step: feed only the newest token and let the cache hold the rest.",
+             "cache_recompute")
+    if any(grad for _, grad in calls):
+        fail("generate_cached ran the model with gradients enabled: decorate it with @torch.no_grad().", "sampling")
+
+
+@points(2)
+def test_cached_greedy_matches_uncached(w):
+    """With top_k=1, generate_cached gives the same tokens as greedy decoding over the whole sequence, call after call."""
+    gpt, _, full = model(w, style="default")
+    for prompt in (tokens(2, 5), tokens(1, 3)):  # a second call must not see the first one's cache
+        out = expect_tensor(w.call((LAB, "generate_cached"), gpt, prompt, 12, top_k=1),
+                            f"generate_cached(idx of shape {tuple(prompt.shape)}, 12, top_k=1)",
+                            (prompt.size(0), prompt.size(1) + 12), "cache")
+        want = greedy_of(full, prompt, 12)
+        if not torch.equal(out.long(), want):
+            at = int((out.long() != want).any(0).nonzero()[0])
+            fail(f"generate_cached's greedy tokens differ from greedy decoding without a cache from position {at} on:\n"
+                 f"  expected {want[0].tolist()}\n  got      {out[0].tolist()}",
+                 "cache_stale" if prompt.size(1) == 3 else "cache")
+
+
+@points(1)
+def test_sampling_options(w):
+    """generate_cached samples: with top_k=3 only the 3 most likely tokens, more than one of them at temperature 2."""
+    gpt, _, full = model(w, style="default")
+    prompt = tokens(1, 4)
+    allowed = set(full(prompt)[0, -1].topk(3).indices.tolist())
+    out = expect_tensor(w.call((LAB, "generate_cached"), gpt, prompt.repeat(200, 1), 1, temperature=2.0, top_k=3),
+                        "generate_cached(idx of shape (200, 4), 1, temperature=2.0, top_k=3)", (200, 5), "sampling")
+    picked = set(out[:, -1].tolist())
+    if not picked <= allowed:
+        fail(f"with top_k=3 the sampled tokens were {sorted(picked)}, but only {sorted(allowed)} are in the top 3.",
+             "sampling")
+    if len(picked) < 2:
+        fail("with top_k=3 and temperature=2.0, 200 samples all picked the same token: sample with torch.multinomial "
+             "rather than argmax.", "sampling")
+
+
+@points(1)
+def test_device_discipline(w):
+    """The cached forward builds positions and masks on the input's device (a prompt, then a step)."""
+    gpt, _, _ = model(w)
+    expect_device_discipline(w, gpt, tokens(2, 6), "LlamaGPT forward without a cache")
+    target = "cuda" if w.device == "cuda" else "meta"
+    cache = cache_of(w)
+    try:
+        gpt(On(tokens(2, 4), target), cache=cache, start_pos=0, device_guard=True, no_grad=True)
+        gpt(On(tokens(2, 1), target), cache=cache, start_pos=4, device_guard=True, no_grad=True)
+    except StudentError as exc:
+        if not device_error(exc):
+            raise
+        fail(f"the cached forward failed with the model and its input on {target}: {exc.message}", "device")
+
+
+@points(1)
+def test_no_shortcuts(w):
+    """No built-in attention in the source, the module tree, or at run time."""
+    gpt, _, _ = model(w)
+    expect_no_shortcuts(w, lambda: w.call((LAB, "generate_cached"), gpt, tokens(1, 4), 3, guard=True), gpt)
+
+
+@points(2, hidden=True)
+def test_chunks_and_long_generation(w):
+    """A prompt fed in two chunks (4 tokens, then 3 at start_pos=4) and 20 one-token steps past max_seq_len, for 3 rows."""
+    gpt, _, full = model(w, max_seq_len=8)
+    idx, cache = tokens(3, 27), cache_of(w)
+    step_logits(gpt, cache, idx[:, :4], 0, "logits of the first chunk")
+    expect_close(step_logits(gpt, cache, idx[:, 4:7], 4, "logits of the second chunk"), full(idx[:, :7])[:, 4:],
+                 "logits of a 3-token chunk at start_pos=4 (each of its queries sees the cache and the chunk's earlier "
+                 "tokens)", atol=ATOL, hint="cache_chunk")
+    for t in range(7, 27):
+        got = step_logits(gpt, cache, idx[:, t:t + 1], t, f"logits of the step at position {t}")
+        expect_close(got, full(idx[:, :t + 1])[:, -1:], f"logits of the step at position {t}, past max_seq_len=8",
+                     atol=ATOL, hint=lambda: steps_mistake(full, idx[:, :t + 1], 7, got), fallback="cache")
+
+
+@points(0)
+def test_works_with_your_own_earlier_labs(w):
+    """Integration (no points: labs 1-5 score in their own labs): cached steps still match on your own labs 1-5."""
+    def probe(worker):
+        gpt, _, full = model(worker)
+        idx, cache = tokens(2, 6), worker.new(LAB, "KVCache", L)
+        gpt(idx[:, :5], cache=cache, start_pos=0, no_grad=True)
+        expect_close(expect_tensor(gpt(idx[:, 5:], cache=cache, start_pos=5, no_grad=True), "step logits", (2, 1, V)),
+                     full(idx)[:, -1:], "the logits of a cached step", atol=ATOL)
+    expect_own_chain(w, probe, "Cached generation")
