@@ -100,7 +100,7 @@ def attn_mistake(wts, x, n_heads, n_kv_heads, out) -> str:
     variants = {
         "gqa_order": [lambda x: gqa(wts, x, n_heads, n_kv_heads, interleave=False)],
         "rope_values": [lambda x: gqa(wts, x, n_heads, n_kv_heads, rope_on="qkv")],
-        "rope_qk": [lambda x: gqa(wts, x, n_heads, n_kv_heads, rope_on=on) for on in ((), ("q",), ("k",))],
+        "rope_qk": [lambda x, on=on: gqa(wts, x, n_heads, n_kv_heads, rope_on=on) for on in ((), ("q",), ("k",))],
         "causal": [lambda x: gqa(wts, x, n_heads, n_kv_heads, mask=torch.ones(T, T, dtype=torch.bool))],
         "scale": [lambda x: gqa(wts, x, n_heads, n_kv_heads, scale=1.0)],
     }

@@ -161,8 +161,9 @@ HINTS = {
     "cache_recompute": ("After the prompt, pass only the newest token (idx[:, -1:]) to forward, with the cache.",
                         "Recomputing the whole sequence each step costs O(T) per token; the cache makes it O(1) in the "
                         "model's matmuls."),
-    "cache_chunk": ("With several new tokens, query i may see cached positions 0..start_pos+i: a (T, start_pos + T) mask.",
-                    "A causal_mask(T) only fits when start_pos is 0; with no mask the chunk's early tokens see its later ones."),
+    "cache_mask": ("The mask for T new tokens at start_pos is (T, start_pos + T): query i may see positions "
+                   "0..start_pos+i.", "causal_mask(T) only fits when start_pos is 0; with no mask a chunk's early tokens "
+                   "see its later ones."),
     "tokenizer": ("One id per distinct character: decode(encode(s)) must give s back.",
                   "Sort the set of characters so ids are stable between runs."),
     "shape": ("Check the shapes against the contract: out is (..., Tq, d_v) and weights (..., Tq, Tk); return the "

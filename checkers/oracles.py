@@ -225,7 +225,7 @@ def gqa(w: dict, x: Tensor, n_heads: int, n_kv_heads: int, theta: float = 10000.
 
 
 def llama_block(w: dict, x: Tensor, n_heads: int, n_kv_heads: int, positions=None, mask=None,
-                post_norm: bool = False, norm2: str = "norm2") -> Tensor:
+                post_norm: bool = False, norm2: str = "norm2", rope_on=("q", "k")) -> Tensor:
     """Lab 5's block from its weights (norm1, attn.*, norm2, ffn.*). For diagnoses: post_norm=True normalises after
     each residual add; norm2="norm1" uses norm1's weight for the feed-forward too."""
     attn = {n[5:]: t for n, t in w.items() if n.startswith("attn.")}
@@ -234,19 +234,20 @@ def llama_block(w: dict, x: Tensor, n_heads: int, n_kv_heads: int, positions=Non
     if post_norm:
         x = rms_norm(w["norm1.weight"], x + gqa(attn, x, n_heads, n_kv_heads, positions=positions, mask=mask))
         return rms_norm(w[f"{norm2}.weight"], x + swiglu(ffn, x))
-    x = x + gqa(attn, rms_norm(w["norm1.weight"], x), n_heads, n_kv_heads, positions=positions, mask=mask)
+    x = x + gqa(attn, rms_norm(w["norm1.weight"], x), n_heads, n_kv_heads, positions=positions, mask=mask,
+                rope_on=rope_on)
     return x + swiglu(ffn, rms_norm(w[f"{norm2}.weight"], x))
 
 
 def llama_of(w: dict, n_heads: int, n_kv_heads: int, n_layers: int):
-    """Lab 5's forward from its weights, as a function of idx (and, for lab 6's diagnoses, of each token's position
-    and a (T, T) mask, True = may attend)."""
+    """Lab 5's forward from its weights, as a function of idx (and, for lab 6's diagnoses, of each token's position,
+    a (T, T) mask, True = may attend, and which of q, k rope turns)."""
     w = _double(w)
     blocks = [{n[len(f"blocks.{i}."):]: t for n, t in w.items() if n.startswith(f"blocks.{i}.")} for i in range(n_layers)]
 
-    def forward(idx: Tensor, positions: Tensor = None, mask: Tensor = None) -> Tensor:
+    def forward(idx: Tensor, positions: Tensor = None, mask: Tensor = None, rope_on=("q", "k")) -> Tensor:
         x = F.embedding(idx, w["tok_emb.weight"])
         for blk in blocks:
-            x = llama_block(blk, x, n_heads, n_kv_heads, positions, mask)
+            x = llama_block(blk, x, n_heads, n_kv_heads, positions, mask, rope_on=rope_on)
         return F.linear(rms_norm(w["norm.weight"], x), w["lm_head.weight"])
     return forward

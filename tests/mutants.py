@@ -24,6 +24,28 @@ L3_ATTN = "x = x + self.attn(self.ln1(x))"
 L3_MLP = "x = x + self.dropout(self.mlp(self.ln2(x)))"
 L4_FORWARD_END = "return self.lm_head(self.ln_f(x))  # (B, T, vocab_size)"
 L4_EMB = "x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, D)"
+L5_RMS = "rms = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)"
+L5_RMS_OUT = "return (x32 * rms * self.weight.float()).to(x.dtype)"
+L5_FFN = "return self.w2(F.silu(self.w1(x)) * self.w3(x))"
+L5_FREQS = "freqs = theta ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)  # (d/2,)"
+L5_PAIRS = "even, odd = x[..., 0::2].float(), x[..., 1::2].float()  # (..., T, d/2) each"
+L5_TURN = "out = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1)  # (..., T, d/2, 2)"
+L5_ROPE_QK = "q, k = rope(q, positions, self.theta), rope(k, positions, self.theta)"
+L5_GROUP = "k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, T, d_head)"
+L5_MASK = "causal_mask(T, device=x.device))  # (B, H, T, d_head)"
+L5_ATTN = "x = x + self.attn(self.norm1(x))"
+L5_FFN_ADD = "return x + self.ffn(self.norm2(x))"
+L5_HEAD = "return self.lm_head(self.norm(x))  # (B, T, vocab_size)\n        # END SOLUTION\n\n    generate"
+L5_EMB = "x = self.tok_emb(idx)  # (B, T, D)\n        for block in self.blocks:\n            x = block(x)"
+L6_INIT = "self.keys = [None] * n_layers\n        self.values = [None] * n_layers"
+L6_CAT = "k = torch.cat([self.keys[layer], k], dim=2)  # (B, H_kv, T_cached + T_new, d_head)"
+L6_LENGTH = "return 0 if self.keys[0] is None else self.keys[0].size(2)"
+L6_POS = "positions = torch.arange(start_pos, start_pos + T, device=x.device)"
+L6_UPDATE = "k, v = cache.update(layer, k, v)  # (B, H_kv, start_pos + T, d_head): everything so far"
+L6_MASK = "mask = keys[None, :] <= positions[:, None]  # (T, start_pos + T): query i sees positions 0..start_pos+i"
+L6_ROPE = "q, k = rope(q, positions, attn.theta), rope(k, positions, attn.theta)"
+L6_STEP = "logits = model(next_id, cache=cache, start_pos=idx.size(1) - 1)  # (B, 1, vocab): one token per step"
+L6_NEW_CACHE = "cache = KVCache(len(model.blocks))"
 
 MUTANTS = [
     # ---- lab 1
@@ -178,6 +200,104 @@ MUTANTS = [
                                                     "torch.randint(len(data) - seq_len - 1, (batch_size,))")],
            {"test_edge_windows_and_prompts"}),  # never picks the last window
     Mutant("lab4-future-leak", "lab4", [(L4_EMB, L4_EMB + "\n        x = x + x.mean(1, keepdim=True)")], {"test_causality"}, "causal"),
+    # ---- lab 5
+    Mutant("lab5-rms-no-sqrt", "lab5", [(L5_RMS, "rms = 1 / (x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)")],
+           {"test_rmsnorm_matches_formula", "test_block_matches_oracle", "test_model_matches_oracle"}, "rms_sqrt"),
+    Mutant("lab5-rms-mean-over-time", "lab5", [(L5_RMS, "rms = torch.rsqrt(x32.pow(2).mean(dim=-2, keepdim=True) + self.eps)")],
+           {"test_rmsnorm_matches_formula"}, "rms_dim"),
+    Mutant("lab5-rms-centred", "lab5", [("x32 = x.float()", "x32 = x.float() - x.float().mean(-1, keepdim=True)")],
+           {"test_rmsnorm_matches_formula"}, "rms_center"),
+    Mutant("lab5-rms-eps-outside-sqrt", "lab5", [(L5_RMS, "rms = 1 / (x32.pow(2).mean(dim=-1, keepdim=True).sqrt() + self.eps)")],
+           {"test_rmsnorm_matches_formula"}, "rms_eps"),
+    Mutant("lab5-rms-eps-ignored", "lab5", [(L5_RMS, "rms = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + 1e-5)")],
+           {"test_rmsnorm_matches_formula", "test_other_sizes_and_positions"}, "rms_eps"),
+    Mutant("lab5-rms-in-half-precision", "lab5", [("x32 = x.float()", "x32 = x"), (L5_RMS_OUT, "return (x32 * rms * self.weight).to(x.dtype)")],
+           {"test_rmsnorm_keeps_half_precision"}, "rms_float32"),
+    Mutant("lab5-rms-returns-float32", "lab5", [(L5_RMS_OUT, "return x32 * rms * self.weight.float()")],
+           {"test_rmsnorm_keeps_half_precision"}, "rms_float32"),
+    Mutant("lab5-swiglu-gate-swapped", "lab5", [(L5_FFN, "return self.w2(F.silu(self.w3(x)) * self.w1(x))")],
+           {"test_swiglu_matches_formula", "test_block_matches_oracle"}, "swiglu_gate"),
+    Mutant("lab5-swiglu-gelu", "lab5", [(L5_FFN, "return self.w2(F.gelu(self.w1(x)) * self.w3(x))")],
+           {"test_swiglu_matches_formula"}, "swiglu_act"),
+    Mutant("lab5-rope-half-pairs", "lab5", [(L5_PAIRS, "even, odd = x[..., :d // 2].float(), x[..., d // 2:].float()"),
+                                            (L5_TURN, "out = torch.cat([even * cos - odd * sin, even * sin + odd * cos], dim=-1)"),
+                                            ("return out.flatten(-2).to(x.dtype)", "return out.to(x.dtype)")],
+           {"test_rope_matches_formula", "test_attention_matches_oracle"}, "rope_pairs"),
+    Mutant("lab5-rope-frequencies-i-over-d", "lab5", [(L5_FREQS, "freqs = theta ** (-torch.arange(d // 2, device=x.device, dtype=torch.float32) / d)")],
+           {"test_rope_matches_formula", "test_attention_matches_oracle"}, "rope_freq"),
+    Mutant("lab5-rope-ignores-theta", "lab5", [(L5_FREQS, "freqs = 10000.0 ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)")],
+           {"test_rope_matches_formula"}, "rope_freq"),
+    Mutant("lab5-rope-reflection", "lab5", [(L5_TURN, "out = torch.stack([even * cos - odd * sin, even * sin - odd * cos], dim=-1)")],
+           {"test_rope_matches_formula", "test_rope_relative_positions"}, "rope_rotation"),
+    Mutant("lab5-rope-on-values", "lab5", [(L5_ROPE_QK, L5_ROPE_QK + "\n        v = rope(v, positions, self.theta)")],
+           {"test_attention_matches_oracle"}, "rope_values"),
+    Mutant("lab5-rope-on-queries-only", "lab5", [(L5_ROPE_QK, "q = rope(q, positions, self.theta)")],
+           {"test_attention_matches_oracle"}, "rope_qk"),
+    Mutant("lab5-kv-heads-tiled", "lab5", [(L5_GROUP, "k, v = k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1)")],
+           {"test_attention_matches_oracle"}, "gqa_order"),
+    Mutant("lab5-no-causal-mask", "lab5", [(L5_MASK, "None)")], {"test_attention_matches_oracle", "test_causality"}, "causal"),
+    Mutant("lab5-mask-of-fixed-size", "lab5", [(L5_MASK, "causal_mask(12, device=x.device)[:T, :T])")],
+           {"test_other_sizes_and_positions"}),  # public checks stop at T=12
+    Mutant("lab5-frequencies-on-cpu", "lab5", [(L5_FREQS, "freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)")],
+           {"test_device_discipline"}, "device"),
+    Mutant("lab5-post-norm", "lab5", [(L5_ATTN, "x = self.norm1(x + self.attn(x))"), (L5_FFN_ADD, "return self.norm2(x + self.ffn(x))")],
+           {"test_block_matches_oracle", "test_model_matches_oracle"}, "prenorm"),
+    Mutant("lab5-norm1-twice", "lab5", [(L5_FFN_ADD, "return x + self.ffn(self.norm1(x))")],
+           {"test_block_matches_oracle", "test_gradients_reach_every_parameter"}, "prenorm"),
+    Mutant("lab5-no-final-norm", "lab5", [(L5_HEAD, L5_HEAD.replace("self.lm_head(self.norm(x))", "self.lm_head(x)"))],
+           {"test_model_matches_oracle", "test_gradients_reach_every_parameter"}, "llama"),
+    Mutant("lab5-learned-positions", "lab5", [("self.norm = RMSNorm(d_model)", "self.norm = RMSNorm(d_model)\n        self.pos_emb = nn.Embedding(max_seq_len, d_model)"),
+                                              ("x = self.tok_emb(idx)  # (B, T, D)", "x = self.tok_emb(idx) + self.pos_emb(torch.arange(idx.size(1), device=idx.device))")],
+           {"test_module_structure", "test_model_matches_oracle"}, "llama"),
+    Mutant("lab5-blocks-in-a-plain-list", "lab5", [("self.blocks = nn.ModuleList([LlamaBlock(d_model, n_heads, n_kv_heads, d_ff) for _ in range(n_layers)])",
+                                                    "self.blocks = [LlamaBlock(d_model, n_heads, n_kv_heads, d_ff) for _ in range(n_layers)]")],
+           {"test_module_structure", "test_model_matches_oracle", "test_loss_drops_30_percent", "test_greedy_continues_pattern"}, "llama"),
+    Mutant("lab5-future-leak", "lab5", [(L5_EMB, L5_EMB + " + x.mean(1, keepdim=True)")], {"test_causality"}, "causal"),
+    Mutant("lab5-detached-attention", "lab5", [(L5_ATTN, "x = x + self.attn(self.norm1(x)).detach()")],
+           {"test_gradients_reach_every_parameter"}, "grad"),
+    Mutant("lab5-builtin-rmsnorm", "lab5", [("self.norm = RMSNorm(d_model)", "self.norm = nn.RMSNorm(d_model)")],
+           {"test_no_shortcuts"}, status="forbidden"),
+    # ---- lab 6
+    Mutant("lab6-cache-never-read", "lab6", [(L6_UPDATE, "cache.update(layer, k, v)"),
+                                             (L6_MASK, "mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()")],
+           {"test_cached_steps_match_uncached_logits", "test_cached_greedy_matches_uncached"}, "cache_unread"),
+    Mutant("lab6-read-before-append", "lab6", [(L6_UPDATE, "past = (cache.keys[layer], cache.values[layer])\n    cache.update(layer, k, v)\n"
+                                                           "    k, v = past if past[0] is not None else (k, v)")],
+           {"test_cached_steps_match_uncached_logits"}, "cache_self"),
+    Mutant("lab6-rope-positions-restart-at-zero", "lab6", [(L6_ROPE, "q, k = rope(q, torch.arange(T), attn.theta), rope(k, torch.arange(T), attn.theta)")],
+           {"test_cached_steps_match_uncached_logits", "test_cached_greedy_matches_uncached"}, "cache_positions"),
+    Mutant("lab6-keys-cached-without-rope", "lab6", [(L6_ROPE, "q = rope(q, positions, attn.theta)")],
+           {"test_prefill_matches_uncached", "test_cached_steps_match_uncached_logits"}, "cache_positions"),
+    Mutant("lab6-step-start-pos-off-by-one", "lab6", [(L6_STEP, "logits = model(next_id, cache=cache, start_pos=idx.size(1))")],
+           {"test_cached_greedy_matches_uncached"}, "cache_off_by_one"),
+    Mutant("lab6-mask-ignores-start-pos", "lab6", [(L6_MASK, "mask = keys[None, :] <= torch.arange(T, device=x.device)[:, None]")],
+           {"test_cached_steps_match_uncached_logits"}, "cache_mask"),
+    Mutant("lab6-no-mask-after-prefill", "lab6", [(L6_MASK, L6_MASK + "\n    mask = mask if start_pos == 0 else None")],
+           {"test_chunks_and_long_generation"}, "cache_mask"),  # one-token steps need no mask: public checks pass
+    Mutant("lab6-recompute-every-step", "lab6", [(L6_STEP, "logits = model(idx)")], {"test_one_token_per_step"}, "cache_recompute"),
+    Mutant("lab6-cache-in-class-attributes", "lab6", [("class KVCache:\n", "class KVCache:\n    keys, values = [None] * 4, [None] * 4\n\n"),
+                                                      (L6_INIT, "pass")],
+           {"test_each_cache_is_its_own"}, "cache_stale"),
+    Mutant("lab6-cache-kept-between-calls", "lab6", [(L6_NEW_CACHE, "cache = _CACHES.setdefault(id(model), KVCache(len(model.blocks)))"),
+                                                     ("@torch.no_grad()\ndef generate_cached", "_CACHES = {}\n\n\n@torch.no_grad()\ndef generate_cached")],
+           {"test_cached_greedy_matches_uncached"}, "cache_stale"),
+    Mutant("lab6-update-overwrites", "lab6", [(L6_CAT, "pass"), ("v = torch.cat([self.values[layer], v], dim=2)", "pass")],
+           {"test_cache_update_appends"}, "cache_update"),
+    Mutant("lab6-length-counts-layers", "lab6", [(L6_LENGTH, "return sum(k is not None for k in self.keys)")],
+           {"test_cache_update_appends", "test_cache_grows_one_position_per_step"}, "cache_update"),
+    Mutant("lab6-generate-with-grad", "lab6", [("@torch.no_grad()\ndef generate_cached", "def generate_cached")],
+           {"test_one_token_per_step"}, "sampling"),
+    Mutant("lab6-top-k-ignored", "lab6", [("if top_k is not None:", "if False:")], {"test_sampling_options"}, "sampling"),
+    Mutant("lab6-argmax-not-sampling", "lab6", [("torch.multinomial(torch.softmax(last, dim=-1), num_samples=1)", "last.argmax(-1, keepdim=True)")],
+           {"test_sampling_options"}, "sampling"),
+    Mutant("lab6-positions-ignore-start-pos", "lab6", [(L6_POS, "positions = torch.arange(T, device=x.device)")],
+           {"test_cached_steps_match_uncached_logits"}, "cache_mask"),  # rope and mask both: a step sees position 0 only
+    Mutant("lab6-positions-on-cpu", "lab6", [(L6_POS, "positions = torch.arange(start_pos, start_pos + T)"),
+                                             ("keys = torch.arange(k.size(2), device=x.device)", "keys = torch.arange(k.size(2))")],
+           {"test_device_discipline"}, "device"),
+    Mutant("lab6-builtin-attention", "lab6", [("out, _ = scaled_dot_product_attention(q, k, v, mask)",
+                                               "out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)")],
+           {"test_no_shortcuts"}, status="forbidden"),
     # ---- an earlier lab's mistake, seen from a later lab: no points lost there, the own-chain check names the lab
     Mutant("lab1-no-scale-seen-from-lab2", "lab1", [(L1_SCORES, "scores = q @ k.transpose(-2, -1)")],
            {"test_works_with_your_own_earlier_labs"}, "chain", status="passed", seen_from="lab2"),
@@ -185,6 +305,10 @@ MUTANTS = [
            {"test_works_with_your_own_earlier_labs"}, "chain", status="passed", seen_from="lab3"),
     Mutant("lab3-post-norm-seen-from-lab4", "lab3", [(L3_ATTN, "x = self.ln1(x + self.attn(x))")],
            {"test_works_with_your_own_earlier_labs"}, "chain", status="passed", seen_from="lab4"),
+    Mutant("lab1-no-scale-seen-from-lab5", "lab1", [(L1_SCORES, "scores = q @ k.transpose(-2, -1)")],
+           {"test_works_with_your_own_earlier_labs"}, "chain", status="passed", seen_from="lab5"),
+    Mutant("lab5-rope-frequencies-seen-from-lab6", "lab5", [(L5_FREQS, "freqs = theta ** (-torch.arange(d // 2, device=x.device, dtype=torch.float32) / d)")],
+           {"test_works_with_your_own_earlier_labs"}, "chain", status="passed", seen_from="lab6"),
     Mutant("lab4-builtin-attention", "lab4", [(L4_EMB, L4_EMB + "\n        x = x + F.scaled_dot_product_attention(x, x, x, is_causal=True)")],
            {"test_no_shortcuts"}, status="forbidden"),
 ]
@@ -224,4 +348,23 @@ VARIANTS = [
                                                      "        logits = model.forward(x)\n        optimizer.zero_grad()\n        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))\n"),
                                                     ("self(idx[:, -self.max_seq_len:])", "self.forward(idx[:, -self.max_seq_len:])"),
                                                     ("self.tok_emb(idx)", "F.embedding(idx, self.tok_emb.weight)")], set(), status="passed"),
+    Mutant("lab5-complex-rope-expand-groups-own-generate", "lab5", [
+        ("    d = x.size(-1)\n    freqs", "    d = x.size(-1)\n    return _complex_rope(x, positions, theta, d)\n    freqs"),
+        ("def rope(", "def _complex_rope(x, positions, theta, d):\n    freqs = 1.0 / theta ** (torch.arange(0, d, 2, device=x.device).float() / d)\n"
+                      "    turn = torch.polar(torch.ones_like(freqs), torch.outer(positions.float().flatten(), freqs)).view(*positions.shape, d // 2)\n"
+                      "    z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], d // 2, 2))\n"
+                      "    return torch.view_as_real(z * turn).flatten(-2).type_as(x)\n\n\ndef rope("),
+        (L5_GROUP, "k = k[:, :, None].expand(B, self.n_kv_heads, group, T, self.d_head).reshape(B, self.n_heads, T, self.d_head)\n"
+                   "        v = v[:, :, None].expand(B, self.n_kv_heads, group, T, self.d_head).reshape(B, self.n_heads, T, self.d_head)"),
+        (L5_RMS, "rms = 1.0 / (x32.norm(dim=-1, keepdim=True) ** 2 / x32.size(-1) + self.eps).sqrt()"),
+        ("    generate = TinyGPT.generate  # lab 4's sampler works on any model with max_seq_len and forward(idx)\n",
+         "    @torch.no_grad()\n    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):\n"
+         "        for _ in range(max_new_tokens):\n            logits = self(idx[:, -self.max_seq_len:])[:, -1] / temperature\n"
+         "            if top_k is not None:\n                logits[logits < logits.topk(top_k).values[:, -1:]] = -float('inf')\n"
+         "            idx = torch.cat([idx, torch.multinomial(logits.softmax(-1), 1)], 1)\n        return idx\n"),
+        ("from lab4_gpt import TinyGPT\n", "")], set(), status="passed"),
+    Mutant("lab6-rotate-keys-when-read", "lab6", [
+        (L6_ROPE, "q = rope(q, positions, attn.theta)"),
+        (L6_UPDATE, L6_UPDATE + "\n    k = rope(k, torch.arange(k.size(2), device=x.device), attn.theta)"),
+        (L6_LENGTH, "return 0 if self.keys[0] is None else int(self.keys[0].shape[-2])")], set(), status="passed"),
 ]

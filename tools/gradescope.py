@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:  # run as a script, tools/ is on sys.path but the 
     sys.path.insert(0, str(ROOT))
 
 from grader import parse_args  # noqa: E402  (standard library only at import time)
-from grading.labs import FILES as LAB_FILES  # noqa: E402
+from grading.labs import FILES as LAB_FILES, GROUPS  # noqa: E402
 from tools.release import PACKAGES, package_files  # noqa: E402
 
 FILES = ("grader.py", "pytest.ini", "requirements.txt")
@@ -104,9 +104,9 @@ def _entry(name: str, mode: int) -> zipfile.ZipInfo:
 def build_zip(out: Path, grader_args: str = "", labs=("all",)) -> list:
     """Write the autograder zip to `out`, grading `labs`; returns its entry names."""
     labs = list(labs) or ["all"]
-    bad = [lab for lab in labs if lab not in (*LAB_FILES, "all")]
+    bad = [lab for lab in labs if lab not in (*LAB_FILES, *GROUPS)]
     if bad:
-        raise ValueError(f"--labs: unknown lab {bad[0]!r} ({', '.join(LAB_FILES)}, or all)")
+        raise ValueError(f"--labs: unknown lab {bad[0]!r} ({', '.join(LAB_FILES)}, all or bonus)")
     scripts = {
         "setup.sh": _fill(SETUP_SH, venv=VENV, index=TORCH_INDEX,
                           torch=torch_pin((ROOT / "requirements.txt").read_text())),
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
                         help='extra grader.py flags for run_autograder, e.g. --grader-args="--timeout 120" '
                              '(with "=": argparse takes a lone "--flag" value for an option of its own)')
     parser.add_argument("--labs", default="all", metavar="LAB[,LAB]",
-                        help="the labs this autograder grades, e.g. lab1 or lab1,lab2 (default all)")
+                        help="the labs this autograder grades, e.g. lab1, lab1,lab2 or bonus (default all: labs 1-4)")
     args = parser.parse_args(argv)
     try:
         names = build_zip(args.out, args.grader_args, args.labs.replace(",", " ").split())

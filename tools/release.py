@@ -7,7 +7,8 @@ The release holds labs/ (stubs regenerated from solutions/, so never stale), che
 for submission (`@points(n, hidden=True)`: each checker file keeps only their count and points, as HELD_BACK),
 grading/, worker/, grader.py, pytest.ini, requirements.txt, Dockerfile, .dockerignore and README.md without its
 instructors-only regions (from a line `<!-- instructors-only -->` to a line `<!-- /instructors-only -->`, markers
-included). No solutions/, tools/, tests/ or bench/.
+included). No solutions/, tools/, tests/ or bench/, and not the stand-ins that are plain code (lab 4's: HELD_BACK_FILES):
+a student's copy grades the later labs on the student's own lab 4.
 """
 import argparse
 import ast
@@ -24,6 +25,7 @@ from tools.make_stubs import expected_stubs  # noqa: E402
 PACKAGES = ("checkers", "grading", "worker")  # copied as their .py files
 FILES = ("grader.py", "pytest.ini", "requirements.txt", "Dockerfile")
 OPTIONAL_FILES = (".dockerignore",)
+HELD_BACK_FILES = (Path("checkers/standins/lab4_gpt.py"),)  # a working lab 4 in plain code: for submissions only
 BEGIN_PRIVATE, END_PRIVATE = "<!-- instructors-only -->", "<!-- /instructors-only -->"
 
 
@@ -88,7 +90,7 @@ def write_release(out: Path) -> list:
     texts = {Path("labs", name): text for name, text in expected_stubs().items()}
     texts[Path("README.md")] = student_readme((ROOT / "README.md").read_text())
     copies = [Path(name) for name in FILES] + [Path(name) for name in OPTIONAL_FILES if (ROOT / name).is_file()]
-    copies += [path for package in PACKAGES for path in package_files(package)]
+    copies += [path for package in PACKAGES for path in package_files(package) if path not in HELD_BACK_FILES]
     for path in [p for p in copies if p.parent == Path("checkers") and p.name.startswith("check_")]:
         texts[path] = without_hidden_checks((ROOT / path).read_text())
         copies.remove(path)
