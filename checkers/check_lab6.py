@@ -117,8 +117,8 @@ def test_each_cache_is_its_own(w):
     w.call(("handle", first.id, "update"), 0, torch.randn(1, KV, 3, 4), torch.randn(1, KV, 3, 4))
     keys = second.get("keys")
     if length(second) != 0 or not (isinstance(keys, list) and keys[0] is None):
-        fail("filling one KVCache filled another too: create the lists in __init__ (self.keys = [None] * n_layers), "
-             "not as class attributes.", "cache_stale")
+        fail("filling one KVCache filled another too: give each instance lists of its own, made in __init__, "
+             "not class attributes.", "cache_stale")
 
 
 @points(2)

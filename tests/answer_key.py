@@ -5,9 +5,9 @@ Two looks:
   scores, a matmul with softmax weights (followed through assignments), a view/reshape into 4 or more dimensions,
   or a transpose(1, 2) / permute(0, 2, 1, 3).
 - `reproducers(folder, files)`, run as `python -m tests.answer_key FOLDER FILE...`: with torch's fused attention,
-  multi-head attention and transformer layers broken, calls every function (and builds every nn.Module class) in
-  the files with the labs' inputs, and reports those whose output equals a lab's output. What still reproduces a
-  lab then is code that does it by hand.
+  multi-head attention, transformer layers and RMSNorm broken, calls every function (and builds every nn.Module
+  class) in the files with the labs' inputs, and reports those whose output equals a lab's output (lab 5's pieces
+  one by one: "lab5 rope", "lab5 swiglu", ...). What still reproduces a lab then is code that does it by hand.
 """
 import ast
 import importlib.util
@@ -91,6 +91,39 @@ def _lab_cases():
     calls = [(q, k, v, mask), (q, k, v), (w2, q, H), (q, w2, H), (w3, q, H), (w3, q, H, "none"), (w4, idx, H, 1),
              (w4, idx, H, 1, "none"), (q,), (idx,)]
     modules = {"lab2": (w2, (D, H), q), "lab3": (w3, (D, H), q)}
+    lab5_calls, lab5_expected, lab5_modules = _lab5_cases(q, H)
+    return calls + lab5_calls, {**expected, **lab5_expected}, {**modules, **lab5_modules}
+
+
+def _lab5_cases(x, H: int, KV: int = 1):
+    """Lab 5's pieces on x, expected values from the reference solution (this look runs in the pack, not a release):
+    {"lab5 rope": ..., "lab5 swiglu": ..., ...} and the calls and module builds that would reproduce them."""
+    import importlib
+    import torch
+    before = set(sys.modules)
+    sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "solutions")]
+    try:
+        lab5 = importlib.import_module("lab5_llama")
+    finally:
+        del sys.path[0]
+        for name in set(sys.modules) - before:  # the stand-ins must not import the solutions' labs later
+            del sys.modules[name]
+    torch.manual_seed(0)
+    D, T = x.size(-1), x.size(1)
+    positions = torch.arange(T)
+    heads = x.view(2, T, H, D // H).transpose(1, 2)
+    norm, ffn, attn, block = lab5.RMSNorm(D), lab5.SwiGLU(D, 4 * D), lab5.GQAttention(D, H, KV), lab5.LlamaBlock(D, H, KV, 4 * D)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        block.norm1.weight.uniform_(0.5, 1.5)
+        w = {name: dict((n, p.detach()) for n, p in m.named_parameters()) for name, m in
+             (("norm", norm), ("ffn", ffn), ("attn", attn), ("block", block))}
+        expected = {"lab5 rope": [lab5.rope(heads, positions)], "lab5 rmsnorm": [norm(x)], "lab5 swiglu": [ffn(x)],
+                    "lab5 attention": [attn(x)], "lab5 block": [block(x)]}
+    calls = [(heads, positions), (heads, positions, 10000.0), (w["norm"]["weight"], x), (w["ffn"], x),
+             (w["attn"], x, H, KV), (w["block"], x, H, KV)]
+    modules = {"lab5 rmsnorm": (w["norm"], (D,), x), "lab5 swiglu": (w["ffn"], (D, 4 * D), x),
+               "lab5 attention": (w["attn"], (D, H, KV), x), "lab5 block": (w["block"], (D, H, KV, 4 * D), x)}
     return calls, expected, modules
 
 
@@ -117,8 +150,8 @@ def reproducers(folder: str, files: list) -> list:
 
     def broken(*args, **kwargs):
         raise RuntimeError("torch's fused attention is switched off for this look")
-    F.scaled_dot_product_attention = F.multi_head_attention_forward = broken
-    torch._transformer_encoder_layer_fwd = torch._native_multi_head_attention = broken
+    F.scaled_dot_product_attention = F.multi_head_attention_forward = F.rms_norm = broken
+    torch._transformer_encoder_layer_fwd = torch._native_multi_head_attention = torch.rms_norm = broken
     for cls in (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder):
         cls.forward = broken
     sys.path[:0] = [folder, str(Path(folder) / "checkers" / "standins")]

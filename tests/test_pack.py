@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from checkers.common import LABS
+from grading.labs import BONUS, CORE
 from grading.verdict import expected_checks
 from tests.helpers import PY, ROOT, TOTAL, run_grader
 from tools.make_stubs import expected_stubs, solution_regions, stub_source
@@ -16,8 +16,19 @@ def test_solutions_pass_every_check(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((tmp_path / "r.json").read_text())
     assert all(t["status"] == "passed" and t["score"] == t["max_score"] for t in results["tests"])
-    assert results["score"] == sum(c.points for lab in LABS for c in expected_checks(lab))
+    assert results["score"] == sum(c.points for lab in CORE for c in expected_checks(lab))
     assert f"Total {TOTAL}/{TOTAL}" in proc.stdout
+    assert set(results["extra_data"]["labs"]) == set(CORE)  # `all` is the core labs: the bonus labs are asked for
+
+
+def test_bonus_grades_labs_5_and_6(tmp_path):
+    proc = run_grader("bonus", "--solutions", "--json", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert set(results["extra_data"]["labs"]) == set(BONUS) == {"lab5", "lab6"}
+    total = sum(c.points for lab in BONUS for c in expected_checks(lab))
+    assert results["score"] == total and f"Total {total}/{total}" in proc.stdout
+    assert all(t["status"] == "passed" for t in results["tests"])
 
 
 def test_stubs_fail_every_lab_as_not_started(tmp_path):
@@ -25,7 +36,7 @@ def test_stubs_fail_every_lab_as_not_started(tmp_path):
     assert proc.returncode == 1
     results = json.loads((tmp_path / "r.json").read_text())
     assert results["score"] == 0
-    assert {lab: r["status"] for lab, r in results["extra_data"]["labs"].items()} == dict.fromkeys(LABS, "not started")
+    assert {lab: r["status"] for lab, r in results["extra_data"]["labs"].items()} == dict.fromkeys(CORE, "not started")
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
