@@ -275,6 +275,11 @@ MUTANTS = [
     Mutant("lab6-no-mask-after-prefill", "lab6", [(L6_MASK, L6_MASK + "\n    mask = mask if start_pos == 0 else None")],
            {"test_chunks_and_long_generation"}, "cache_mask"),  # one-token steps need no mask: public checks pass
     Mutant("lab6-recompute-every-step", "lab6", [(L6_STEP, "logits = model(idx)")], {"test_one_token_per_step"}, "cache_recompute"),
+    Mutant("lab6-recompute-behind-one-token", "lab6", [  # a one-token call that reruns the whole sequence inside
+        ("        if cache is None:\n            return super().forward(idx)\n",
+         "        if cache is None:\n            return super().forward(idx)\n"
+         "        cache.seen = torch.cat([cache.seen, idx], 1) if start_pos else idx\n"
+         "        return super().forward(cache.seen)[:, -idx.size(1):]\n")], {"test_one_token_per_step"}, "cache_recompute"),
     Mutant("lab6-cache-in-class-attributes", "lab6", [("class KVCache:\n", "class KVCache:\n    keys, values = [None] * 4, [None] * 4\n\n"),
                                                       (L6_INIT, "pass")],
            {"test_each_cache_is_its_own"}, "cache_stale"),
@@ -363,6 +368,10 @@ VARIANTS = [
          "            if top_k is not None:\n                logits[logits < logits.topk(top_k).values[:, -1:]] = -float('inf')\n"
          "            idx = torch.cat([idx, torch.multinomial(logits.softmax(-1), 1)], 1)\n        return idx\n"),
         ("from lab4_gpt import TinyGPT\n", "")], set(), status="passed"),
+    Mutant("lab6-embedding-by-function", "lab6", [("x = self.tok_emb(idx)  # (B, T, D)\n        for layer",
+                                                    "x = F.embedding(idx, self.tok_emb.weight)\n        for layer"),
+                                                   ("import torch\n", "import torch\nimport torch.nn.functional as F\n")],
+           set(), status="passed"),
     Mutant("lab6-rotate-keys-when-read", "lab6", [
         (L6_ROPE, "q = rope(q, positions, attn.theta)"),
         (L6_UPDATE, L6_UPDATE + "\n    k = rope(k, torch.arange(k.size(2), device=x.device), attn.theta)"),

@@ -51,7 +51,8 @@ def test_json_follows_the_gradescope_schema(tmp_path):
 
 
 def test_usage_errors_exit_2():
-    assert run_grader("lab9").returncode == 2
+    proc = run_grader("lab9")
+    assert proc.returncode == 2 and "all or bonus" in proc.stderr
     assert run_grader("lab1", "--submission", "/no/such/folder").returncode == 2
     assert run_grader("lab1", "--solutions", "--check", "no_such_check").returncode == 2
 

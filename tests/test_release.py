@@ -103,6 +103,19 @@ def test_release_grades_its_stubs_and_has_no_solutions(release):
     assert proc.returncode == 2 and "no solutions/ folder" in proc.stderr
 
 
+def test_bonus_labs_run_on_the_students_own_lab_4_in_the_release(release, tmp_path):
+    """The release has no lab 4 stand-in: lab 5 runs on the student's own lab 4 (here the stub, so lab 5 says to fix
+    lab 4 first), while lab 6 still runs on the stand-in for lab 5."""
+    folder = shutil.copytree(release, tmp_path / "copy")
+    for lab in ("lab5", "lab6"):
+        shutil.copyfile(ROOT / "solutions" / LAB_FILES[lab], folder / "labs" / LAB_FILES[lab])
+    proc = run_in(folder, "bonus", "--json", tmp_path / "r.json")
+    labs = json.loads((tmp_path / "r.json").read_text())["extra_data"]["labs"]
+    assert labs["lab5"]["status"] == "failed" and labs["lab6"]["status"] == "passed", proc.stdout
+    assert "fix lab 4 first" in " ".join(proc.stdout.replace("│", " ").split())
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
 def test_gradescope_zip_layout_and_scripts(autograder_zip):
     with zipfile.ZipFile(autograder_zip) as zf:
         names = set(zf.namelist())
@@ -151,6 +164,10 @@ def test_a_gradescope_autograder_for_one_lab(tmp_path):
     assert "python3 grader.py lab1 --gradescope" in run and "chmod 0700 /autograder/results" in run
     with pytest.raises(ValueError):
         build_zip(tmp_path / "bad.zip", labs=["lab9"])
+    build_zip(tmp_path / "bonus.zip", labs=["bonus"])  # the bonus labs on their own
+    with zipfile.ZipFile(tmp_path / "bonus.zip") as zf:
+        assert "python3 grader.py bonus --gradescope" in zf.read("run_autograder").decode()
+        assert "checkers/standins/lab4_gpt.py" in zf.namelist()  # held back from students, not from the autograder
 
 
 def test_hidden_checks_are_shown_after_the_due_date_on_gradescope(autograder_zip, tmp_path):
