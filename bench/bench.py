@@ -6,9 +6,9 @@
 Every command starts as a fresh subprocess from the repository root, its output discarded. The commands run
 round-robin (one of each per round, the starting one rotating), so machine noise hits all of them alike, and
 each figure is the median of --runs rounds. Timed: the floor (`python -c "import torch, torch._dynamo"`),
-`grader.py all --solutions`, each lab alone, lab 4's own checks (the child's seconds, read from the JSON that
-`all --json` writes), a batch of --batch-size generated submissions graded with --jobs 1 and with --jobs 2, and
-`--watch`'s re-grade: from saving a lab file to the next scorecard, for each lab.
+`grader.py all --solutions`, each core lab alone, `bonus` (labs 5 and 6), lab 4's own checks (the child's seconds,
+read from the JSON that `all --json` writes), a batch of --batch-size generated submissions graded with --jobs 1
+and with --jobs 2, and `--watch`'s re-grade: from saving a lab file to the next scorecard, for each lab.
 Ratios from one interleaved run are what to compare; absolute seconds move with the machine's load.
 This is a benchmark, not a test: pytest never collects it.
 """
@@ -154,7 +154,7 @@ def main():
     version = git_version()  # taken first: others may commit while this runs
     py, device = sys.executable, ["--device", args.device]
     commands = {FLOOR: [py, "-c", "import torch, torch._dynamo"]}
-    for lab in ("all", *LABS):
+    for lab in ("all", *LABS, "bonus"):  # bonus: labs 5 and 6, reported beside the others (no target)
         commands[f"grader.py {lab} --solutions"] = [py, "grader.py", lab, "--solutions", *device]
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp = Path(tmp)
