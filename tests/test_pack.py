@@ -114,11 +114,11 @@ def test_with_own_labs_a_lab_failing_because_of_an_earlier_lab_points_at_it(tmp_
 
 
 def requirement_pins() -> list:
-    """(name, version, marker) of every pin in requirements.txt."""
+    """(name, version, marker) of every pin in requirements.txt and requirements-notebooks.txt."""
     pins = []
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
+    for line in "\n".join((ROOT / f).read_text() for f in ("requirements.txt", "requirements-notebooks.txt")).splitlines():
         line = line.split("#")[0].strip()
-        if line:
+        if line and not line.startswith("-r"):
             spec, _, marker = line.partition(";")
             name, _, version = spec.strip().partition("==")
             pins.append((name, version, marker.strip()))

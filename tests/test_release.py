@@ -15,7 +15,8 @@ from tools.gradescope import build_zip, torch_pin
 from tools.make_stubs import expected_stubs, solution_regions
 from tools.release import HELD_BACK_FILES, write_release
 
-RELEASE_TOP = {"labs", "checkers", "grading", "worker", "grader.py", "pytest.ini", "requirements.txt", "Dockerfile", "README.md"}
+RELEASE_TOP = {"labs", "notebooks", "checkers", "grading", "worker", "grader.py", "pytest.ini", "requirements.txt",
+               "requirements-notebooks.txt", "Dockerfile", "README.md"}
 RELEASE_TOP |= {".dockerignore"} if (ROOT / ".dockerignore").is_file() else set()
 # Lines the checkers necessarily share with the solutions, allowed under checkers/ only: idioms of the hints, and
 # the declarations of the contract (its docstrings name them) that the stand-ins for earlier labs must make. Any

@@ -3,12 +3,13 @@
     python tools/release.py OUT_DIR            # OUT_DIR must be missing or empty
     python tools/release.py OUT_DIR --force    # empty OUT_DIR first
 
-The release holds labs/ (stubs regenerated from solutions/, so never stale), checkers/ without the checks held back
-for submission (`@points(n, hidden=True)`: each checker file keeps only their count and points, as HELD_BACK),
-grading/, worker/, grader.py, pytest.ini, requirements.txt, Dockerfile, .dockerignore and README.md without its
-instructors-only regions (from a line `<!-- instructors-only -->` to a line `<!-- /instructors-only -->`, markers
-included). No solutions/, tools/, tests/ or bench/, and not the stand-ins that are plain code (lab 4's: HELD_BACK_FILES):
-a student's copy grades the later labs on the student's own lab 4.
+The release holds labs/ (stubs regenerated from solutions/, so never stale), notebooks/ (generated from those;
+--pack-url tells them where to fetch the pack on Colab), checkers/ without the checks held back for submission
+(`@points(n, hidden=True)`: each checker file keeps only their count and points, as HELD_BACK), grading/, worker/,
+grader.py, pytest.ini, requirements.txt, requirements-notebooks.txt, Dockerfile, .dockerignore and README.md without
+its instructors-only regions (from a line `<!-- instructors-only -->` to a line `<!-- /instructors-only -->`, markers
+included). No solutions/, tools/, tests/ or bench/, and not the stand-ins that are plain code (lab 4's:
+HELD_BACK_FILES): a student's copy grades the later labs on the student's own lab 4.
 """
 import argparse
 import ast
@@ -20,10 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script, tools/ is on sys.path but the repository root is not
     sys.path.insert(0, str(ROOT))
 
+from tools.make_notebooks import expected_notebooks  # noqa: E402
 from tools.make_stubs import expected_stubs  # noqa: E402
 
 PACKAGES = ("checkers", "grading", "worker")  # copied as their .py files
-FILES = ("grader.py", "pytest.ini", "requirements.txt", "Dockerfile")
+FILES = ("grader.py", "pytest.ini", "requirements.txt", "requirements-notebooks.txt", "Dockerfile")
 OPTIONAL_FILES = (".dockerignore",)
 HELD_BACK_FILES = (Path("checkers/standins/lab4_gpt.py"),)  # a working lab 4 in plain code: for submissions only
 BEGIN_PRIVATE, END_PRIVATE = "<!-- instructors-only -->", "<!-- /instructors-only -->"
@@ -82,12 +84,14 @@ def without_hidden_checks(source: str) -> str:
     return text
 
 
-def write_release(out: Path) -> list:
-    """Write the release into `out` (missing or empty); returns the paths of the files written."""
+def write_release(out: Path, pack_url: str = "") -> list:
+    """Write the release into `out` (missing or empty); returns the paths of the files written. `pack_url`: where the
+    notebooks' setup cell fetches the pack from on Colab (the URL of this release, zipped, once published)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty")
     texts = {Path("labs", name): text for name, text in expected_stubs().items()}
+    texts.update({Path("notebooks", name): text for name, text in expected_notebooks(pack_url).items()})
     texts[Path("README.md")] = student_readme((ROOT / "README.md").read_text())
     copies = [Path(name) for name in FILES] + [Path(name) for name in OPTIONAL_FILES if (ROOT / name).is_file()]
     copies += [path for package in PACKAGES for path in package_files(package) if path not in HELD_BACK_FILES]
@@ -119,6 +123,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, metavar="OUT_DIR", help="folder to write the release into")
     parser.add_argument("--force", action="store_true", help="empty OUT_DIR first when it is not empty")
+    parser.add_argument("--pack-url", default="", metavar="URL",
+                        help="where the notebooks fetch the pack from on Colab (this release, zipped and published)")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     if out.exists() and not out.is_dir():
@@ -129,7 +135,7 @@ def main(argv=None) -> int:
         if not args.force:
             parser.error(f"{args.out} is not empty (use --force to empty it first)")
         empty_folder(out)
-    written = write_release(out)
+    written = write_release(out, args.pack_url)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 

@@ -1,0 +1,138 @@
+"""Generate the notebooks (notebooks/labN_*.ipynb) from the lab files, as make_stubs.py generates the stubs.
+
+Each notebook: the lab's contract; a setup cell (it finds the pack, or fetches it on Colab from --pack-url); the
+lab's imports; one `%%lab` cell per function or class of the lab file (the stub's code, TODOs included); a cell that
+tries the code; and a cell that grades it. grading/notebook.py is what those cells call.
+
+    python tools/make_notebooks.py                       # rewrite notebooks/
+    python tools/make_notebooks.py --check               # exit 1 if notebooks/ is out of date
+    python tools/make_notebooks.py --out DIR --pack-url URL   # for publishing: Colab fetches the pack from URL
+    python tools/make_notebooks.py --out DIR --filled    # the reference solutions in the cells (for tests)
+"""
+import argparse
+import ast
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from grading.labs import FILES, LABS  # noqa: E402
+from grading.notebook import digest  # noqa: E402
+from tools.make_stubs import expected_stubs  # noqa: E402
+
+MARKER = re.compile(r"^\s*# (BEGIN|END) SOLUTION.*\n", re.M)
+SETUP = '''# Run this first: it finds the lab pack (on Colab it fetches it from PACK_URL) and loads the notebook's helpers.
+import pathlib, subprocess, sys
+PACK_URL = {url!r}  # a .zip of the course's student release, for Colab
+here = pathlib.Path.cwd()
+root = next((p for p in (here, *here.parents) if (p / "grader.py").is_file()), None)
+if root is None and PACK_URL:
+    import io, urllib.request, zipfile
+    target = pathlib.Path("/content" if pathlib.Path("/content").is_dir() else here) / "transformer-labs"
+    if not any(target.glob("**/grader.py")):
+        zipfile.ZipFile(io.BytesIO(urllib.request.urlopen(PACK_URL).read())).extractall(target)
+    root = next(target.glob("**/grader.py")).parent
+    keep = ("#", "torch", "numpy")  # Colab's own torch and numpy stay: install only the rest
+    wanted = [line for line in (root / "requirements.txt").read_text().splitlines() if line and not line.startswith(keep)]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *wanted], check=True)
+if root is None:
+    raise RuntimeError("Open this notebook from the pack's notebooks/ folder, or set PACK_URL to the course's pack.")
+sys.path.insert(0, str(root))
+from grading.notebook import grade, setup, try_attention, try_cache, try_gpt, try_module, try_rope
+setup({lab!r}, root)'''
+TRY = {  # lab -> the "try it" cell's code (names the lab's own cells and imports define)
+    "lab1": "try_attention(scaled_dot_product_attention, causal_mask)",
+    "lab2": "try_module(MultiHeadAttention, (2, 6, 16), 16, 4)",
+    "lab3": "try_module(TransformerBlock, (2, 6, 16), 16, 4)",
+    "lab4": "try_gpt(TinyGPT, CharTokenizer, train, sample, PATTERN)",
+    "lab5": "from lab4_gpt import PATTERN, CharTokenizer, sample, train\n\n"
+            "try_rope(rope)\ntry_module(GQAttention, (2, 6, 32), 32, 4, 2)\n"
+            "try_gpt(LlamaGPT, CharTokenizer, train, sample, PATTERN)",
+    "lab6": "try_cache(LlamaGPT, generate_cached)",
+}
+INTRO = ("Each cell marked `%%lab` holds part of `labs/{file}`: fill in its TODOs and run it. Running it saves it into "
+         "that file, the same file the terminal grader reads (a cell you have not changed keeps the file's own "
+         "version), so you can switch between this notebook and a terminal at any time. Then try your code, and grade "
+         "it with the last cell: it runs the grader on the file, in a process of its own.")
+
+
+def chunks(source: str) -> tuple:
+    """(imports, {name: text}) of a lab file: its import statements and constants, and each top-level function and
+    class with the comment lines just above it. `main` and the `if __name__` block stay in the file only."""
+    tree, lines = ast.parse(source), source.splitlines(keepends=True)
+    imports, defs = [], {}
+    for node in tree.body:
+        text = "".join(lines[node.lineno - 1:node.end_lineno])
+        if isinstance(node, (ast.Import, ast.ImportFrom)) or (
+                isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node is not tree.body[0]):
+            imports.append(text)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name != "main":
+            first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+            defs[node.name] = "".join(lines[first - 1:node.end_lineno])
+    return "".join(imports), defs
+
+
+def notebook(lab: str, source: str, stub: str, url: str = "") -> nbformat.NotebookNode:
+    """The notebook of `lab` with `source` in its cells (the stub, or a filled-in lab file); digests from `stub`."""
+    module, title = LABS[lab]
+    imports, defs = chunks(source)
+    shipped = chunks(stub)[1]
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    docstring = ast.get_docstring(ast.parse(stub)) or ""
+    cells = [md(f"# Lab {lab[3:]}: {title}\n\n{INTRO.format(file=FILES[lab])}\n\nThe contract (the checks rely on it "
+                f"exactly):\n\n```text\n{docstring}\n```"),
+             code(SETUP.format(url=url, lab=lab)),
+             code("%%lab\n" + imports.rstrip("\n"))]
+    for name, text in defs.items():
+        cells += [md(f"### `{name}`"), code(f"%%lab {digest(shipped.get(name, ''))}\n{text.rstrip()}")]
+    cells += [md("## Try it\n\nRun your code on small inputs (an error here is printed; grading comes next)."),
+              code("%%try\n" + TRY[lab]),
+              md(f"## Grade\n\nRuns `python grader.py {lab}` on `labs/{FILES[lab]}` (the GPU when there is one)."),
+              code(f'grade("{lab}")')]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata.update({"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                        "language_info": {"name": "python"}, "colab": {"provenance": []}})
+    for i, cell in enumerate(nb.cells):  # stable ids: regenerating gives the same bytes
+        cell.id = f"{module.replace('_', '-')}-{i}"
+    return nb
+
+
+def expected_notebooks(url: str = "", filled: bool = False) -> dict:
+    """{file name: notebook text} for every lab."""
+    stubs = expected_stubs()
+    out = {}
+    for lab, name in FILES.items():
+        source = MARKER.sub("", (ROOT / "solutions" / name).read_text()) if filled else stubs[name]
+        out[name.replace(".py", ".ipynb")] = nbformat.writes(notebook(lab, source, stubs[name], url)) + "\n"
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only report whether notebooks/ is up to date")
+    parser.add_argument("--out", type=Path, default=ROOT / "notebooks", help="folder to write (default notebooks/)")
+    parser.add_argument("--pack-url", default="", help="where Colab fetches the pack from (a .zip of the release)")
+    parser.add_argument("--filled", action="store_true", help="the reference solutions in the cells (for tests)")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, text in expected_notebooks(args.pack_url, args.filled).items():
+        target = args.out / name
+        if target.exists() and target.read_text() == text:
+            continue
+        stale.append(name)
+        if not args.check:
+            args.out.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+    if args.check and stale:
+        print("out of date: " + ", ".join(stale) + " (run: python tools/make_notebooks.py)")
+        return 1
+    print(("wrote " + ", ".join(stale)) if stale and not args.check else f"{args.out} is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
