@@ -99,15 +99,26 @@ def read_submission(source: Path) -> tuple:
     """({file: bytes}, {file: why it was refused}) for the lab files: nothing else of a submission is read.
 
     Only regular files of at most 1 MB are taken (no symlinks, FIFOs or devices); they are read once, here, before
-    any worker runs, and every judge and worker works from these bytes.
+    any worker runs, and every judge and worker works from these bytes. A lab handed in as its notebook
+    (`lab1_attention.ipynb`, up to 20 MB) or as the notebook downloaded as a script counts as the lab file its
+    `%%lab` cells make.
     """
     from checkers.static import read_lab_file
+    from grading.notebook import lab_source_from_export, lab_source_from_notebook
     sources, refused = {}, {}
     for name in LAB_FILES:
         try:
-            sources[name] = read_lab_file(str(source / name))
+            data = read_lab_file(str(source / name))
+            exported = lab_source_from_export(data.decode("utf-8", errors="replace")) if b"run_cell_magic" in data else None
+            sources[name] = exported.encode() if exported is not None else data
         except FileNotFoundError:
-            pass
+            try:
+                notebook = read_lab_file(str(source / name.replace(".py", ".ipynb")), limit=20 << 20)
+                sources[name] = lab_source_from_notebook(notebook).encode()
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError) as exc:
+                refused[name] = f"{name.replace('.py', '.ipynb')}: {getattr(exc, 'strerror', None) or exc}"
         except OSError as exc:
             refused[name] = exc.strerror or str(exc)
     return sources, refused
@@ -216,9 +227,10 @@ def warn_if_unconfined(isolation: str):
 
 def find_lab_files(folder: Path) -> Path:
     """The folder holding the lab files: `folder` itself, or the one sub-folder an upload unpacked them into."""
-    if any((folder / name).is_file() for name in LAB_FILES):
+    names = [*LAB_FILES, *(name.replace(".py", ".ipynb") for name in LAB_FILES)]  # a notebook stands for its file
+    if any((folder / name).is_file() for name in names):
         return folder
-    found = sorted(p.parent for name in LAB_FILES for p in folder.rglob(name))
+    found = sorted(p.parent for name in names for p in folder.rglob(name))
     return found[0] if found else folder
 
 

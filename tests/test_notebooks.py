@@ -127,3 +127,23 @@ def test_a_cell_that_does_not_parse_is_not_saved(lab_file, capsys):
     before = lab_file.read_text()
     notebook.save("def causal_mask(T, device=None)\n    return None\n", "")
     assert lab_file.read_text() == before and "not saved" in capsys.readouterr().out
+
+
+def test_a_notebook_handed_in_is_graded_as_its_lab_file(tmp_path):
+    """Gradescope or --submission: lab2_multihead.ipynb instead of the .py, or the notebook downloaded as a script."""
+    import json
+    from tests.helpers import run_grader
+    filled = nbformat.reads(expected_notebooks(filled=True)[NOTEBOOKS["lab2"]], as_version=4)
+    notebook_dir, script_dir, broken_dir = (tmp_path / d for d in ("notebook", "script", "broken"))
+    for folder in (notebook_dir, script_dir, broken_dir):
+        folder.mkdir()
+    nbformat.write(filled, notebook_dir / NOTEBOOKS["lab2"])
+    script = "\n".join(f"get_ipython().run_cell_magic({'lab'!r}, {c.source.split(chr(10))[0][6:]!r}, "
+                       f"{c.source.partition(chr(10))[2]!r})" for c in filled.cells if c.source.startswith("%%lab"))
+    (script_dir / LAB_FILES["lab2"]).write_text("#!/usr/bin/env python\n# coding: utf-8\n\n" + script + "\n")
+    (broken_dir / NOTEBOOKS["lab2"]).write_text("{ not json")
+    for folder, status in ((notebook_dir, "passed"), (script_dir, "passed"), (broken_dir, "error")):
+        proc = run_grader("lab2", "--submission", folder, "--json", folder / "r.json")
+        lab = json.loads((folder / "r.json").read_text())["extra_data"]["labs"]["lab2"]
+        assert lab["status"] == status, (folder.name, proc.stdout[-1500:])
+    assert "not a readable notebook" in flat(proc.stdout)

@@ -1,8 +1,9 @@
 """Generate the notebooks (notebooks/labN_*.ipynb) from the lab files, as make_stubs.py generates the stubs.
 
 Each notebook: the lab's contract; a setup cell (it finds the pack, or fetches it on Colab from --pack-url); the
-lab's imports; one `%%lab` cell per function or class of the lab file (the stub's code, TODOs included); a cell that
-tries the code; and a cell that grades it. grading/notebook.py is what those cells call.
+lab's imports; one `%%lab` cell per function or class of the lab file (the stub's code, TODOs included) and one for
+its other statements; a cell that tries the code; and a cell that grades it. The `%%lab` cells in order make the
+lab file again (a notebook handed in is graded that way). grading/notebook.py is what those cells call.
 
     python tools/make_notebooks.py                       # rewrite notebooks/
     python tools/make_notebooks.py --check               # exit 1 if notebooks/ is out of date
@@ -61,10 +62,11 @@ INTRO = ("Each cell marked `%%lab` holds part of `labs/{file}`: fill in its TODO
 
 
 def chunks(source: str) -> tuple:
-    """(imports, {name: text}) of a lab file: its import statements and constants, and each top-level function and
-    class with the comment lines just above it. `main` and the `if __name__` block stay in the file only."""
+    """(imports, {name: text}, rest) of a lab file: its import statements and constants, each top-level function and
+    class with the comment lines just above it, and its other statements (lab 2's `mha = ...`). `main` and the
+    `if __name__` block stay in the file only."""
     tree, lines = ast.parse(source), source.splitlines(keepends=True)
-    imports, defs = [], {}
+    imports, defs, rest = [], {}, []
     for node in tree.body:
         text = "".join(lines[node.lineno - 1:node.end_lineno])
         if isinstance(node, (ast.Import, ast.ImportFrom)) or (
@@ -73,13 +75,16 @@ def chunks(source: str) -> tuple:
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name != "main":
             first = min([d.lineno for d in node.decorator_list] + [node.lineno])
             defs[node.name] = "".join(lines[first - 1:node.end_lineno])
-    return "".join(imports), defs
+        elif node is not tree.body[0] and not (isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)) \
+                and not isinstance(node, ast.FunctionDef):
+            rest.append(text)
+    return "".join(imports), defs, "".join(rest)
 
 
 def notebook(lab: str, source: str, stub: str, url: str = "") -> nbformat.NotebookNode:
     """The notebook of `lab` with `source` in its cells (the stub, or a filled-in lab file); digests from `stub`."""
     module, title = LABS[lab]
-    imports, defs = chunks(source)
+    imports, defs, rest = chunks(source)
     shipped = chunks(stub)[1]
     md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
     docstring = ast.get_docstring(ast.parse(stub)) or ""
@@ -89,6 +94,9 @@ def notebook(lab: str, source: str, stub: str, url: str = "") -> nbformat.Notebo
              code("%%lab\n" + imports.rstrip("\n"))]
     for name, text in defs.items():
         cells += [md(f"### `{name}`"), code(f"%%lab {digest(shipped.get(name, ''))}\n{text.rstrip()}")]
+    if rest:
+        cells += [md("The rest of the file (the contract asks for it; it runs once the code above works):"),
+                  code("%%lab\n" + rest.rstrip("\n"))]
     cells += [md("## Try it\n\nRun your code on small inputs (an error here is printed; grading comes next)."),
               code("%%try\n" + TRY[lab]),
               md(f"## Grade\n\nRuns `python grader.py {lab}` on `labs/{FILES[lab]}` (the GPU when there is one)."),
