@@ -10,7 +10,7 @@ import torch
 from checkers.client import On, StudentError
 from checkers.common import (device_error, expect_close, expect_device_discipline, expect_no_shortcuts, expect_own_chain,
                              expect_tensor, fail, first_match, points)
-from checkers.check_lab5 import H, KV, L, model as lab5_model, tokens
+from checkers.check_lab5 import D, H, KV, L, model as lab5_model, tokens
 from checkers.oracles import causal, greedy_of, llama_of
 
 LAB = "lab6_kvcache"
@@ -167,7 +167,7 @@ def test_cache_grows_one_position_per_step(w):
             held = cache.get(name)
             for layer in range(L):
                 entry = held[layer] if isinstance(held, list) and len(held) == L else None
-                expect_tensor(entry, f"cache.{name}[{layer}] after {end} positions", (2, KV, end, 32 // H), "cache_update")
+                expect_tensor(entry, f"cache.{name}[{layer}] after {end} positions", (2, KV, end, D // H), "cache_update")
 
 
 @points(2)

@@ -20,6 +20,8 @@ NOTEBOOKS = {lab: name.replace(".py", ".ipynb") for lab, name in LAB_FILES.items
 def test_notebooks_are_generated_from_the_lab_files():
     assert make_notebooks(["--check"]) == 0, "run: python tools/make_notebooks.py"
     assert {p.name for p in (ROOT / "notebooks").glob("*.ipynb")} == set(NOTEBOOKS.values())
+    for name in NOTEBOOKS.values():  # valid nbformat 4 (they are written with the standard library)
+        nbformat.validate(nbformat.read(ROOT / "notebooks" / name, as_version=4))
 
 
 def test_every_todo_of_a_lab_file_is_in_a_lab_cell():

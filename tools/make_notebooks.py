@@ -12,11 +12,10 @@ lab file again (a notebook handed in is graded that way). grading/notebook.py is
 """
 import argparse
 import ast
+import json
 import re
 import sys
 from pathlib import Path
-
-import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -81,12 +80,21 @@ def chunks(source: str) -> tuple:
     return "".join(imports), defs, "".join(rest)
 
 
-def notebook(lab: str, source: str, stub: str, url: str = "") -> nbformat.NotebookNode:
-    """The notebook of `lab` with `source` in its cells (the stub, or a filled-in lab file); digests from `stub`."""
+def md(text: str) -> dict:
+    return {"cell_type": "markdown", "metadata": {}, "source": text.splitlines(keepends=True)}
+
+
+def code(text: str) -> dict:
+    return {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+            "source": text.splitlines(keepends=True)}
+
+
+def notebook(lab: str, source: str, stub: str, url: str = "") -> dict:
+    """The notebook (nbformat 4.5, as a dict) of `lab` with `source` in its cells (the stub, or a filled-in lab
+    file); digests from `stub`. Written with the standard library: the release tool needs nothing more."""
     module, title = LABS[lab]
     imports, defs, rest = chunks(source)
     shipped = chunks(stub)[1]
-    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
     docstring = ast.get_docstring(ast.parse(stub)) or ""
     cells = [md(f"# Lab {lab[3:]}: {title}\n\n{INTRO.format(file=FILES[lab])}\n\nThe contract (the checks rely on it "
                 f"exactly):\n\n```text\n{docstring}\n```"),
@@ -101,12 +109,11 @@ def notebook(lab: str, source: str, stub: str, url: str = "") -> nbformat.Notebo
               code("%%try\n" + TRY[lab]),
               md(f"## Grade\n\nRuns `python grader.py {lab}` on `labs/{FILES[lab]}` (the GPU when there is one)."),
               code(f'grade("{lab}")')]
-    nb = nbformat.v4.new_notebook(cells=cells)
-    nb.metadata.update({"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                        "language_info": {"name": "python"}, "colab": {"provenance": []}})
-    for i, cell in enumerate(nb.cells):  # stable ids: regenerating gives the same bytes
-        cell.id = f"{module.replace('_', '-')}-{i}"
-    return nb
+    for i, cell in enumerate(cells):  # stable ids: regenerating gives the same bytes
+        cell["id"] = f"{module.replace('_', '-')}-{i}"
+    metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                "language_info": {"name": "python"}, "colab": {"provenance": []}}
+    return {"cells": cells, "metadata": metadata, "nbformat": 4, "nbformat_minor": 5}
 
 
 def expected_notebooks(url: str = "", filled: bool = False) -> dict:
@@ -115,7 +122,8 @@ def expected_notebooks(url: str = "", filled: bool = False) -> dict:
     out = {}
     for lab, name in FILES.items():
         source = MARKER.sub("", (ROOT / "solutions" / name).read_text()) if filled else stubs[name]
-        out[name.replace(".py", ".ipynb")] = nbformat.writes(notebook(lab, source, stubs[name], url)) + "\n"
+        text = json.dumps(notebook(lab, source, stubs[name], url), indent=1, sort_keys=True, ensure_ascii=False)
+        out[name.replace(".py", ".ipynb")] = text + "\n"
     return out
 
 
