@@ -149,3 +149,19 @@ def test_a_notebook_handed_in_is_graded_as_its_lab_file(tmp_path):
         lab = json.loads((folder / "r.json").read_text())["extra_data"]["labs"]["lab2"]
         assert lab["status"] == status, (folder.name, proc.stdout[-1500:])
     assert "not a readable notebook" in flat(proc.stdout)
+
+
+def test_a_notebook_opened_alone_fetches_the_pack_from_its_url(tmp_path):
+    """Colab's case: no pack around the notebook; the setup cell unpacks the release zip from PACK_URL (a file:// URL
+    here), installs what is missing (nothing, here) and grades."""
+    release = tmp_path / "release"
+    write_release(release)
+    archive = shutil.make_archive(str(tmp_path / "pack"), "zip", tmp_path, "release")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / NOTEBOOKS["lab1"]).write_text(expected_notebooks(url=f"file://{archive}")[NOTEBOOKS["lab1"]])
+    nb = nbformat.read(alone / NOTEBOOKS["lab1"], as_version=4)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(alone)}}).execute()
+    card = flat("".join(o.get("text", "") for o in nb.cells[-1].outputs))
+    assert "(lab 1 not started)" in card, card[-500:]
+    assert list((alone / "transformer-labs").glob("**/grader.py"))
