@@ -3,7 +3,7 @@
 The judge drives the student's cached forward step by step with a KVCache the student's code built, and compares
 every step's logits with lab 5's full forward over the whole sequence (checkers/oracles.py). Known mistakes are
 that forward with the positions or the mask a broken cache would use. Cost is counted in tokens, not seconds: the
-tokens the model embeds at each call of generate_cached.
+tokens generate_cached passes to the model's forward, and those that reach its embedding and first key projection.
 """
 import torch
 
