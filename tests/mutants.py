@@ -237,7 +237,11 @@ MUTANTS = [
            {"test_attention_matches_oracle"}, "gqa_order"),
     Mutant("lab5-no-causal-mask", "lab5", [(L5_MASK, "None)")], {"test_attention_matches_oracle", "test_causality"}, "causal"),
     Mutant("lab5-mask-of-fixed-size", "lab5", [(L5_MASK, "causal_mask(12, device=x.device)[:T, :T])")],
-           {"test_other_sizes_and_positions"}),  # public checks stop at T=12
+           {"test_other_sizes_and_positions", "test_loss_drops_30_percent"}),  # 13 tokens, and training's 16
+    Mutant("lab5-rope-table-of-512-positions", "lab5", [  # a precomputed table, Llama-style: positions past it fail
+        ("angles = positions.to(x.device, torch.float32)[..., None] * freqs  # (..., T, d/2)",
+         "angles = (torch.arange(512, device=x.device, dtype=torch.float32)[:, None] * freqs)[positions.to(x.device)]")],
+           {"test_other_sizes_and_positions"}),  # public checks stay below position 110
     Mutant("lab5-frequencies-on-cpu", "lab5", [(L5_FREQS, "freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)")],
            {"test_device_discipline"}, "device"),
     Mutant("lab5-post-norm", "lab5", [(L5_ATTN, "x = self.norm1(x + self.attn(x))"), (L5_FFN_ADD, "return self.norm2(x + self.ffn(x))")],
