@@ -11,7 +11,7 @@ import torch
 
 from checkers.client import Handle, StudentError
 from checkers.common import (expect_causal, expect_close, expect_device_discipline,
-                             expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_own_chain,
+                             expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_own_chain, once,
                              expect_params, expect_tensor, fail, figure, fill, gelu_flavour, points, randn)
 from checkers.oracles import gpt as reference, greedy as reference_greedy, next_token_loss
 from checkers.check_lab3 import OPTIONAL as BLOCK_OPTIONAL, contract as block_contract
@@ -102,14 +102,7 @@ _RUNS = {}
 
 def trained(w) -> Run:
     """The training run, made once per judge (later checks read the same run, or get the same failure)."""
-    if w not in _RUNS:
-        try:
-            _RUNS[w] = Run(w)
-        except BaseException as exc:  # noqa: B036
-            _RUNS[w] = exc
-    if isinstance(_RUNS[w], BaseException):
-        raise _RUNS[w]
-    return _RUNS[w]
+    return once(_RUNS, w, Run)
 
 
 @points(1)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from checkers.client import On
 from checkers.common import (expect_causal, expect_close, expect_device_discipline,
-                             expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_own_chain,
+                             expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_own_chain, once,
                              expect_params, expect_tensor, fail, figure, fill, first_match, points, randn, sub)
 from checkers.oracles import gqa, greedy_of, llama_block, llama_of, loss_of, rms_norm, rope, swiglu
 
@@ -296,14 +296,7 @@ _RUNS = {}
 
 def trained(w) -> Run:
     """One training run per judge (later checks read it, or get its failure)."""
-    if w not in _RUNS:
-        try:
-            _RUNS[w] = Run(w)
-        except BaseException as exc:  # noqa: B036
-            _RUNS[w] = exc
-    if isinstance(_RUNS[w], BaseException):
-        raise _RUNS[w]
-    return _RUNS[w]
+    return once(_RUNS, w, Run)
 
 
 @points(2)

@@ -388,6 +388,19 @@ def gelu_flavour(out: Tensor, oracle) -> str:
     return min(err, key=err.get)
 
 
+def once(store: dict, w, make):
+    """make(w), made once per worker: later calls get the same result, or raise the same failure (a training run
+    that several checks read)."""
+    if w not in store:
+        try:
+            store[w] = make(w)
+        except BaseException as exc:  # noqa: B036
+            store[w] = exc
+    if isinstance(store[w], BaseException):
+        raise store[w]
+    return store[w]
+
+
 # ---- checks shared by several labs ------------------------------------------------------------
 def expect_causal(fn, x: Tensor, what: str, positions=(0, 3, 6), hint="causal"):
     """For each t, changing inputs after position t must leave outputs 0..t unchanged (fn runs in the worker).

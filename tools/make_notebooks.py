@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from grading.labs import FILES, LABS  # noqa: E402
 from grading.notebook import digest  # noqa: E402
-from tools.make_stubs import expected_stubs  # noqa: E402
+from tools.make_stubs import expected_stubs, sync  # noqa: E402
 
 MARKER = re.compile(r"^\s*# (BEGIN|END) SOLUTION.*\n", re.M)
 SETUP = '''# Run this first: it finds the lab pack (on Colab it fetches it from PACK_URL) and loads the notebook's helpers.
@@ -134,21 +134,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pack-url", default="", help="where Colab fetches the pack from (a .zip of the release)")
     parser.add_argument("--filled", action="store_true", help="the reference solutions in the cells (for tests)")
     args = parser.parse_args(argv)
-    stale = []
-    for name, text in expected_notebooks(args.pack_url, args.filled).items():
-        target = args.out / name
-        if target.exists() and target.read_text() == text:
-            continue
-        stale.append(name)
-        if not args.check:
-            args.out.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-    if args.check and stale:
-        print("out of date: " + ", ".join(stale) + " (run: python tools/make_notebooks.py)")
-        return 1
-    print(("wrote " + ", ".join(stale)) if stale and not args.check else f"{args.out} is up to date")
-    return 0
-
+    return sync(expected_notebooks(args.pack_url, args.filled), args.out, args.check, "python tools/make_notebooks.py")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -58,21 +58,23 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="only report whether labs/ is up to date")
     parser.add_argument("--out", type=Path, default=ROOT / "labs", help="folder to write (default labs/)")
     args = parser.parse_args(argv)
-    stale = []
-    for name, text in expected_stubs().items():
-        target = args.out / name
-        if target.exists() and target.read_text() == text:
-            continue
-        stale.append(name)
-        if not args.check:
-            args.out.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-    if args.check and stale:
-        print("out of date: " + ", ".join(stale) + " (run: python tools/make_stubs.py)")
-        return 1
-    print(("wrote " + ", ".join(stale)) if stale and not args.check else "labs/ is up to date")
-    return 0
+    return sync(expected_stubs(), args.out, args.check, "python tools/make_stubs.py")
 
+
+def sync(expected: dict, out: Path, check: bool, command: str) -> int:
+    """Write each {name: text} of `expected` into `out` where it differs (check: only report); 1 when stale files
+    were found in check mode."""
+    stale = [name for name, text in expected.items() if not ((out / name).exists() and (out / name).read_text() == text)]
+    if check:
+        if stale:
+            print("out of date: " + ", ".join(stale) + f" (run: {command})")
+            return 1
+    else:
+        for name in stale:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text(expected[name])
+    print(("wrote " + ", ".join(stale)) if stale and not check else f"{out} is up to date")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
