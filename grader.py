@@ -21,7 +21,7 @@ sys.dont_write_bytecode = True  # the grader never writes its own tree (nor coul
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from grading.labs import CORE, FILES, GROUPS  # noqa: E402  (standard library only)
+from pack.labs import CORE, FILES, GROUPS  # noqa: E402  (standard library only)
 
 LAB_NAMES = tuple(FILES)
 LAB_FILES = tuple(FILES.values())
@@ -95,145 +95,6 @@ def resolve_device(requested: str) -> str:
     return "cuda" if requested == "cuda" or (requested == "auto" and available) else "cpu"
 
 
-def read_submission(source: Path) -> tuple:
-    """({file: bytes}, {file: why it was refused}) for the lab files: nothing else of a submission is read.
-
-    Only regular files of at most 1 MB are taken (no symlinks, FIFOs or devices); they are read once, here, before
-    any worker runs, and every judge and worker works from these bytes. A lab handed in as its notebook
-    (`lab1_attention.ipynb`, up to 20 MB) or as the notebook downloaded as a script counts as the lab file its
-    `%%lab` cells make.
-    """
-    from checkers.static import read_lab_file
-    from grading.notebook import lab_source_from_export, lab_source_from_notebook
-    sources, refused = {}, {}
-    for name in LAB_FILES:
-        try:
-            data = read_lab_file(str(source / name))
-            exported = lab_source_from_export(data.decode("utf-8", errors="replace")) if b"run_cell_magic" in data else None
-            sources[name] = exported.encode() if exported is not None else data
-        except FileNotFoundError:
-            try:
-                notebook = read_lab_file(str(source / name.replace(".py", ".ipynb")), limit=20 << 20)
-                sources[name] = lab_source_from_notebook(notebook).encode()
-            except FileNotFoundError:
-                pass
-            except (OSError, ValueError) as exc:
-                refused[name] = f"{name.replace('.py', '.ipynb')}: {getattr(exc, 'strerror', None) or exc}"
-        except OSError as exc:
-            refused[name] = exc.strerror or str(exc)
-    return sources, refused
-
-
-def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=True, hide=()) -> dict:
-    """Grade `labs` of each (key, folder, display name); returns {key: [LabResult, ...]} in lab order.
-
-    Every (submission, lab) pair is one child; all of them share one scheduler, `args.jobs` at a time. Workers
-    see neither the submissions' folders nor `hide`. Each lab runs on the pack's stand-ins for the labs before it,
-    or with args.own_labs on the submission's own.
-    """
-    own_labs = getattr(args, "own_labs", False)
-    from grading.supervise import Task, run_tasks
-    from grading.verdict import LabResult, clean, decide, expected_checks, note_dependencies
-    results, tasks = {}, []
-    hide = (*hide, *{str(Path(source).resolve()) for _, source, _ in submissions})
-    for key, source, display in submissions:
-        display = clean(display)
-        sources, refused = read_submission(Path(source))
-        results[key] = {}
-        for lab in sorted(labs, reverse=True):  # the longest lab (lab 4) first: the others fit beside it
-            file = LAB_FILES[LAB_NAMES.index(lab)]
-            if file not in sources:
-                why = refused.get(file, f"{display}/{file} not found")
-                missing = LabResult(lab, "error", why, expected_checks(lab, args.check))
-                for c in missing.checks:
-                    c.message = "not run: the file is missing" if file not in refused else f"not run: {why}"
-                results[key][lab] = missing
-                if on_done:
-                    on_done(key, missing)
-                continue
-            select = [c.name for c in expected_checks(lab, args.check)] if args.check else None
-            tasks.append(Task(lab, sources, display, device, args.timeout, args.memory, select, key, hide, own_labs))
-
-    def judged(outcome, quiet=False):
-        task = outcome.task
-        text = task.sources[LAB_FILES[LAB_NAMES.index(task.lab)]].decode(errors="replace")
-        results[task.key][task.lab] = decide(outcome, expected_checks(task.lab, task.select), text)
-        if on_done and not quiet:
-            on_done(task.key, results[task.key][task.lab])
-
-    zygote = ZYGOTE.get("socket")
-    run_tasks(tasks, jobs=args.jobs, isolation=args.isolation, on_done=judged, zygote=zygote)
-    if own_labs:  # a failing lab may only fail because of an earlier one it runs on: grade those too, for notes only
-        probes = [Task(lab, t.sources, t.display_dir, device, args.timeout, args.memory, None, t.key, hide, True)
-                  for t in tasks if results[t.key][t.lab].status != "passed"
-                  for lab in LAB_NAMES[:LAB_NAMES.index(t.lab)] if lab not in labs and probe
-                  and LAB_FILES[LAB_NAMES.index(lab)] in t.sources]
-        probes = list({(t.key, t.lab): t for t in probes}.values())
-        run_tasks(probes, jobs=args.jobs, isolation=args.isolation, on_done=lambda o: judged(o, quiet=True),
-                  zygote=zygote)
-        for labs_done in results.values():
-            note_dependencies([labs_done[lab] for lab in LAB_NAMES if lab in labs_done])
-    return {key: [labs_done[lab] for lab in labs] for key, labs_done in results.items()}
-
-
-ZYGOTE = {}
-# what lab code may import, loaded before the zygote forks: a worker under another uid may not be able to read
-# the interpreter's own folders later
-STDLIB = ("math", "random", "itertools", "functools", "collections", "collections.abc", "dataclasses", "typing",
-          "string", "re", "json", "copy", "time", "operator", "statistics", "heapq", "bisect", "numbers", "enum",
-          "contextlib", "warnings", "textwrap", "numpy", "numpy.ctypeslib", "torch.nn", "torch.nn.functional", "torch.optim",
-          "torch.utils.data", "torch._dynamo", "safetensors.torch")
-
-
-def preload(isolation: str):
-    """Start the zygote, then import what every forked judge needs, so each starts in a fraction of a second.
-
-    Order matters: the zygote is forked after torch (and the worker's own code) but before any checker module is
-    imported, so no worker forked from it holds a check, an oracle or an expected value.
-    """
-    if sys.platform == "linux":  # this process's memory is closed to a worker of the same user
-        import ctypes
-        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
-    if isolation != "fork" or ZYGOTE:
-        return
-    import importlib
-    for name in STDLIB:
-        importlib.import_module(name)
-    import gc
-    import worker.serve  # noqa: F401
-    from worker import zygote
-    gc.freeze()  # workers' garbage collections skip torch's heap (and do not copy its pages)
-    ZYGOTE["socket"] = zygote.start()
-    import checkers.judge  # noqa: F401
-    gc.freeze()  # the preloaded heap: children's garbage collections skip it (and do not copy its pages)
-
-
-UNCONFINED = "grader.py: warning: workers cannot be confined {why}: one submission's code can read and disturb " \
-             "another's grading. {fix} (README: Confinement)."
-ROOT_OR_USERNS = "Grade classes as root, in the grading image or on Gradescope, or allow unprivileged user namespaces"
-
-
-def warn_if_unconfined(isolation: str):
-    """For grading many students: say once, plainly, when their code cannot be kept apart."""
-    from worker.zygote import confinement
-    if isolation != "fork":
-        print(UNCONFINED.format(why="with --isolation spawn (fresh interpreters)",
-                                fix="Use --isolation fork (Linux), " + ROOT_OR_USERNS[0].lower() + ROOT_OR_USERNS[1:]),
-              file=sys.stderr)
-    elif not confinement():
-        print(UNCONFINED.format(why="on this machine (not root, and no user namespaces)", fix=ROOT_OR_USERNS),
-              file=sys.stderr)
-
-
-def find_lab_files(folder: Path) -> Path:
-    """The folder holding the lab files: `folder` itself, or the one sub-folder an upload unpacked them into."""
-    names = [*LAB_FILES, *(name.replace(".py", ".ipynb") for name in LAB_FILES)]  # a notebook stands for its file
-    if any((folder / name).is_file() for name in names):
-        return folder
-    found = sorted(p.parent for name in names for p in folder.rglob(name))
-    return found[0] if found else folder
-
-
 SETUP = "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && source .venv/bin/activate"
 
 
@@ -246,7 +107,8 @@ def missing_package():
 def watch(source: Path, labs, args, device: str, display: str, hide) -> int:
     """Grade, then grade again whenever a lab file changes, with everything preloaded: until Ctrl-C."""
     from rich.text import Text
-    from grading import report
+    from parent import report
+    from parent.grade import grade_submissions
     out = report.console()
 
     def stamp():
@@ -291,6 +153,7 @@ def main(argv=None) -> int:
     labs = args.labs
     hide = ()
     if args.gradescope:
+        from parent.submission import find_lab_files
         autograder = Path(os.environ.get("GRADESCOPE_ROOT", "/autograder"))
         hide = (str(autograder.resolve()),)  # its results folder included
         args.submission = str(find_lab_files(autograder / "submission"))
@@ -299,25 +162,26 @@ def main(argv=None) -> int:
     hide += tuple(str(Path(f).resolve().parent) for f in (args.json, args.csv if args.batch else None) if f)
     source = ROOT / "solutions" if args.solutions else Path(args.submission) if args.submission else ROOT / "labs"
     if args.docker:
-        from grading.container import run_in_docker
+        from parent.container import run_in_docker
         return run_in_docker(args, labs, source, resolve_device(args.device))
     display = os.path.relpath(source) if not os.path.relpath(source).startswith("..") else str(source)
     started, results, error = time.monotonic(), [], None
     try:
         device = resolve_device(args.device)
+        from parent.grade import grade_submissions, preload, warn_if_unconfined
         if args.batch or args.gradescope:
             warn_if_unconfined(args.isolation)
         preload(args.isolation)  # first: the zygote must fork before any checker is imported
-        from grading import report
-        from grading.verdict import expected_checks
+        from parent import report
+        from parent.verdict import expected_checks
         if args.check:
             labs = [lab for lab in labs if expected_checks(lab, args.check)]
             if not labs:
                 print(f"grader.py: error: no check matches {args.check}", file=sys.stderr)
                 return 2
         if args.batch:
-            from grading.batch import run_batch
-            return run_batch(args.batch, labs, args, device, grade_submissions, hide)
+            from parent.batch import run_batch
+            return run_batch(args.batch, labs, args, device, hide)
         if args.watch:
             return watch(Path(source), labs, args, device, display, hide)
         results = grade_submissions([(None, source, display)], labs, args, device, hide=hide)[None]
@@ -335,7 +199,7 @@ def main(argv=None) -> int:
         print(f"grader.py: internal error: {error}", file=sys.stderr)
     finally:
         if args.json and not args.batch:
-            from grading.report import write_json
+            from parent.report import write_json
             write_json(args.json, results, time.monotonic() - started, error, args.visibility, args.hidden_visibility)
     return 0 if results and not error and all(r.status == "passed" for r in results) else 1
 

@@ -33,7 +33,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from grading.labs import CORE, FILES  # noqa: E402
+from pack.labs import CORE, FILES  # noqa: E402
 
 LABS = CORE
 LAB_FILES = tuple(FILES[lab] for lab in CORE)

@@ -5,19 +5,26 @@ plain tensors and are compared here.
 """
 import torch
 
-from checkers.client import On, StudentError
-from checkers.common import (causal, device_error, expect_close, expect_no_shortcuts, expect_tensor, fail,
-                             heatmap_if_failing, matches, points, randn)
-from checkers.oracles import attention, weights as attention_weights
+from judge.client import On, Options, StudentError
+from judge.checks import attach, fail, heatmap, points
+from judge.compare import expect_close, expect_tensor, matches, randn
+from judge.shared import device_error, expect_no_shortcuts
+from judge.oracles import attention, causal, weights as attention_weights
+from protocol.messages import Backward, Result
 
 LAB = "lab1_attention"
 
 
-def attend(w, q, k, v, mask=None, **options):
-    out = w.call((LAB, "scaled_dot_product_attention"), q, k, v, mask, **options)
-    if not options and not (isinstance(out, tuple) and len(out) == 2):
+def attend(w, q, k, v, mask=None):
+    out = w.call((LAB, "scaled_dot_product_attention"), q, k, v, mask)
+    if not (isinstance(out, tuple) and len(out) == 2):
         fail(f"scaled_dot_product_attention must return a tuple (out, weights), got {type(out).__name__}.", "shape")
     return out
+
+
+def attend_with(w, opts: Options, q, k, v, mask=None) -> Result:
+    """The student's attention under the grader's options: the worker's Result."""
+    return w.run(opts, (LAB, "scaled_dot_product_attention"), q, k, v, mask)
 
 
 def diagnose(q, k, mask, weights) -> str:
@@ -50,11 +57,8 @@ def compare(w, q, k, v, mask, what, atol=1e-5):
     want_out, want_w = reference(q, k, v, mask)
     expect_tensor(weights, f"{what}: weights", want_w.shape, "shape")
     hint = lambda: diagnose(q, k, mask, weights)  # noqa: E731
-    try:
+    with attach(lambda: heatmap(weights, want_w, f"{what}: weights of batch 0")):
         expect_close(weights, want_w, f"{what}: weights", atol=atol, hint=hint)
-    except AssertionError:
-        heatmap_if_failing(weights, want_w, f"{what}: weights of batch 0")
-        raise
     expect_close(out, want_out, f"{what}: out", atol=atol, hint=hint)
 
 
@@ -89,12 +93,9 @@ def test_weight_rows_sum_to_one(w):
     x = randn(2, 8, 16)
     _, weights = attend(w, x, x, x, causal(8))
     expect_tensor(weights, "weights", (2, 8, 8), hint="shape")
-    try:
+    with attach(lambda: heatmap(weights, reference(x, x, x, causal(8))[1], "causal self-attention, batch 0")):
         expect_close(weights.sum(-1), torch.ones(2, 8, dtype=weights.dtype), "row sums of the weights", atol=1e-5,
                      hint=lambda: diagnose(x, x, causal(8), weights))
-    except AssertionError:
-        heatmap_if_failing(weights, reference(x, x, x, causal(8))[1], "causal self-attention, batch 0")
-        raise
 
 
 @points(2)
@@ -106,9 +107,9 @@ def test_upper_triangle_is_zero(w):
     upper = torch.triu(weights.to(torch.float64), diagonal=1).abs()
     leak = float(upper.max())
     if not leak < 1e-6:  # NaN fails too
-        heatmap_if_failing(weights, reference(x, x, x, causal(8))[1], "causal self-attention, batch 0")
         row = int(upper.nan_to_num(1.0).amax(dim=(0, 2)).argmax())
-        fail(f"weights above the diagonal must be 0, largest is {leak:.3g} (query {row} sees a later key).", "mask")
+        fail(f"weights above the diagonal must be 0, largest is {leak:.3g} (query {row} sees a later key).", "mask",
+             figures=heatmap(weights, reference(x, x, x, causal(8))[1], "causal self-attention, batch 0"))
 
 
 @points(3)
@@ -131,18 +132,18 @@ def test_gradients_flow(w):
     """Backward works: q, k and v receive the same gradients as the reference."""
     q, k, v = (randn(2, 6, 8, dtype=torch.float64) for _ in range(3))
     grad_out = randn(2, 6, 8, dtype=torch.float64)
-    result = attend(w, On(q, grad=True), On(k, grad=True), On(v, grad=True), causal(6),
-                    backward={"grad_out": grad_out, "index": 0})
-    out = result["out"]
+    result = attend_with(w, Options(backward=Backward(grad_out, index=0)), On(q, grad=True), On(k, grad=True),
+                         On(v, grad=True), causal(6))
+    out = result.out
     if not (isinstance(out, tuple) and len(out) == 2):
         fail(f"scaled_dot_product_attention must return a tuple (out, weights), got {type(out).__name__}.", "shape")
     expect_tensor(out[0], "out", (2, 6, 8), hint="shape")
-    grads = result["grads"]
-    if grads.get("connected") is not True:
+    grads = result.grads
+    if not (grads and grads.connected):
         fail("out is not connected to q, k and v (no autograd graph): avoid .detach(), .data and torch.no_grad().", "grad")
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     want = torch.autograd.grad(attention(q, k, v, causal(6))[0], (q, k, v), grad_out)
-    got = grads.get("inputs") if type(grads.get("inputs")) is list else []
+    got = grads.inputs if type(grads.inputs) is list else []
     for i, (name, wanted) in enumerate(zip("qkv", want)):
         g = got[i] if i < len(got) else None
         if not isinstance(g, torch.Tensor):
@@ -155,7 +156,8 @@ def test_gradients_flow(w):
 def test_no_shortcuts(w):
     """No built-in attention: the source does not name one, and none is reached at run time."""
     x = randn(2, 8, 16)
-    expect_no_shortcuts(w, lambda: (attend(w, x, x, x, causal(8), guard=True), attend(w, x, x, x, None, guard=True)))
+    guard = Options(guard=True)
+    expect_no_shortcuts(w, lambda: (attend_with(w, guard, x, x, x, causal(8)), attend_with(w, guard, x, x, x, None)))
 
 
 @points(1)
@@ -168,8 +170,8 @@ def test_device_discipline(w):
              "create it.", "device")
     x = torch.randn(2, 8, 16)
     try:
-        out = w.call((LAB, "scaled_dot_product_attention"), On(x, target), On(x, target), On(x, target),
-                     On(causal(8), target), device_guard=True)
+        out = attend_with(w, Options(device_guard=True), On(x, target), On(x, target), On(x, target),
+                          On(causal(8), target)).out
     except StudentError as exc:
         if not device_error(exc):
             raise  # the same code fails on any device: a plain error, not a device one

@@ -7,12 +7,14 @@ import math
 
 import torch
 
-from checkers.client import On
-from checkers.common import (causal, expect_causal, expect_close, expect_device_discipline,
-                             expect_dropout_only_in_training, expect_every_parameter_gets_a_gradient,
-                             expect_no_shortcuts, expect_own_chain, expect_params, expect_tensor, fail, figure, fill,
-                             first_match, grid, points, randn)
-from checkers.oracles import mha as reference, weights as attention_weights
+from judge.client import NO_GRAD, Handle, On, Options
+from judge.checks import attach, fail, grid, points
+from judge.compare import expect_close, expect_tensor, first_match, randn
+from judge.shared import (expect_causal, expect_device_discipline, expect_dropout_only_in_training,
+                          expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_own_chain,
+                          expect_params, fill)
+from protocol.messages import Capture, Figure
+from judge.oracles import causal, mha as reference, weights as attention_weights
 
 LAB = "lab2_multihead"
 
@@ -56,27 +58,32 @@ def diagnose(wts, x, n_heads, out, again=None) -> str:
     return first_match(variants(wts, x.size(-1), n_heads), x, out, again, "heads")
 
 
-def head0_heatmap(w, mha, wts, x):
-    """Attach head 0's weights (batch 0) as the student's lab 1 call computed them, beside the expected ones."""
+SPY = Options(no_grad=True, capture=Capture("lab1_attention", "scaled_dot_product_attention"))
+
+
+def head0_heatmap(mha, wts, x) -> list:
+    """[head 0's weights (batch 0) as the student's lab 1 call computed them, beside the expected ones]."""
     try:
-        got = w.call(("handle", mha.id, "forward"), x, capture=True, no_grad=True).get("captured", [])
+        got = mha.run(SPY, x).captured or []
     except Exception:
-        return
+        return []
     B, T, D = x.shape
     d_head = D // int(mha.attr("n_heads") or 4)
     q, k, _ = torch.nn.functional.linear(x, wts["qkv.weight"], wts.get("qkv.bias")).split(D, dim=-1)
     want = attention_weights(q[..., :d_head], k[..., :d_head], causal(T))  # head 0 owns the first d_head features
     got = got[0] if got else None
     if isinstance(got, torch.Tensor) and got.dim() == 4 and got.shape[-2:] == (T, T):
-        figure("heatmap", title="attention weights of head 0, batch 0", got=grid(got[0, 0]), want=grid(want[0]))
+        return [Figure("heatmap", title="attention weights of head 0, batch 0", got=grid(got[0, 0]), want=grid(want[0]))]
+    return []
 
 
 @points(2)
 def test_mha_exists(w):
     """Module-level `mha` is a MultiHeadAttention with n_heads > 1, D % n_heads == 0, fused qkv and proj."""
     mha = w.get(LAB, "mha")
-    if not hasattr(mha, "modules") or mha.info.get("type") != "MultiHeadAttention" or mha.info.get("module") != LAB:
-        fail(f"`mha` must be an instance of MultiHeadAttention, got {getattr(mha, 'info', {}).get('type', type(mha).__name__)}.", "heads")
+    if not isinstance(mha, Handle) or mha.type != "MultiHeadAttention" or mha.module != LAB:
+        got = mha.type if isinstance(mha, Handle) else getattr(mha, "type_name", type(mha).__name__)
+        fail(f"`mha` must be an instance of MultiHeadAttention, got {got}.", "heads")
     modules = mha.modules
     if not all("Linear" in modules.get(name, ("", "", []))[2] for name in ("qkv", "proj")):
         fail("MultiHeadAttention needs self.qkv = nn.Linear(d_model, 3 * d_model) and self.proj = "
@@ -98,7 +105,7 @@ def test_output_shape(w):
     """forward maps (B, T, D) to (B, T, D)."""
     for D, H, T in ((16, 4, 8), (24, 3, 5)):
         mha, _ = build(w, D, H)
-        expect_tensor(mha(randn(2, T, D), no_grad=True), f"MultiHeadAttention({D}, {H}) on (2, {T}, {D})", (2, T, D),
+        expect_tensor(mha.run(NO_GRAD, randn(2, T, D)).out, f"MultiHeadAttention({D}, {H}) on (2, {T}, {D})", (2, T, D),
                       "heads")
 
 
@@ -123,14 +130,11 @@ def test_matches_oracle(w):
             mha.method("eval")
         D = wts["proj.weight"].shape[1]
         x = randn(B, T, D)
-        out = expect_tensor(mha(x, no_grad=True), f"MultiHeadAttention({D}, {H}) output", (B, T, D), "heads")
-        try:
+        out = expect_tensor(mha.run(NO_GRAD, x).out, f"MultiHeadAttention({D}, {H}) output", (B, T, D), "heads")
+        again = lambda: mha.run(Options(no_grad=True, seed=1), x).out  # noqa: E731
+        with attach(lambda: head0_heatmap(mha, wts, x)):
             expect_close(out, reference(wts, x, H), f"MultiHeadAttention({D}, n_heads={H}) on (B={B}, T={T})",
-                         hint=lambda: diagnose(wts, x, H, out, again=lambda: mha(x, no_grad=True, seed=1)),
-                         fallback="heads")
-        except AssertionError:
-            head0_heatmap(w, mha, wts, x)
-            raise
+                         hint=lambda: diagnose(wts, x, H, out, again=again), fallback="heads")
 
 
 @points(2)
@@ -138,7 +142,7 @@ def test_gradients_reach_every_parameter(w):
     """Backward works and qkv and proj (weights and biases) all receive a gradient."""
     mha, _ = build(w, 16, 4)
     result = expect_every_parameter_gets_a_gradient(mha, On(randn(2, 8, 16), grad=True), "MultiHeadAttention")
-    inputs = result["grads"].get("inputs")
+    inputs = result.grads.inputs
     if not (type(inputs) is list and inputs and isinstance(inputs[0], torch.Tensor)):
         fail("no gradient reached the input x.", "grad")
 
@@ -148,12 +152,9 @@ def test_causality(w):
     """Changing future tokens never changes earlier outputs."""
     mha, wts = build(w, 16, 4)
     x = randn(2, 8, 16)
-    try:
-        expect_causal(lambda t: mha(t, no_grad=True), x, "MultiHeadAttention",
+    with attach(lambda: head0_heatmap(mha, wts, x)):
+        expect_causal(lambda t: mha.run(NO_GRAD, t).out, x, "MultiHeadAttention",
                       hint=lambda out: "causal" if diagnose(wts, x, 4, out) == "causal" else "heads")
-    except AssertionError:
-        head0_heatmap(w, mha, wts, x)
-        raise
 
 
 @points(1)
@@ -167,7 +168,7 @@ def test_dropout_only_in_training(w):
 def test_no_shortcuts(w):
     """No built-in attention in the source, in the module tree, or reached at run time."""
     mha, _ = build(w, 16, 4)
-    expect_no_shortcuts(w, lambda: mha(randn(2, 8, 16), guard=True), mha)
+    expect_no_shortcuts(w, lambda: mha.run(Options(guard=True), randn(2, 8, 16)).out, mha)
 
 
 @points(1)
@@ -183,7 +184,7 @@ def test_other_sizes_and_lengths(w):
     for D, H, B, T in ((30, 5, 1, 13), (12, 1, 3, 4), (16, 4, 2, 20)):
         mha, wts = build(w, D, H)
         x = randn(B, T, D)
-        out = expect_tensor(mha(x, no_grad=True), f"MultiHeadAttention({D}, {H}) output", (B, T, D), "heads")
+        out = expect_tensor(mha.run(NO_GRAD, x).out, f"MultiHeadAttention({D}, {H}) output", (B, T, D), "heads")
         expect_close(out, reference(wts, x, H), f"MultiHeadAttention({D}, n_heads={H}) on (B={B}, T={T})",
                      hint=lambda: diagnose(wts, x, H, out), fallback="heads")
 
@@ -194,6 +195,6 @@ def test_works_with_your_own_earlier_labs(w):
     def probe(worker):
         mha, wts = build(worker, 16, 4)
         x = randn(2, 8, 16)
-        expect_close(expect_tensor(mha(x, no_grad=True), "MultiHeadAttention output", (2, 8, 16)), reference(wts, x, 4),
+        expect_close(expect_tensor(mha.run(NO_GRAD, x).out, "MultiHeadAttention output", (2, 8, 16)), reference(wts, x, 4),
                      "MultiHeadAttention(16, 4) output")
     expect_own_chain(w, probe, "MultiHeadAttention")

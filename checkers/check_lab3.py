@@ -1,12 +1,14 @@
 """Lab 3 checks: the pre-norm transformer block, compared with recomputations from weights the judge chose."""
 import torch
 
-from checkers.client import On
-from checkers.common import (expect_causal, expect_close, expect_device_discipline, expect_dropout_only_in_training,
-                             expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_own_chain,
-                             expect_params, expect_tensor, fail, fill, first_match, gelu_flavour, points, randn, sub,
-                             zeroed)
-from checkers.oracles import block as reference, layer_norm, mha, mlp as reference_mlp
+from judge.client import NO_GRAD, On, Options
+from judge.checks import fail, points
+from judge.compare import expect_close, expect_tensor, first_match, randn
+from judge.shared import (expect_causal, expect_device_discipline, expect_dropout_only_in_training,
+                          expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_own_chain,
+                          expect_params, fill, gelu_flavour, sub, zeroed)
+from judge.oracles import block as reference, layer_norm, mha, mlp as reference_mlp
+from protocol.messages import Backward
 
 LAB = "lab3_block"
 
@@ -54,7 +56,7 @@ def test_output_shape_preserved(w):
     """forward maps (B, T, D) to (B, T, D)."""
     for D, H, T in ((16, 4, 8), (24, 3, 5)):
         block, _ = build(w, D, H)
-        expect_tensor(block(randn(2, T, D), no_grad=True), f"TransformerBlock({D}, {H}) on (2, {T}, {D})", (2, T, D),
+        expect_tensor(block.run(NO_GRAD, randn(2, T, D)).out, f"TransformerBlock({D}, {H}) on (2, {T}, {D})", (2, T, D),
                       "residual")
 
 
@@ -64,10 +66,10 @@ def test_residual_gradient(w):
     block, wts = build(w, 16, 4)
     block.load(zeroed(wts, "attn.proj.", "mlp.proj."))
     x, grad_out = randn(2, 8, 16), randn(2, 8, 16)
-    result = block(On(x, grad=True), backward={"grad_out": grad_out, "index": None})
-    expect_close(result["out"], x, "output with attn.proj and mlp.proj zeroed (should equal the input)",
-                 hint=lambda: diagnose(zeroed(wts, "attn.proj.", "mlp.proj."), x, 4, result["out"]), fallback="residual")
-    inputs = result["grads"].get("inputs") if result["grads"].get("connected") is True else None
+    result = block.run(Options(backward=Backward(grad_out)), On(x, grad=True))
+    expect_close(result.out, x, "output with attn.proj and mlp.proj zeroed (should equal the input)",
+                 hint=lambda: diagnose(zeroed(wts, "attn.proj.", "mlp.proj."), x, 4, result.out), fallback="residual")
+    inputs = result.grads.inputs if result.grads and result.grads.connected else None
     if not (type(inputs) is list and inputs and isinstance(inputs[0], torch.Tensor)):
         fail("no gradient reached the input x through the block.", "residual")
     expect_close(inputs[0], grad_out, "d out / d x applied to a random vector (should be the vector itself)",
@@ -91,7 +93,7 @@ def test_mlp_matches_oracle(w):
              f"proj weight {got.get('proj.weight')}: use `expansion`.", "mlp")
     wts = fill(mlp)
     x = randn(2, 8, 16) * 2
-    out = expect_tensor(mlp(x, no_grad=True), "MLP output", (2, 8, 16), "mlp")
+    out = expect_tensor(mlp.run(NO_GRAD, x).out, "MLP output", (2, 8, 16), "mlp")
     approximate = gelu_flavour(out, lambda a: reference_mlp(wts, x, a))
     expect_close(out, reference_mlp(wts, x, approximate), "MLP output", hint="mlp")
 
@@ -102,10 +104,10 @@ def test_matches_oracle(w):
     for D, H, kwargs in ((16, 4, {}), (24, 3, {"dropout": 0.1})):
         block, wts = build(w, D, H, **kwargs)
         x = randn(2, 6, D)
-        out = expect_tensor(block(x, no_grad=True), "block output", x.shape, "residual")
+        out = expect_tensor(block.run(NO_GRAD, x).out, "block output", x.shape, "residual")
         approximate = gelu_flavour(out, lambda a: reference(wts, x, H, a))
         expect_close(out, reference(wts, x, H, approximate), f"TransformerBlock({D}, {H}) output",
-                     hint=lambda: diagnose(wts, x, H, out, approximate, again=lambda: block(x, no_grad=True, seed=1)),
+                     hint=lambda: diagnose(wts, x, H, out, approximate, again=lambda: block.run(Options(no_grad=True, seed=1), x).out),
                      fallback="prenorm")
 
 
@@ -120,7 +122,7 @@ def test_gradients_reach_every_parameter(w):
 def test_causality(w):
     """Changing future tokens never changes earlier outputs."""
     block, _ = build(w, 16, 4)
-    expect_causal(lambda t: block(t, no_grad=True), randn(2, 8, 16), "TransformerBlock", positions=(0, 4))
+    expect_causal(lambda t: block.run(NO_GRAD, t).out, randn(2, 8, 16), "TransformerBlock", positions=(0, 4))
 
 
 @points(1)
@@ -134,7 +136,7 @@ def test_dropout_only_in_training(w):
 def test_no_shortcuts(w):
     """No built-in attention or transformer layers in the source, the module tree, or at run time."""
     block, _ = build(w, 16, 4)
-    expect_no_shortcuts(w, lambda: block(randn(2, 8, 16), guard=True), block)
+    expect_no_shortcuts(w, lambda: block.run(Options(guard=True), randn(2, 8, 16)).out, block)
 
 
 @points(1)
@@ -149,12 +151,12 @@ def test_extreme_inputs_and_sizes(w):
     """Matches on inputs of scale 1e-3 (LayerNorm's eps matters), inputs shifted by 50, and d_model=40 with 5 heads."""
     block, wts = build(w, 16, 4)
     for x, what in ((randn(2, 7, 16) * 1e-3, "inputs of scale 1e-3"), (randn(2, 7, 16) + 50, "inputs shifted by 50")):
-        out = expect_tensor(block(x, no_grad=True), "block output", x.shape, "residual")
+        out = expect_tensor(block.run(NO_GRAD, x).out, "block output", x.shape, "residual")
         expect_close(out, reference(wts, x, 4, gelu_flavour(out, lambda a: reference(wts, x, 4, a))),
                      f"TransformerBlock(16, 4) on {what}", atol=1e-4, hint="prenorm")
     block, wts = build(w, 40, 5)
     x = randn(3, 11, 40)
-    out = expect_tensor(block(x, no_grad=True), "block output", x.shape, "residual")
+    out = expect_tensor(block.run(NO_GRAD, x).out, "block output", x.shape, "residual")
     expect_close(out, reference(wts, x, 5, gelu_flavour(out, lambda a: reference(wts, x, 5, a))),
                  "TransformerBlock(40, 5) output", hint=lambda: diagnose(wts, x, 5, out), fallback="prenorm")
 
@@ -165,7 +167,7 @@ def test_works_with_your_own_earlier_labs(w):
     def probe(worker):
         block, wts = build(worker, 16, 4)
         x = randn(2, 6, 16)
-        out = expect_tensor(block(x, no_grad=True), "block output", x.shape)
+        out = expect_tensor(block.run(NO_GRAD, x).out, "block output", x.shape)
         expect_close(out, reference(wts, x, 4, gelu_flavour(out, lambda a: reference(wts, x, 4, a))),
                      "TransformerBlock(16, 4) output")
     expect_own_chain(w, probe, "TransformerBlock")

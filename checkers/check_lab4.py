@@ -9,11 +9,14 @@ import math
 
 import torch
 
-from checkers.client import Handle, StudentError
-from checkers.common import (expect_causal, expect_close, expect_device_discipline,
-                             expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_own_chain, once,
-                             expect_params, expect_tensor, fail, figure, fill, gelu_flavour, points, randn)
-from checkers.oracles import gpt as reference, greedy as reference_greedy, next_token_loss
+from judge.client import NO_GRAD, Handle, Options, StudentError
+from judge.checks import fail, points
+from judge.compare import expect_close, expect_tensor, randn
+from judge.shared import (expect_causal, expect_device_discipline, expect_every_parameter_gets_a_gradient,
+                          expect_no_shortcuts, expect_own_chain, expect_params, fill, gelu_flavour, once)
+from judge.shared import OURS, expect_continuation
+from protocol.messages import Backward, Figure, Watch
+from judge.oracles import gpt as reference, greedy as reference_greedy, next_token_loss
 from checkers.check_lab3 import OPTIONAL as BLOCK_OPTIONAL, contract as block_contract
 
 LAB = "lab4_gpt"
@@ -49,7 +52,7 @@ def tokens(B, T, vocab_size):
 def flavour(model: Handle, wts: dict, n_heads=H, n_layers=L) -> str:
     """Which GELU the student's model uses (both are accepted), from its logits on a few tokens."""
     idx = tokens(1, 6, 11 if wts["tok_emb.weight"].shape[0] == 11 else wts["tok_emb.weight"].shape[0])
-    return gelu_flavour(model(idx, no_grad=True), lambda a: reference(wts, idx, n_heads, n_layers, a))
+    return gelu_flavour(model.run(NO_GRAD, idx).out, lambda a: reference(wts, idx, n_heads, n_layers, a))
 
 
 def greedy(wts: dict, idx: torch.Tensor, steps: int, crop: int, approximate: str) -> torch.Tensor:
@@ -76,9 +79,9 @@ class Run:
         self.model, before = build(w, V, style="default", dropout=0.0)
         self.approximate = flavour(self.model, before)
         self.loss_before = next_token_loss(before, self.data, SEQ_LEN, H, L, self.approximate)
-        result = w.call((LAB, "train"), self.model, self.data, steps=STEPS, batch_size=16, lr=3e-3,
-                        watch=(self.model, ""), resets=(self.model, "tok_emb.weight"), timeout=None)
-        losses, self.watched, self.resets = result["out"], result["watched"], result["resets"]
+        result = w.run(Options(watch=Watch(self.model.id, ""), resets=Watch(self.model.id, "tok_emb.weight")),
+                       (LAB, "train"), self.model, self.data, steps=STEPS, batch_size=16, lr=3e-3)
+        losses, self.watched, self.resets = result.out, result.watched or [], result.resets or []
         self.model.method("eval")
         after = self.model.state()
         if type(after) is not dict:
@@ -157,7 +160,7 @@ def test_logits_shape(w):
     """forward maps idx (B, T) to logits (B, T, vocab_size), up to T = max_seq_len."""
     model, _ = build(w)
     for T in (1, 7, SEQ_LEN):
-        expect_tensor(model(tokens(2, T, 11), no_grad=True), f"logits for idx of shape (2, {T})", (2, T, 11), "gpt")
+        expect_tensor(model.run(NO_GRAD, tokens(2, T, 11)).out, f"logits for idx of shape (2, {T})", (2, T, 11), "gpt")
 
 
 @points(3)
@@ -165,7 +168,7 @@ def test_matches_oracle(w):
     """Logits match a recomputation from its own parameters (random LayerNorm and bias values, so ln_f counts)."""
     model, wts = build(w, dropout=0.1)
     idx = tokens(2, 10, 11)
-    logits = expect_tensor(model(idx, no_grad=True), "logits", (2, 10, 11), "gpt")
+    logits = expect_tensor(model.run(NO_GRAD, idx).out, "logits", (2, 10, 11), "gpt")
     approximate = gelu_flavour(logits, lambda a: reference(wts, idx, H, L, a))
     expect_close(logits, reference(wts, idx, H, L, approximate), "TinyGPT logits", atol=1e-4, hint="gpt")
 
@@ -181,7 +184,7 @@ def test_gradients_reach_every_parameter(w):
 def test_causality(w):
     """Changing future tokens never changes earlier logits."""
     model, _ = build(w)
-    expect_causal(lambda t: model(t, no_grad=True), tokens(2, 12, 11), "TinyGPT logits", positions=(0, 5))
+    expect_causal(lambda t: model.run(NO_GRAD, t).out, tokens(2, 12, 11), "TinyGPT logits", positions=(0, 5))
 
 
 @points(2)
@@ -204,7 +207,7 @@ def test_get_batch_shift(w):
         fail("windows must lie inside the data.", "shift")
     starts = []
     for seed in (1, 2):  # two runs under different seeds: random starts differ
-        again = w.call((LAB, "get_batch"), torch.arange(100), 8, 12, seed=seed)
+        again = w.run(Options(seed=seed), (LAB, "get_batch"), torch.arange(100), 8, 12).out
         again = again[0] if isinstance(again, (tuple, list)) else again
         starts.append(expect_tensor(again, "x", (8, 12), "shift")[:, 0].tolist())
     if starts[0] == starts[1]:
@@ -226,11 +229,12 @@ def test_training_logs_20_steps(w):
 def test_loss_drops_30_percent(w):
     """The mean of the last 5 losses is more than 30% below the mean of the first 5."""
     losses = trained(w).losses
-    figure("losses", values=[round(x, 4) for x in losses])
+    shown = [Figure("losses", values=[round(x, 4) for x in losses])]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     if not (len(losses) >= 10 and last < 0.7 * first):
         fail(f"loss went from {first:.3f} (first 5) to {last:.3f} (last 5): a drop of "
-             f"{100 * (1 - last / first) if first else 0:.0f}%, need more than 30%.", "train")
+             f"{100 * (1 - last / first) if first else 0:.0f}%, need more than 30%.", "train", figures=shown)
+    return shown
 
 
 @points(2)
@@ -268,16 +272,11 @@ def test_greedy_continues_pattern(w):
     out = expect_tensor(run.model.method("generate", idx, NEW_TOKENS, top_k=1), "generate's output",
                         (1, len(PROMPT) + NEW_TOKENS), "crop")
     got = "".join(run.chars.get(int(i), "?") for i in out[0].tolist())
-    figure("text", label="greedy sample", text=got)
     want = (PROMPT + (TEXT * 10)[len(PROMPT):])[:len(PROMPT) + NEW_TOKENS]
     ours = "".join(run.chars.get(int(i), "?") for i in greedy(run.after, idx, NEW_TOKENS, SEQ_LEN,
                                                                 run.approximate)[0].tolist())
-    for text, whose in ((ours, "the trained weights (the grader's own greedy decoding)"), (got, "generate")):
-        if text != want:  # the weights first: when they are wrong, the training is to blame, not generate
-            at = next(i for i, (a, b) in enumerate(zip(text, want)) if a != b)
-            fail(f"greedy continuation of {PROMPT!r} by {whose} went wrong at character {at}:\n  expected {want!r}\n"
-                 f"  got      {text!r}\n(loss after training: {run.loss_after:.3f})",
-                 "crop" if at >= SEQ_LEN and whose == "generate" else "train")
+    return expect_continuation(PROMPT, want, [(ours, OURS), (got, "generate")], run.loss_after,
+                               lambda at, whose: "crop" if at >= SEQ_LEN and whose == "generate" else "train")
 
 
 @points(2)
@@ -286,17 +285,17 @@ def test_generate_length_and_crop(w):
     model, wts = build(w, style="default", max_seq_len=8)  # default init: random biases make greedy runs collapse
     idx = tokens(2, 5, 11)
     try:
-        result = model.method("generate", idx, 12, top_k=1, watch=(model, ""))
+        result = model.run_method(Options(watch=Watch(model.id, "")), "generate", idx, 12, top_k=1)
     except StudentError as exc:
         if exc.type == "IndexError":  # position embeddings run out past max_seq_len
             fail(f"generate(idx of shape (2, 5), max_new_tokens=12) with max_seq_len=8 raised {exc.type}: "
                  f"{exc.message}", "crop")
         raise
-    shape = getattr(result["out"], "shape", None)
+    shape = getattr(result.out, "shape", None)
     if shape is not None and tuple(shape) == (2, 12):
         fail("generate returned only the 12 new tokens, shape (2, 12); (2, 17) expected.", "append")
-    out = expect_tensor(result["out"], "generate(idx of shape (2, 5), max_new_tokens=12)", (2, 17), "crop")
-    if any(grad for _, grad in result["watched"]):
+    out = expect_tensor(result.out, "generate(idx of shape (2, 5), max_new_tokens=12)", (2, 17), "crop")
+    if any(grad for _, grad in result.watched or []):
         fail("generate ran forward with gradients enabled: decorate it with @torch.no_grad().", "sampling")
     expect_close(out[:, :5].float(), idx.float(), "the prompt at the start of generate's output", atol=0, hint="sampling")
     want = greedy(wts, idx, 12, 8, flavour(model, wts))
@@ -387,9 +386,10 @@ def test_train_honours_its_arguments(w):
     tok = w.new(LAB, "CharTokenizer", TEXT)
     data = torch.tensor(tok.method("encode", TEXT * 10), dtype=torch.long)
     model, before = build(w, tok.get("vocab_size"), style="default", dropout=0.0)
-    result = w.call((LAB, "train"), model, data, steps=3, batch_size=4, seq_len=8, lr=0.0, watch=(model, ""))
-    losses = result["out"]
-    shapes = [tuple(shape) for shape, grad in result["watched"] if type(shape) is list and grad]
+    result = w.run(Options(watch=Watch(model.id, "")), (LAB, "train"), model, data, steps=3, batch_size=4, seq_len=8,
+                   lr=0.0)
+    losses = result.out
+    shapes = [tuple(shape) for shape, grad in result.watched or [] if type(shape) is list and grad]
     if not isinstance(losses, (list, tuple)) or len(losses) != 3:
         fail(f"train(steps=3) logged {len(losses) if isinstance(losses, (list, tuple)) else losses!r} losses.",
              "train_args")
@@ -430,8 +430,8 @@ def test_no_shortcuts(w):
     model, _ = build(w)
 
     def run():
-        model(tokens(2, 8, 11), guard=True, backward={"grad_out": randn(2, 8, 11), "index": None})
-        model.method("generate", tokens(1, 4, 11), 3, guard=True)
+        model.run(Options(guard=True, backward=Backward(randn(2, 8, 11))), tokens(2, 8, 11))
+        model.run_method(Options(guard=True), "generate", tokens(1, 4, 11), 3)
     expect_no_shortcuts(w, run, model)
 
 
@@ -467,7 +467,7 @@ def test_works_with_your_own_earlier_labs(w):
     def probe(worker):
         model, wts = build(worker, dropout=0.1)
         idx = tokens(2, 10, 11)
-        logits = expect_tensor(model(idx, no_grad=True), "logits", (2, 10, 11))
+        logits = expect_tensor(model.run(NO_GRAD, idx).out, "logits", (2, 10, 11))
         expect_close(logits, reference(wts, idx, H, L, gelu_flavour(logits, lambda a: reference(wts, idx, H, L, a))),
                      "TinyGPT logits", atol=1e-4)
     expect_own_chain(w, probe, "TinyGPT")

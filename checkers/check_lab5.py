@@ -9,11 +9,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from checkers.client import On
-from checkers.common import (expect_causal, expect_close, expect_device_discipline,
-                             expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_own_chain, once,
-                             expect_params, expect_tensor, fail, figure, fill, first_match, points, randn, sub)
-from checkers.oracles import gqa, greedy_of, llama_block, llama_of, loss_of, rms_norm, rope, swiglu
+from judge.client import NO_GRAD, Options
+from judge.checks import fail, points
+from judge.compare import expect_close, expect_tensor, first_match, randn
+from judge.shared import (expect_causal, expect_device_discipline, expect_every_parameter_gets_a_gradient,
+                          expect_no_shortcuts, expect_own_chain, expect_params, fill, once, sub)
+from judge.shared import OURS, expect_continuation
+from protocol.messages import Backward, Figure
+from judge.oracles import gqa, greedy_of, llama_block, llama_of, loss_of, rms_norm, rope, swiglu
 
 LAB = "lab5_llama"
 TEXT, SEQ_LEN, STEPS, PROMPT, NEW_TOKENS = "hello transformer! ", 16, 150, "hello tr", 40
@@ -126,7 +129,7 @@ def test_rmsnorm_matches_formula(w):
     for eps, scale in ((None, 2.0), (0.5, 0.3)):  # a large eps on small inputs: eps counts
         norm, wts = new(w, "RMSNorm", {"weight": (24,)}, 24, **({} if eps is None else {"eps": eps}))
         x = randn(2, 5, 24) * scale + 0.5 * scale
-        out = expect_tensor(norm(x, no_grad=True), "RMSNorm output", x.shape, "rms_sqrt")
+        out = expect_tensor(norm.run(NO_GRAD, x).out, "RMSNorm output", x.shape, "rms_sqrt")
         expect_close(out, rms_norm(wts["weight"], x, eps or 1e-5), f"RMSNorm(24{'' if eps is None else f', eps={eps}'})",
                      atol=1e-5, hint=(lambda: rms_mistake(wts["weight"], x, out)) if eps is None else "rms_eps",
                      fallback="rms_sqrt")
@@ -139,7 +142,8 @@ def test_rmsnorm_keeps_half_precision(w):
     norm, wts = new(w, "RMSNorm", {"weight": (64,)}, 64)
     for dtype, x in ((torch.float16, randn(2, 4, 64) * 300), (torch.bfloat16, randn(2, 4, 64) * 3)):
         half = x.to(dtype)
-        out = expect_tensor(norm.method("forward", half, no_grad=True), f"RMSNorm on {dtype}", half.shape, "rms_float32")
+        out = expect_tensor(norm.run_method(NO_GRAD, "forward", half).out, f"RMSNorm on {dtype}", half.shape,
+                            "rms_float32")
         if out.dtype != dtype:
             fail(f"RMSNorm on a {str(dtype)[6:]} input returned {str(out.dtype)[6:]}: return the input's dtype "
                  "(compute in float32, then .to(x.dtype)).", "rms_float32")
@@ -152,7 +156,7 @@ def test_swiglu_matches_formula(w):
     """SwiGLU: w2(silu(w1 x) * w3 x) with w1, w3 (D -> d_ff) and w2 (d_ff -> D), no biases."""
     ffn, wts = new(w, "SwiGLU", {"w1.weight": (40, 16), "w3.weight": (40, 16), "w2.weight": (16, 40)}, 16, 40)
     x = randn(2, 6, 16)
-    out = expect_tensor(ffn(x, no_grad=True), "SwiGLU output", x.shape, "swiglu")
+    out = expect_tensor(ffn.run(NO_GRAD, x).out, "SwiGLU output", x.shape, "swiglu")
     expect_close(out, swiglu(wts, x), "SwiGLU(16, 40)", atol=1e-5, hint=lambda: swiglu_mistake(wts, x, out),
                  fallback="swiglu")
 
@@ -194,7 +198,7 @@ def test_attention_matches_oracle(w):
     x = randn(2, 9, D)
     for n_kv in (1, 2, H):
         attn, wts = new(w, "GQAttention", attn_contract(D, H, n_kv), D, H, n_kv)
-        out = expect_tensor(attn(x, no_grad=True), f"GQAttention({D}, {H}, {n_kv}) output", x.shape, "gqa")
+        out = expect_tensor(attn.run(NO_GRAD, x).out, f"GQAttention({D}, {H}, {n_kv}) output", x.shape, "gqa")
         expect_close(out, gqa(wts, x, H, n_kv), f"GQAttention({D}, n_heads={H}, n_kv_heads={n_kv})", atol=1e-4,
                      hint=lambda: attn_mistake(wts, x, H, n_kv, out), fallback="gqa")
 
@@ -226,7 +230,7 @@ def test_block_matches_oracle(w):
     """LlamaBlock: x = x + attn(norm1(x)), then x = x + ffn(norm2(x)), recomputed from its own parameters."""
     block, wts = new(w, "LlamaBlock", block_contract(D, H, KV, 64), D, H, KV, 64)
     x = randn(2, 8, D)
-    out = expect_tensor(block(x, no_grad=True), "LlamaBlock output", x.shape, "llama")
+    out = expect_tensor(block.run(NO_GRAD, x).out, "LlamaBlock output", x.shape, "llama")
     expect_close(out, llama_block(wts, x, H, KV), f"LlamaBlock({D}, {H}, {KV}, 64)", atol=1e-4,
                  hint=lambda: block_mistake(wts, x, out), fallback="llama")
 
@@ -236,7 +240,7 @@ def test_model_matches_oracle(w):
     """LlamaGPT's logits: tok_emb, the blocks, norm, lm_head, recomputed from its own parameters."""
     gpt, wts = model(w)
     idx = tokens(2, 10)
-    logits = expect_tensor(gpt(idx, no_grad=True), "logits", (2, 10, 11), "llama")
+    logits = expect_tensor(gpt.run(NO_GRAD, idx).out, "logits", (2, 10, 11), "llama")
     expect_close(logits, llama_of(wts, H, KV, L)(idx), "LlamaGPT logits", atol=1e-4, hint="llama")
 
 
@@ -251,7 +255,7 @@ def test_gradients_reach_every_parameter(w):
 def test_causality(w):
     """Changing future tokens never changes earlier logits."""
     gpt, _ = model(w)
-    expect_causal(lambda t: gpt(t, no_grad=True), tokens(2, 12), "LlamaGPT logits", positions=(0, 5))
+    expect_causal(lambda t: gpt.run(NO_GRAD, t).out, tokens(2, 12), "LlamaGPT logits", positions=(0, 5))
 
 
 @points(1)
@@ -265,7 +269,7 @@ def test_device_discipline(w):
 def test_no_shortcuts(w):
     """No built-in attention, RMSNorm or transformer layers in the source, the module tree, or at run time."""
     gpt, _ = model(w)
-    expect_no_shortcuts(w, lambda: gpt(tokens(2, 8), guard=True, backward={"grad_out": randn(2, 8, 11), "index": None}),
+    expect_no_shortcuts(w, lambda: gpt.run(Options(guard=True, backward=Backward(randn(2, 8, 11))), tokens(2, 8)),
                         gpt)
 
 
@@ -279,7 +283,7 @@ class Run:
         self.chars = {i: ch for ch, i in self.vocab.items()}
         self.tok, self.data = tok, torch.tensor(ids, dtype=torch.long)
         self.model, before = model(w, tok.get("vocab_size"), style="default")
-        losses = w.call(("lab4_gpt", "train"), self.model, self.data, steps=STEPS, batch_size=16, lr=3e-3, timeout=None)
+        losses = w.call(("lab4_gpt", "train"), self.model, self.data, steps=STEPS, batch_size=16, lr=3e-3)
         self.logged = [round(float(x), 4) for x in losses if type(x) in (int, float)] if isinstance(losses, list) else []
         self.model.method("eval")
         after = self.model.state()
@@ -303,11 +307,11 @@ def trained(w) -> Run:
 def test_loss_drops_30_percent(w):
     """Trained by lab 4's train (150 steps), the model's next-token loss, as the grader computes it, drops by more than 30%."""
     run = trained(w)
-    if len(run.logged) >= 2:
-        figure("losses", values=run.logged)
+    shown = [Figure("losses", values=run.logged)] if len(run.logged) >= 2 else []
     if not (math.isfinite(run.loss_after) and run.loss_after < 0.7 * run.loss_before):
         fail(f"next-token loss went from {run.loss_before:.3f} to {run.loss_after:.3f} after {STEPS} steps of lab 4's "
-             "train: a drop of more than 30% is expected.", "llama_train")
+             "train: a drop of more than 30% is expected.", "llama_train", figures=shown)
+    return shown
 
 
 @points(2)
@@ -318,12 +322,8 @@ def test_greedy_continues_pattern(w):
     idx = torch.tensor([[run.vocab[c] for c in PROMPT]])
     ours = "".join(run.chars.get(int(i), "?") for i in greedy_of(run.forward, idx, NEW_TOKENS, SEQ_LEN)[0].tolist())
     got = w.call(("lab4_gpt", "sample"), run.model, run.tok, PROMPT, NEW_TOKENS, top_k=1)
-    figure("text", label="greedy sample", text=str(got))
-    for text, whose in ((ours, "the trained weights (the grader's own greedy decoding)"), (got, "sample")):
-        if text != want:
-            at = next((i for i, (a, b) in enumerate(zip(str(text), want)) if a != b), min(len(str(text)), len(want)))
-            fail(f"greedy continuation of {PROMPT!r} by {whose} went wrong at character {at}:\n  expected {want!r}\n"
-                 f"  got      {str(text)[:80]!r}\n(loss after training: {run.loss_after:.3f})", "llama_train")
+    return expect_continuation(PROMPT, want, [(ours, OURS), (got, "sample")], run.loss_after,
+                               lambda at, whose: "llama_train")
 
 
 @points(2, hidden=True)
@@ -331,12 +331,12 @@ def test_other_sizes_and_positions(w):
     """GQAttention(48, 6, 3) on 13 tokens, RMSNorm with eps=1e-2 on small inputs, rope at positions past 1000."""
     x = randn(2, 13, 48)
     attn, wts = new(w, "GQAttention", attn_contract(48, 6, 3), 48, 6, 3)
-    out = expect_tensor(attn(x, no_grad=True), "GQAttention(48, 6, 3) output", x.shape, "gqa")
+    out = expect_tensor(attn.run(NO_GRAD, x).out, "GQAttention(48, 6, 3) output", x.shape, "gqa")
     expect_close(out, gqa(wts, x, 6, 3), "GQAttention(48, n_heads=6, n_kv_heads=3) on 13 tokens", atol=1e-4,
                  hint=lambda: attn_mistake(wts, x, 6, 3, out), fallback="gqa")
     norm, nw = new(w, "RMSNorm", {"weight": (16,)}, 16, eps=1e-2)
     small = randn(3, 16) * 0.05
-    expect_close(norm(small, no_grad=True), rms_norm(nw["weight"], small, 1e-2), "RMSNorm(16, eps=1e-2) on inputs "
+    expect_close(norm.run(NO_GRAD, small).out, rms_norm(nw["weight"], small, 1e-2), "RMSNorm(16, eps=1e-2) on inputs "
                  "of scale 0.05", atol=1e-4, hint="rms_eps")
     q, positions = randn(1, 2, 5, 16), torch.arange(1000, 1005)
     expect_close(w.call((LAB, "rope"), q, positions), rope(q, positions), "rope at positions 1000..1004", atol=1e-3,
@@ -350,7 +350,7 @@ def test_works_with_your_own_earlier_labs(w):
     def probe(worker):
         gpt, wts = model(worker)
         idx = tokens(2, 10)
-        expect_close(expect_tensor(gpt(idx, no_grad=True), "logits", (2, 10, 11)), llama_of(wts, H, KV, L)(idx),
+        expect_close(expect_tensor(gpt.run(NO_GRAD, idx).out, "logits", (2, 10, 11)), llama_of(wts, H, KV, L)(idx),
                      "LlamaGPT logits", atol=1e-4)
         data = torch.tensor([i % 5 for i in range(60)])
         losses = worker.call(("lab4_gpt", "train"), gpt, data, steps=3, batch_size=4, seq_len=8)

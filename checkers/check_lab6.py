@@ -7,11 +7,13 @@ tokens generate_cached passes to the model's forward, and those that reach its e
 """
 import torch
 
-from checkers.client import On, StudentError
-from checkers.common import (device_error, expect_close, expect_device_discipline, expect_no_shortcuts, expect_own_chain,
-                             expect_tensor, fail, first_match, points)
+from judge.client import NO_GRAD, On, Options, StudentError
+from protocol.messages import Watch
+from judge.checks import fail, points
+from judge.compare import expect_close, expect_tensor, first_match
+from judge.shared import device_error, expect_device_discipline, expect_no_shortcuts, expect_own_chain
 from checkers.check_lab5 import D, H, KV, L, model as lab5_model, tokens
-from checkers.oracles import causal, greedy_of, llama_of
+from judge.oracles import causal, greedy_of, llama_of
 
 LAB = "lab6_kvcache"
 V, PROMPT_LEN, STEPS = 11, 5, 6
@@ -36,7 +38,7 @@ def length(cache) -> int:
 
 
 def step_logits(gpt, cache, idx, start_pos, what):
-    out = gpt(idx, cache=cache, start_pos=start_pos, no_grad=True)
+    out = gpt.run(NO_GRAD, idx, cache=cache, start_pos=start_pos).out
     return expect_tensor(out, what, (idx.size(0), idx.size(1), V), "cache")
 
 
@@ -96,7 +98,7 @@ def test_cache_update_appends(w):
     k1, v1, k2, v2 = (torch.randn(1, KV, n, 4) for n in (3, 3, 2, 2))
     for step, (k, v, want_k, want_v) in enumerate(((k1, v1, k1, v1), (k2, v2, torch.cat([k1, k2], 2),
                                                                         torch.cat([v1, v2], 2)))):
-        out = w.call(("handle", cache.id, "update"), 0, k, v)
+        out = cache.method("update", 0, k, v)
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             fail(f"KVCache.update must return (keys, values), got {type(out).__name__}.", "cache_update")
         for got, want, name in zip(out, (want_k, want_v), ("keys", "values")):
@@ -114,7 +116,7 @@ def test_cache_update_appends(w):
 def test_each_cache_is_its_own(w):
     """Two KVCache instances share nothing: filling one leaves the other empty (no class-level lists)."""
     first, second = cache_of(w), cache_of(w)
-    w.call(("handle", first.id, "update"), 0, torch.randn(1, KV, 3, 4), torch.randn(1, KV, 3, 4))
+    first.method("update", 0, torch.randn(1, KV, 3, 4), torch.randn(1, KV, 3, 4))
     keys = second.get("keys")
     if length(second) != 0 or not (isinstance(keys, list) and keys[0] is None):
         fail("filling one KVCache filled another too: give each instance lists of its own, made in __init__, "
@@ -127,7 +129,7 @@ def test_prefill_matches_uncached(w):
     gpt, _, full = model(w)
     idx = tokens(2, 7)
     want = full(idx)
-    expect_close(expect_tensor(gpt(idx, no_grad=True), "forward(idx) without a cache", (2, 7, V), "llama"), want,
+    expect_close(expect_tensor(gpt.run(NO_GRAD, idx).out, "forward(idx) without a cache", (2, 7, V), "llama"), want,
                  "forward(idx) without a cache (lab 5's forward)", atol=ATOL, hint="llama")
     cache = cache_of(w)
     got = step_logits(gpt, cache, idx, 0, "forward(idx, cache, 0)")
@@ -180,8 +182,8 @@ def test_one_token_per_step(w):
     # forward that recomputes the whole sequence behind a one-token call shows there); the last two may be reached
     # another way (F.embedding, say), so they count only when they see calls
     for name, what in (("", "the model's forward"), ("tok_emb", "tok_emb"), ("blocks.0.attn.wk", "blocks.0.attn.wk")):
-        result = w.call((LAB, "generate_cached"), gpt, prompt, 10, top_k=1, watch=(gpt, name))
-        calls = [(shape, grad) for shape, grad in result["watched"] if type(shape) is list and len(shape) >= 2]
+        result = w.run(Options(watch=Watch(gpt.id, name)), (LAB, "generate_cached"), gpt, prompt, 10, top_k=1)
+        calls = [(shape, grad) for shape, grad in result.watched or [] if type(shape) is list and len(shape) >= 2]
         if not calls and name:
             continue
         lengths = [shape[1] for shape, _ in calls]
@@ -235,8 +237,8 @@ def test_device_discipline(w):
     target = "cuda" if w.device == "cuda" else "meta"
     cache = cache_of(w)
     try:
-        gpt(On(tokens(2, 4), target), cache=cache, start_pos=0, device_guard=True, no_grad=True)
-        gpt(On(tokens(2, 1), target), cache=cache, start_pos=4, device_guard=True, no_grad=True)
+        gpt.run(NO_GRAD, On(tokens(2, 4), target), cache=cache, start_pos=0, device_guard=True).out
+        gpt.run(NO_GRAD, On(tokens(2, 1), target), cache=cache, start_pos=4, device_guard=True).out
     except StudentError as exc:
         if not device_error(exc):
             raise
@@ -247,7 +249,7 @@ def test_device_discipline(w):
 def test_no_shortcuts(w):
     """No built-in attention in the source, the module tree, or at run time."""
     gpt, _, _ = model(w)
-    expect_no_shortcuts(w, lambda: w.call((LAB, "generate_cached"), gpt, tokens(1, 4), 3, guard=True), gpt)
+    expect_no_shortcuts(w, lambda: w.run(Options(guard=True), (LAB, "generate_cached"), gpt, tokens(1, 4), 3), gpt)
 
 
 @points(2, hidden=True)
@@ -271,7 +273,7 @@ def test_works_with_your_own_earlier_labs(w):
     def probe(worker):
         gpt, _, full = model(worker)
         idx, cache = tokens(2, 6), worker.new(LAB, "KVCache", L)
-        gpt(idx[:, :5], cache=cache, start_pos=0, no_grad=True)
-        expect_close(expect_tensor(gpt(idx[:, 5:], cache=cache, start_pos=5, no_grad=True), "step logits", (2, 1, V)),
+        gpt.run(NO_GRAD, idx[:, :5], cache=cache, start_pos=0).out
+        expect_close(expect_tensor(gpt.run(NO_GRAD, idx[:, 5:], cache=cache, start_pos=5).out, "step logits", (2, 1, V)),
                      full(idx)[:, -1:], "the logits of a cached step", atol=ATOL)
     expect_own_chain(w, probe, "Cached generation")

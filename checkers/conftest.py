@@ -1,1 +1,1 @@
-pytest_plugins = ["checkers.plugin"]
+pytest_plugins = ["judge.plugin"]

@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:  # run as a script, tools/ is on sys.path but the 
     sys.path.insert(0, str(ROOT))
 
 from grader import parse_args  # noqa: E402  (standard library only at import time)
-from grading.labs import FILES as LAB_FILES, GROUPS  # noqa: E402
+from pack.labs import FILES as LAB_FILES, GROUPS  # noqa: E402
 from tools.release import PACKAGES, package_files  # noqa: E402
 
 FILES = ("grader.py", "pytest.ini", "requirements.txt")

@@ -3,7 +3,8 @@
 Each notebook: the lab's contract; a setup cell (it finds the pack, or fetches it on Colab from --pack-url); the
 lab's imports; one `%%lab` cell per function or class of the lab file (the stub's code, TODOs included) and one for
 its other statements; a cell that tries the code; and a cell that grades it. The `%%lab` cells in order make the
-lab file again (a notebook handed in is graded that way). grading/notebook.py is what those cells call.
+lab file again (a notebook handed in is graded that way). worker/notebook.py is what those cells call (it runs in
+the student's kernel, beside the student's code).
 
     python tools/make_notebooks.py                       # rewrite notebooks/
     python tools/make_notebooks.py --check               # exit 1 if notebooks/ is out of date
@@ -20,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from grading.labs import FILES, LABS  # noqa: E402
-from grading.notebook import digest  # noqa: E402
+from pack.labs import FILES, LABS  # noqa: E402
+from worker.notebook import digest  # noqa: E402
 from tools.make_stubs import expected_stubs, sync  # noqa: E402
 
 MARKER = re.compile(r"^\s*# (BEGIN|END) SOLUTION.*\n", re.M)
@@ -42,18 +43,8 @@ if root is None and PACK_URL:
 if root is None:
     raise RuntimeError("Open this notebook from the pack's notebooks/ folder, or set PACK_URL to the course's pack.")
 sys.path.insert(0, str(root))
-from grading.notebook import grade, setup, try_attention, try_cache, try_gpt, try_module, try_rope
+from worker.notebook import grade, setup, try_attention, try_cache, try_gpt, try_module, try_rope
 setup({lab!r}, root)'''
-TRY = {  # lab -> the "try it" cell's code (names the lab's own cells and imports define)
-    "lab1": "try_attention(scaled_dot_product_attention, causal_mask)",
-    "lab2": "try_module(MultiHeadAttention, (2, 6, 16), 16, 4)",
-    "lab3": "try_module(TransformerBlock, (2, 6, 16), 16, 4)",
-    "lab4": "try_gpt(TinyGPT, CharTokenizer, train, sample, PATTERN)",
-    "lab5": "from lab4_gpt import PATTERN, CharTokenizer, sample, train\n\n"
-            "try_rope(rope)\ntry_module(GQAttention, (2, 6, 32), 32, 4, 2)\n"
-            "try_gpt(LlamaGPT, CharTokenizer, train, sample, PATTERN)",
-    "lab6": "try_cache(LlamaGPT, generate_cached)",
-}
 INTRO = ("Each cell marked `%%lab` holds part of `labs/{file}`: fill in its TODOs and run it. Running it saves it into "
          "that file, the same file the terminal grader reads (a cell you have not changed keeps the file's own "
          "version), so you can switch between this notebook and a terminal at any time. Then try your code, and grade "
@@ -92,11 +83,11 @@ def code(text: str) -> dict:
 def notebook(lab: str, source: str, stub: str, url: str = "") -> dict:
     """The notebook (nbformat 4.5, as a dict) of `lab` with `source` in its cells (the stub, or a filled-in lab
     file); digests from `stub`. Written with the standard library: the release tool needs nothing more."""
-    module, title = LABS[lab]
+    module, title = LABS[lab].module, LABS[lab].title
     imports, defs, rest = chunks(source)
     shipped = chunks(stub)[1]
     docstring = ast.get_docstring(ast.parse(stub)) or ""
-    cells = [md(f"# Lab {lab[3:]}: {title}\n\n{INTRO.format(file=FILES[lab])}\n\nThe contract (the checks rely on it "
+    cells = [md(f"# Lab {LABS[lab].number}: {title}\n\n{INTRO.format(file=FILES[lab])}\n\nThe contract (the checks rely on it "
                 f"exactly):\n\n```text\n{docstring}\n```"),
              code(SETUP.format(url=url, lab=lab)),
              code("%%lab\n" + imports.rstrip("\n"))]
@@ -105,9 +96,10 @@ def notebook(lab: str, source: str, stub: str, url: str = "") -> dict:
     if rest:
         cells += [md("The rest of the file (the contract asks for it; it runs once the code above works):"),
                   code("%%lab\n" + rest.rstrip("\n"))]
-    cells += [md("## Try it\n\nRun your code on small inputs (an error here is printed; grading comes next)."),
-              code("%%try\n" + TRY[lab]),
-              md(f"## Grade\n\nRuns `python grader.py {lab}` on `labs/{FILES[lab]}` (the GPU when there is one)."),
+    if LABS[lab].try_cell:  # the registry's "try it" code
+        cells += [md("## Try it\n\nRun your code on small inputs (an error here is printed; grading comes next)."),
+                  code("%%try\n" + LABS[lab].try_cell)]
+    cells += [md(f"## Grade\n\nRuns `python grader.py {lab}` on `labs/{FILES[lab]}` (the GPU when there is one)."),
               code(f'grade("{lab}")')]
     for i, cell in enumerate(cells):  # stable ids: regenerating gives the same bytes
         cell["id"] = f"{module.replace('_', '-')}-{i}"

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script, tools/ is on sys.path but the repository root is not
     sys.path.insert(0, str(ROOT))
-from grading.labs import FILES  # noqa: E402
+from pack.labs import FILES  # noqa: E402
 
 LAB_FILES = tuple(FILES.values())
 BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION: (.+)$")

@@ -1,7 +1,7 @@
 """Best-effort guards the worker runs student code under. They report; the judge decides.
 
 Code in the worker's process can disable anything here, so none of it is a defence on its own: the judge's
-static scan of the source (checkers/static.py) is what rules on shortcuts, and every verdict is computed in the
+static scan of the source (judge/static.py) is what rules on shortcuts, and every verdict is computed in the
 judge. What these add is a clear message for the honest student who reaches a built-in by accident.
 """
 import sys
@@ -14,11 +14,12 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-FORBIDDEN_MODULES = (nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoder, nn.TransformerEncoderLayer,
-                     nn.TransformerDecoder, nn.TransformerDecoderLayer, nn.RMSNorm)
-_FORBIDDEN_FUNCS = {F.scaled_dot_product_attention, F.multi_head_attention_forward, F.rms_norm}
-_FORBIDDEN_FRAGMENTS = ("scaled_dot_product", "multi_head_attention", "transformer_encoder", "flash_attention",
-                        "rms_norm")
+from pack.labs import FORBIDDEN, FRAGMENTS
+
+# the registry's forbidden built-ins (pack/labs.py), resolved to torch's objects: one list for the scan and for this
+FORBIDDEN_MODULES = tuple(getattr(nn, n) for n in FORBIDDEN if isinstance(getattr(nn, n, None), type))
+_FORBIDDEN_FUNCS = {getattr(F, n) for n in FORBIDDEN if callable(getattr(F, n, None))}
+_FORBIDDEN_FRAGMENTS = FRAGMENTS
 
 
 class ForbiddenShortcut(BaseException):

@@ -1,21 +1,11 @@
 """The worker's loop: read a request, run the student's code it names, answer with plain data.
 
-Requests come from the judge (trusted); answers go back as worker/wire.py frames. Objects the student's code
-builds stay here, under handle ids, and the judge refers to them by id. An exception in student code becomes
-data: its type name, message and the frames from the lab files. Ops (each `op_<name>` below):
-
-    import   module                      import a lab module
-    get      module, name, store         a module attribute (stored when it is an nn.Module)
-    call     target, args, kwargs, ...   call a function, a class or a method; options: store the result, seed,
-                                         no_grad, backward (grads of inputs and parameters), watch a submodule's
-                                         forward inputs, resets (was a parameter's .grad cleared each step),
-                                         capture lab 1's attention weights, guard against shortcuts,
-                                         device_guard (one device per op)
-    load     handle, tensors             copy values into parameters and buffers
-    state    handle                      every parameter's value
-    to       handle, device              move a stored module
-    audit                                torch attributes the code replaced, and shortcut hits so far
+Requests come from the judge (trusted) as protocol/messages.py messages; each is handled by `handle_<type>` below,
+and an unknown one is refused by the codec. Objects the student's code builds stay here, under handle ids, and the
+judge refers to them by id. An exception in student code becomes data (ErrorInfo): its type name, message and
+the frames from the lab files. A call's grader options (Options) never mix with the student's arguments.
 """
+import dataclasses
 import importlib
 import os
 import sys
@@ -26,8 +16,11 @@ import torch
 import torch._dynamo  # noqa: F401  (AdamW and dispatch modes import it lazily, rebinding torch functions)
 import torch.nn as nn
 
+from pack.labs import ATTRS, BY_MODULE
+from protocol import messages as m
+from protocol.codec import ProtocolError, read_frame, write_frame
+from protocol.values import Packer, load_tensors, save_tensors
 from worker.guards import FORBIDDEN_MODULES, DeviceGuard, ForbiddenShortcut, ShortcutGuard, Snapshot, code_objects
-from worker.wire import Packer, ProtocolError, read_frame, write_frame
 
 KINDS = {"Linear": nn.Linear, "Embedding": nn.Embedding, "LayerNorm": nn.LayerNorm, "ModuleList": nn.ModuleList,
          "Dropout": nn.Dropout}
@@ -55,19 +48,19 @@ class Server:
     def loop(self):
         while True:
             try:
-                header, tensors = read_frame(self.rfd)
+                request, blob = read_frame(self.rfd, m.REQUESTS)
+                tensors = load_tensors(blob)
             except (ProtocolError, OSError):
                 return
             packer = Packer(keep=self.keep)
             try:
-                handler = getattr(self, "op_" + str(header.get("op")))
-                answer = {"ok": True, "value": packer(handler(header, tensors))}
+                answer = getattr(self, "handle_" + request.TYPE)(request, tensors, packer)
             except BaseException as exc:  # noqa: B036: the student's code raised it; it becomes data
-                answer = {"ok": False, "error": self.describe_error(exc)}
-            answer["hits"] = self.hits[-5:]
+                answer = m.Answer(ok=False, error=self.describe_error(exc))
+            answer = dataclasses.replace(answer, hits=self.hits[-5:])
             try:
-                write_frame(self.wfd, answer, packer.tensors)
-            except (OSError, ValueError, RuntimeError):
+                write_frame(self.wfd, answer, save_tensors(packer.tensors))
+            except (OSError, ValueError, RuntimeError, ProtocolError):
                 return
 
     def keep(self, obj) -> str:
@@ -77,7 +70,7 @@ class Server:
         self.objects[key] = obj
         return key
 
-    def describe_error(self, exc: BaseException) -> dict:
+    def describe_error(self, exc: BaseException) -> m.ErrorInfo:
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(self.lab_dir)
                   and os.path.realpath(f.filename) not in self.trusted_files]  # a stand-in's lines are not the student's
         if isinstance(exc, SyntaxError) and (exc.filename or "").startswith(self.lab_dir):
@@ -88,13 +81,14 @@ class Server:
             message = "?"
         lines = [f'  File "{os.path.basename(f.filename)}", line {f.lineno}, in {f.name}\n    {(f.line or "").strip()}'
                  for f in frames[-8:]]
-        return {"type": type(exc).__name__, "message": message,
-                "frames": [[os.path.basename(f.filename), f.lineno or 0, f.name, (f.line or "").strip()[:200]]
-                           for f in frames[-8:]],
-                "traceback": "\n".join(["Traceback (most recent call last), your files only:"] + lines
-                                       + [f"{type(exc).__name__}: {message}"])[-4000:],
-                "memory": isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in message,
-                "shortcut": isinstance(exc, ForbiddenShortcut)}
+        return m.ErrorInfo(
+            type=type(exc).__name__, message=message,
+            frames=[m.Frame(os.path.basename(f.filename), f.lineno or 0, f.name, (f.line or "").strip()[:200])
+                    for f in frames[-8:]],
+            traceback="\n".join(["Traceback (most recent call last), your files only:"] + lines
+                                + [f"{type(exc).__name__}: {message}"])[-4000:],
+            memory=isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in message,
+            shortcut=isinstance(exc, ForbiddenShortcut))
 
     # ---- arguments ----
     def arg(self, value, tensors: dict):
@@ -111,87 +105,76 @@ class Server:
             return self.objects[value["$h"]]
         return {k: self.arg(v, tensors) for k, v in value.items()}
 
-    def target(self, spec):
-        """["module", "lab2_multihead", "MultiHeadAttention"] or ["handle", "h3", "generate"]."""
-        kind, owner, name = spec
-        obj = self.objects[owner] if kind == "handle" else importlib.import_module(owner)
-        path, _, name = name.rpartition(".")
-        if path:  # a sub-module of a stored module: "blocks.0.mlp.forward"
+    def target(self, target: m.Target):
+        """A lab module's attribute, or a held object's ("blocks.0.mlp.forward" under a held module)."""
+        obj = self.objects[target.owner] if target.kind == "handle" else importlib.import_module(target.owner)
+        path, _, name = target.name.rpartition(".")
+        if path:
             obj = obj.get_submodule(path)
         if not hasattr(obj, name):
-            raise Missing(f"{owner if kind == 'module' else type(obj).__name__}.{name}")
+            raise Missing(f"{target.owner if target.kind == 'module' else type(obj).__name__}.{name}")
         return getattr(obj, name)
 
-    # ---- ops ----
-    def op_import(self, req, tensors):
-        importlib.import_module(req["module"])
-        return None
-
-    def op_get(self, req, tensors):
-        value = self.target(req["target"])
-        return self.stored(value) if isinstance(value, nn.Module) else value
-
-    def stored(self, obj) -> dict:
+    def stored(self, obj) -> m.Answer:
         if not isinstance(obj, nn.Module):
             key = f"h{len(self.objects)}"
             self.objects[key] = obj
-            return {"handle": key, "describe": {"type": type(obj).__name__, "module": type(obj).__module__}}
-        return {"handle": self.keep(obj), "describe": describe(obj)}
+            return m.Answer(ok=True, stored=m.Stored(key, m.ModuleInfo(type(obj).__name__, type(obj).__module__)))
+        return m.Answer(ok=True, stored=m.Stored(self.keep(obj), describe(obj)))
 
-    def op_call(self, req, tensors):
-        fn = self.target(req["target"])
-        args = self.arg(req.get("args", []), tensors)
-        kwargs = self.arg(req.get("kwargs", {}), tensors)
-        if req.get("seed") is not None:
-            torch.manual_seed(req["seed"])
-        owner = self.objects.get(req["target"][1]) if req["target"][0] == "handle" else None
-        watched, removers, resets = [], [], []
-        if req.get("watch"):
-            removers.append(watch_forward(self.objects[req["watch"][0]], req["watch"][1], watched))
-        if req.get("resets"):
-            removers += watch_resets(self.objects[req["resets"][0]], req["resets"][1], resets)
-        captured = []
-        if req.get("capture"):
-            removers += capture_attention(captured)
-        modes = [ShortcutGuard(self.hits, self.trusted, self.lab_dir)] if req.get("guard") else []
-        if req.get("device_guard"):
+    # ---- requests: handle_<message type> ----
+    def handle_import(self, req: m.Import, tensors, packer) -> m.Answer:
+        importlib.import_module(req.module)
+        return m.Answer(ok=True)
+
+    def handle_get(self, req: m.Get, tensors, packer) -> m.Answer:
+        value = self.target(req.target)
+        return self.stored(value) if isinstance(value, nn.Module) else m.Answer(ok=True, value=packer(value))
+
+    def handle_call(self, req: m.Call, tensors, packer) -> m.Answer:
+        opts = req.options
+        fn = self.target(req.target)
+        args = self.arg(list(req.args) if type(req.args) in (list, tuple) else [], tensors)
+        kwargs = self.arg(req.kwargs if type(req.kwargs) is dict else {}, tensors)
+        if opts.seed is not None:
+            torch.manual_seed(opts.seed)
+        owner = self.objects.get(req.target.owner) if req.target.kind == "handle" else None
+        watched, removers, resets, captured = [], [], [], []
+        if opts.watch:
+            removers.append(watch_forward(self.objects[opts.watch.handle], opts.watch.name, watched))
+        if opts.resets:
+            removers += watch_resets(self.objects[opts.resets.handle], opts.resets.name, resets)
+        if opts.capture:
+            removers += capture(opts.capture.module, opts.capture.function, captured)
+        modes = [ShortcutGuard(self.hits, self.trusted, self.lab_dir)] if opts.guard else []
+        if opts.device_guard:
             modes.append(DeviceGuard())
-        backward = req.get("backward")
         try:
             for mode in modes:
                 mode.__enter__()
             try:
-                with torch.no_grad() if req.get("no_grad") else torch.enable_grad():
+                with torch.no_grad() if opts.no_grad else torch.enable_grad():
                     out = fn(*args, **kwargs)
-                    if req.get("store"):
+                    if opts.store:
                         if isinstance(out, nn.Module):
-                            out = out.to(self.device)
-                            if req.get("eval"):
-                                out.eval()
+                            out = out.to(self.device).eval()
                         return self.stored(out)
-                    grads = self.backward(out, args, owner, backward, tensors) if backward else None
+                    grads = self.backward(out, args, owner, opts.backward, tensors, packer) if opts.backward else None
             finally:
                 for mode in reversed(modes):
                     mode.__exit__(None, None, None)
         finally:
             for remove in removers:
                 remove() if callable(remove) else remove.remove()
-        answer = {"out": out}
-        if grads is not None:
-            answer["grads"] = grads
-        if req.get("watch"):
-            answer["watched"] = watched
-        if req.get("resets"):
-            answer["resets"] = resets
-        if req.get("capture"):
-            answer["captured"] = captured[:1]
-        return answer
+        return m.Answer(ok=True, result=m.Result(
+            out=packer(out), grads=grads, watched=packer(watched) if opts.watch else None,
+            resets=resets if opts.resets else None, captured=packer(captured[:1]) if opts.capture else None))
 
-    def backward(self, out, args, owner, spec, tensors):
-        """Backpropagate grad_out from the output (or the output's element spec["index"]) into inputs and parameters."""
-        picked = out[spec["index"]] if spec.get("index") is not None and isinstance(out, (tuple, list)) else out
+    def backward(self, out, args, owner, spec: m.Backward, tensors, packer) -> m.Grads:
+        """Backpropagate grad_out from the output (or the output's element spec.index) into inputs and parameters."""
+        picked = out[spec.index] if spec.index is not None and isinstance(out, (tuple, list)) else out
         if not (isinstance(picked, torch.Tensor) and picked.requires_grad):
-            return {"connected": False}
+            return m.Grads(connected=False)
         module = owner if isinstance(owner, nn.Module) else next((a for a in args if isinstance(a, nn.Module)), None)
         params = dict(module.named_parameters()) if module is not None else {}
         for p in params.values():
@@ -199,50 +182,51 @@ class Server:
         inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad and a.is_leaf]
         for a in inputs:
             a.grad = None
-        picked.backward(tensors[spec["grad_out"]].to(picked.device))
-        return {"connected": True, "inputs": [a.grad for a in inputs],
-                "params": {name: p.grad for name, p in params.items()}}
+        picked.backward(tensors[spec.grad_out["$t"]].to(picked.device))
+        return m.Grads(connected=True, inputs=packer([a.grad for a in inputs]),
+                       params=packer({name: p.grad for name, p in params.items()}))
 
-    def op_load(self, req, tensors):
-        module = self.objects[req["handle"]]
+    def handle_load(self, req: m.Load, tensors, packer) -> m.Answer:
+        module = self.objects[req.handle]
         own = dict(module.named_parameters(remove_duplicate=False))
         own.update(dict(module.named_buffers(remove_duplicate=False)))
         with torch.no_grad():
             for name, value in tensors.items():
                 own[name].copy_(value)
-        return None
+        return m.Answer(ok=True)
 
-    def op_state(self, req, tensors):
-        module = self.objects[req["handle"]]
-        return {name: p for name, p in module.named_parameters(remove_duplicate=False)}
+    def handle_state(self, req: m.State, tensors, packer) -> m.Answer:
+        module = self.objects[req.handle]
+        return m.Answer(ok=True, value=packer({name: p for name, p in module.named_parameters(remove_duplicate=False)}))
 
-    def op_to(self, req, tensors):
-        self.objects[req["handle"]].to(req["device"])
-        return None
+    def handle_to(self, req: m.To, tensors, packer) -> m.Answer:
+        self.objects[req.handle].to(req.device)
+        return m.Answer(ok=True)
 
-    def op_audit(self, req, tensors):
-        return {"changed": self.snapshot.changed()[:20], "hits": self.hits[:20]}
+    def handle_audit(self, req: m.Audit, tensors, packer) -> m.Answer:
+        return m.Answer(ok=True, value={"changed": self.snapshot.changed()[:20], "hits": self.hits[:20]})
 
 
-def describe(module: nn.Module) -> dict:
-    """What a judge may know of a module: parameters (names, shapes, dtypes, tying), sub-modules and their kinds."""
+def describe(module: nn.Module) -> m.ModuleInfo:
+    """What a judge may know of a module: parameters (names, shapes, dtypes, tying), sub-modules and their kinds,
+    and the numeric attributes the labs' contracts name (pack/labs.py)."""
     params, owners = [], {}
     for name, p in module.named_parameters(remove_duplicate=False):
-        params.append([name, list(p.shape), str(p.dtype).removeprefix("torch."), bool(p.requires_grad)])
+        params.append(m.Param(name, list(p.shape), str(p.dtype).removeprefix("torch."), bool(p.requires_grad)))
         owners.setdefault(id(p), []).append(name)
     modules = []
-    for name, m in module.named_modules(remove_duplicate=False):
-        kinds = [k for k, cls in KINDS.items() if isinstance(m, cls)]
-        if isinstance(m, FORBIDDEN_MODULES):
+    for name, sub in module.named_modules(remove_duplicate=False):
+        kinds = [k for k, cls in KINDS.items() if isinstance(sub, cls)]
+        if isinstance(sub, FORBIDDEN_MODULES):
             kinds.append("forbidden")
-        modules.append([name, type(m).__name__, type(m).__module__, kinds])
+        modules.append(m.Submodule(name, type(sub).__name__, type(sub).__module__, kinds))
     attrs = {}
-    for key in ("n_heads", "n_kv_heads", "d_head", "max_seq_len", "in_features", "out_features", "eps"):
+    for key in ATTRS:
         value = getattr(module, key, None)
         if type(value) in (int, float):
             attrs[key] = value
-    return {"params": params, "ties": [names for names in owners.values() if len(names) > 1], "modules": modules,
-            "attrs": attrs, "type": type(module).__name__, "module": type(module).__module__}
+    return m.ModuleInfo(type(module).__name__, type(module).__module__, params,
+                        [names for names in owners.values() if len(names) > 1], modules, attrs)
 
 
 def watch_forward(module: nn.Module, name: str, watched: list):
@@ -280,10 +264,10 @@ def watch_resets(module: nn.Module, name: str, resets: list) -> list:
     return [param.register_hook(arrive), param.register_post_accumulate_grad_hook(accumulated)]
 
 
-def capture_attention(captured: list) -> list:
-    """Spy on the lab 1 attention the lab modules call: the first call's weights land in `captured`."""
-    modules = [m for name, m in sys.modules.items() if name in ("lab1_attention", "lab2_multihead")]
-    original = getattr(sys.modules.get("lab1_attention"), "scaled_dot_product_attention", None)
+def capture(module: str, function: str, captured: list) -> list:
+    """Spy on `module.function` wherever the lab modules bound it: the first call's second result (attention
+    weights, for lab 1's function) lands in `captured`. Returns the undos."""
+    original = getattr(sys.modules.get(module), function, None)
     if original is None:
         return []
 
@@ -293,17 +277,17 @@ def capture_attention(captured: list) -> list:
             captured.append(out[1])
         return out
     restore = []
-    for m in modules:
-        if getattr(m, "scaled_dot_product_attention", None) is original:
-            m.scaled_dot_product_attention = spy
-            restore.append(lambda m=m: setattr(m, "scaled_dot_product_attention", original))
+    for lab in [sys.modules[name] for name in BY_MODULE if name in sys.modules]:
+        if getattr(lab, function, None) is original:
+            setattr(lab, function, spy)
+            restore.append(lambda lab=lab: setattr(lab, function, original))
     return restore
 
 
 def serve(rfd: int, wfd: int, lab_dir: str, device: str, trusted=()):
     """Run the worker loop on a private copy of the lab files; the grader's own folders are not on sys.path.
     `trusted`: the modules in lab_dir that are the pack's stand-ins for earlier labs (imported first)."""
-    for name in [m for m in sys.modules if m.split(".")[0] in ("grader", "grading", "checkers", "tests")]:
+    for name in [n for n in sys.modules if n.split(".")[0] in ("grader", "parent", "judge", "checkers", "tests")]:
         del sys.modules[name]  # the command line's own module, when this process was forked from it
     sys.modules["__main__"] = types.ModuleType("__main__")
     keep = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
@@ -312,3 +296,7 @@ def serve(rfd: int, wfd: int, lab_dir: str, device: str, trusted=()):
     os.chdir(lab_dir)
     torch.set_num_threads(1)  # tiny tensors: threads only cost here (and fork + OpenMP pools do not mix)
     Server(rfd, wfd, lab_dir, device, [str(t) for t in trusted if type(t) is str]).loop()
+
+
+if __name__ == "__main__":  # a fresh interpreter (isolation "spawn", plain pytest): requests fd, answers fd, folder
+    serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:])

@@ -16,8 +16,8 @@ the memory and the number of processes of the worker and all it starts; elsewher
 address-space cap and the uid a process limit.
 """
 import ctypes
+import dataclasses
 import fcntl
-import json
 import os
 import resource
 import select
@@ -26,6 +26,9 @@ import socket
 import stat
 import sys
 import time
+
+from protocol.codec import MAX_HEADER, ProtocolError, decode
+from protocol.messages import WorkerSpec
 
 UIDS = range(61000, 61064)  # one per concurrently running worker, when running as root
 UID_LOCKS = ("/run/labgrade-uids", "/tmp/labgrade-uids")  # a lock per uid in use: two graders never share one
@@ -297,12 +300,18 @@ def run(sock: socket.socket):
         for fd in ready:
             if fd is sock:
                 try:
-                    msg, fds, _, _ = socket.recv_fds(sock, 65536, 4)
+                    msg, fds, _, _ = socket.recv_fds(sock, MAX_HEADER, 4)
                 except OSError:
                     msg, fds = b"", []
                 if not msg:
                     kill_all()
-                _spawn(json.loads(msg), fds, sock, workers)
+                try:
+                    spec = dataclasses.asdict(decode(msg, (WorkerSpec,)))
+                except ProtocolError:  # a cut or malformed spec: no worker (the judge sees "could not start")
+                    for fd in fds:
+                        os.close(fd)
+                    continue
+                _spawn(spec, fds, sock, workers)
             else:  # the judge that asked for this worker is gone
                 try:
                     os.kill(judges[fd], signal.SIGKILL)

@@ -7,19 +7,19 @@ or CUDA) or, with isolation="spawn", started as fresh interpreters. A judge neve
 worker (forked from the zygote, see worker/zygote.py) and decides every verdict itself. Only nonce-tagged
 records on the judge's channel count.
 """
-import json
+import dataclasses
 import os
 import resource
 import secrets
 import selectors
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from checkers.client import Kept
+from pack.spawn import Kept, fork_child, fresh_interpreter
+from protocol import messages as m
+from protocol.codec import ProtocolError, decode, encode
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_CHANNEL = 8 * 1024 * 1024
@@ -42,7 +42,7 @@ class Task:
 @dataclass
 class Outcome:
     task: Task
-    records: list = field(default_factory=list)
+    records: list = field(default_factory=list)  # protocol.messages.RECORDS, decoded
     output: str = ""
     exit_code: int = None
     signal: int = None
@@ -69,46 +69,32 @@ def _limits(task: Task):
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _spec(task: Task, zygote) -> dict:
-    return {"lab": task.lab, "sources": task.sources, "display_dir": task.display_dir, "device": task.device,
-            "check_timeout": max(1.0, task.timeout / 3), "deadline": time.monotonic() + task.timeout,
-            "select": task.select, "memory": task.memory, "zygote": zygote, "own_labs": task.own_labs,
-            "hide": [str(ROOT), os.path.expanduser("~"), *map(str, task.hide)]}
+def _spec(task: Task) -> m.JudgeSpec:
+    return m.JudgeSpec(
+        lab=task.lab, sources={k: v.decode("latin-1") for k, v in task.sources.items()}, display_dir=task.display_dir,
+        device=task.device, check_timeout=max(1.0, task.timeout / 3), deadline=time.monotonic() + task.timeout,
+        memory=task.memory, own_labs=task.own_labs, select=task.select,
+        hide=[str(ROOT), os.path.expanduser("~"), *map(str, task.hide)])
+
+
+JUDGE = "judge.main"  # the judge process's module (run by name: the parent imports nothing of the judge)
 
 
 def _start(child: _Child, isolation: str, keep_closed: set, zygote):
     task = child.task
     chan_r, chan_w = os.pipe()
     out_r, out_w = os.pipe()
+    spec = _spec(task)
     if isolation == "fork":
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into the parent's code
-            try:
-                for fd in keep_closed | {chan_r, out_r}:
-                    os.close(fd)
-                null = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(null, 0)
-                os.dup2(out_w, 1)
-                os.dup2(out_w, 2)
-                os.close(out_w)
-                _limits(task)
-                from checkers.judge import run
-                run(fd=chan_w, nonce=child.nonce, **_spec(task, zygote))
-            finally:
-                os._exit(70)
-        child.pid = pid
+        def run():
+            import importlib
+            importlib.import_module(JUDGE).run(spec, chan_w, child.nonce, zygote, task.sources)
+        child.pid = fork_child(run, out_w, keep_closed | {chan_r, out_r}, lambda: _limits(task))
     else:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        env.update(GRADER_NONCE=child.nonce, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
-        code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import runpy; runpy.run_module('checkers.judge', run_name='__main__')"
-        spec = _spec(task, None)
-        spec["sources"] = {k: v.decode("latin-1") for k, v in task.sources.items()}
-        child.popen = subprocess.Popen(
-            [sys.executable, "-I", "-B", "-c", code, json.dumps({**spec, "fd": chan_w})],
-            stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w, pass_fds=(chan_w,), env=env, cwd=str(ROOT),
-            preexec_fn=lambda: _limits(task))
+        spec = dataclasses.replace(spec, fd=chan_w)
+        child.popen = fresh_interpreter(JUDGE, [encode(spec).decode()], out_w, (chan_w,),
+                                        env={"GRADER_NONCE": child.nonce, "PYTHONDONTWRITEBYTECODE": "1",
+                                             "OMP_NUM_THREADS": "1"}, setup=lambda: _limits(task))
         child.pid = child.popen.pid
     os.close(chan_w)
     os.close(out_w)
@@ -152,12 +138,13 @@ def _finish(child: _Child) -> Outcome:
     out.seconds = time.monotonic() - child.start
     out.output = child.kept.text()
     for line in bytes(child.channel).splitlines():
+        nonce, _, record = line.partition(b" ")
+        if not secrets.compare_digest(nonce, child.nonce.encode()):
+            continue  # not the judge's: only the judge holds the channel and knows the nonce
         try:
-            record = json.loads(line)
-        except Exception:  # any bytes at all: a record that does not parse is dropped
-            continue
-        if isinstance(record, dict) and secrets.compare_digest(str(record.pop("nonce", "")), child.nonce):
-            out.records.append(record)
+            out.records.append(decode(record, m.RECORDS))
+        except ProtocolError as exc:  # the judge's own bug: say so where staff look (the lab has no end record)
+            out.output += f"\n[grader: a record from the judge was refused: {exc}]"
     return out
 
 

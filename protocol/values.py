@@ -1,104 +1,40 @@
-"""The data-only protocol between a judge and a worker: frames of a JSON header plus one safetensors blob.
+"""Values inside messages: tensors, tuples and the student's objects as tagged plain JSON plus a safetensors blob.
 
-A frame on the pipe is an 8-byte big-endian length, then a 4-byte header length, the header (UTF-8 JSON) and a
-safetensors blob holding the frame's tensors (absent when there are none). Nothing is pickled and nothing that
-arrives is an object whose methods run: JSON gives exact built-in values, safetensors gives plain tensors.
-
-Values inside a header are JSON values plus a few tagged forms, so that tuples, tensors and foreign objects
-survive the trip:
+The only module of protocol/ that needs torch (and safetensors); the judge and the worker use it, the parent never.
+Nothing is pickled and nothing that arrives is an object whose methods run: the codec gives exact built-in values,
+safetensors gives plain tensors. The tagged forms:
     {"$tuple": [...]}   {"$dict": {...}}   {"$h": id} (an object the worker keeps)
     {"$t": name, "device": str, "dtype": str, "shape": [...], "requires_grad": bool}  (a tensor; name=None: meta)
     {"$object": type name, "repr": text}  (anything else the student's code returned)
-
-`read_frame` is what the judge runs on a worker's bytes: every size is bounded and every failure of the parse,
-whatever the bytes, becomes ProtocolError. This module imports torch and safetensors only.
 """
-import json
-import os
-import struct
-
 import torch
 
-MAX_FRAME = 64 << 20  # bytes in one frame
-MAX_HEADER = 4 << 20  # bytes of JSON in one frame
-MAX_DEPTH = 32  # nesting of values
-MAX_ITEMS = 200_000  # list items and dict entries in one header
-DTYPES = {str(d).removeprefix("torch."): d for d in (
-    torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64,
-    torch.uint8, torch.bool)}
+from protocol.codec import DTYPES as DTYPE_NAMES, MAX_DEPTH, ProtocolError
+
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
-class ProtocolError(Exception):
-    """The peer sent something that is not a well-formed frame (or nothing at all)."""
-
-
-# ---- bytes on a pipe ------------------------------------------------------------------------------
-def write_frame(fd: int, header: dict, tensors: dict = None):
+def save_tensors(tensors: dict) -> bytes:
+    """The frame's blob for {name: tensor}."""
+    if not tensors:
+        return b""
     from safetensors.torch import save
-    blob = save(tensors) if tensors else b""
-    head = json.dumps(header, allow_nan=True).encode()
-    data = struct.pack(">QI", 4 + len(head) + len(blob), len(head)) + head + blob
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    return save(tensors)
 
 
-def _read_exact(fd: int, n: int, deadline_read) -> bytearray:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = deadline_read(fd, min(n - len(buf), 1 << 20))
-        if not chunk:
-            raise ProtocolError("the worker closed its pipe")
-        buf += chunk
-    return buf
-
-
-def read_frame(fd: int, reader=os.read) -> tuple:
-    """(header dict, {name: tensor}) from the next frame on fd; ProtocolError for anything malformed."""
-    (size, head_len) = struct.unpack(">QI", _read_exact(fd, 12, reader))
-    if not 4 <= size <= MAX_FRAME or head_len > min(size - 4, MAX_HEADER):
-        raise ProtocolError(f"frame of {size} bytes with a {head_len}-byte header is out of bounds")
-    body = _read_exact(fd, size - 4, reader)
-    return decode(bytes(body[:head_len]), bytes(body[head_len:]))
-
-
-def decode(head: bytes, blob: bytes) -> tuple:
+def load_tensors(blob: bytes) -> dict:
+    """{name: tensor} from a blob the codec already checked; ProtocolError for anything unreadable."""
+    if not blob:
+        return {}
+    from safetensors.torch import load
     try:
-        header = json.loads(head.decode("utf-8"))
-    except Exception as exc:  # includes RecursionError from deep nesting and UnicodeDecodeError
-        raise ProtocolError(f"unreadable header ({type(exc).__name__})") from None
-    if type(header) is not dict:
-        raise ProtocolError("the header is not an object")
-    _check_plain(header, 0, [0])
-    tensors = {}
-    if blob:
-        from safetensors.torch import load
-        try:
-            tensors = load(blob)
-        except Exception as exc:
-            raise ProtocolError(f"unreadable tensors ({type(exc).__name__})") from None
+        tensors = load(blob)
+    except Exception as exc:
+        raise ProtocolError(f"unreadable tensors ({type(exc).__name__})") from None
     for name, t in tensors.items():
         if t.dtype not in DTYPES.values():
             raise ProtocolError(f"tensor {name!r} has dtype {t.dtype}")
-    return header, tensors
-
-
-def _check_plain(value, depth: int, count: list):
-    """Exact JSON built-ins only, bounded in depth and size (json.loads makes nothing else, but say it here)."""
-    count[0] += 1
-    if depth > MAX_DEPTH or count[0] > MAX_ITEMS:
-        raise ProtocolError("the header is nested too deeply or holds too many values")
-    kind = type(value)
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                raise ProtocolError("a key is not a string")
-            _check_plain(item, depth + 1, count)
-    elif kind is list:
-        for item in value:
-            _check_plain(item, depth + 1, count)
-    elif kind not in (str, int, float, bool, type(None)):
-        raise ProtocolError(f"a value of type {kind.__name__}")
+    return tensors
 
 
 # ---- values <-> JSON + tensors ----------------------------------------------------------------------

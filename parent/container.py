@@ -59,7 +59,7 @@ def run_in_docker(args, labs, source, device) -> int:
         code = subprocess.call(docker_command(args, labs, source, device, results))
         produced = results / "results.json" if results else None
         if produced and produced.is_file() and not produced.is_symlink():
-            from grading.report import write_atomic
+            from parent.report import write_atomic
             write_atomic(args.json, produced.read_text(encoding="utf-8", errors="replace")[:16 << 20])
         return code
     finally:

@@ -10,8 +10,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from checkers.common import LABS
-from grading.verdict import hint_text
+from pack.hints import hint_text
+from pack.labs import LABS
 
 STYLE = {"passed": "bold green", "failed": "bold red", "not started": "bold yellow"}
 
@@ -58,7 +58,7 @@ def heatmap(fig) -> Group:
     is NaN or infinite)."""
     grid = Table.grid(padding=(0, 4))
     panes = []
-    for label, rows in (("yours", fig["got"]), ("expected", fig["want"])):
+    for label, rows in (("yours", fig.got), ("expected", fig.want)):
         pane = Text(f"{label} (row = query, column = key)\n", style="bold")
         for i, row in enumerate(rows):
             for j, v in enumerate(row):
@@ -70,7 +70,7 @@ def heatmap(fig) -> Group:
             pane.append(f" {number(total, 2)}\n", style="dim")
         panes.append(pane)
     grid.add_row(*panes)
-    return Group(Text(fig.get("title", ""), style="italic"), grid,
+    return Group(Text(fig.title, style="italic"), grid,
                  Text("· 0   ░ < .25   ▒ < .5   ▓ < .75   █ ≥ .75   ? NaN/inf   (row sums at the right)", style="dim"))
 
 
@@ -97,13 +97,13 @@ def sparkline(values, width: int = 48) -> str:
 def figure_view(fig):
     """A figure a check attached, drawn; a figure that cannot be drawn says so instead of breaking the scorecard."""
     try:
-        if fig.get("kind") == "heatmap":
+        if fig.kind == "heatmap":
             return heatmap(fig)
-        if fig.get("kind") == "losses" and fig.get("values"):
-            v = fig["values"]
+        if fig.kind == "losses" and fig.values:
+            v = fig.values
             return Text(f"loss {number(v[0])} → {number(v[-1])} over {len(v)} steps  {sparkline(v)}")
-        if fig.get("kind") == "text":
-            return Text(f"{fig.get('label', 'text')}: {fig.get('text', '')!r}")
+        if fig.kind == "text":
+            return Text(f"{fig.label or 'text'}: {fig.text!r}")
     except Exception as exc:  # a figure is an extra: the verdicts stand without it
         return Text(f"(this figure could not be drawn: {type(exc).__name__})", style="dim")
     return None
@@ -165,8 +165,8 @@ def lab_panel(result, hints: bool = False, verbose: bool = False, width: int = 1
     parts = [table]
     drawn = set()
     for c in result.checks:
-        figures = [f for f in c.figures if f.get("kind") not in drawn]  # one heatmap per lab is enough
-        drawn |= {f.get("kind") for f in figures if f.get("kind") == "heatmap"}
+        figures = [f for f in c.figures if f.kind not in drawn]  # one heatmap per lab is enough
+        drawn |= {f.kind for f in figures if f.kind == "heatmap"}
         views = [v for v in map(figure_view, figures) if v is not None]
         if views:
             parts += [Text(f"{c.title}:", style="bold"), *views]
@@ -185,7 +185,7 @@ def lab_panel(result, hints: bool = False, verbose: bool = False, width: int = 1
     if result.internal.strip() and verbose and result.status == "error":
         tail = "\n".join(result.internal.strip().splitlines()[-15:])
         parts.append(Text("The grader's own output (last lines):\n" + tail, style="dim"))
-    title = f"Lab {result.lab[3]} · {LABS[result.lab][1]}"
+    title = f"Lab {LABS[result.lab].number} · {LABS[result.lab].title}"
     subtitle = f"{result.status} · {result.score}/{result.max_score}"
     return Panel(Group(*parts), title=title, title_align="left", subtitle=subtitle, subtitle_align="right",
                  border_style=STYLE.get(result.status, "magenta"))
@@ -195,7 +195,7 @@ def print_scorecard(results, out: Console, hints=False, verbose=False, source=""
     for r in results:
         out.print(lab_panel(r, hints, verbose, out.width))
     total, best = sum(r.score for r in results), sum(r.max_score for r in results)
-    verdicts = ", ".join(f"lab {r.lab[3]} {r.status}" for r in results)
+    verdicts = ", ".join(f"lab {LABS[r.lab].number} {r.status}" for r in results)
     device = results[0].device if results else ""
     out.print(Text(f"Total {total}/{best}  ({verdicts})  [{source}, {device}, {elapsed:.1f} s]",
                    style="bold green" if total == best and all(r.status == "passed" for r in results) else "bold"))
@@ -215,7 +215,7 @@ def results_json(results, elapsed: float, error: str = None, visibility: str = "
                 output = c.message
             if r.status not in ("passed", "failed"):
                 output = f"[lab {r.status}: {r.detail}]\n{output}".strip()
-            tests.append({"name": f"{r.lab} · {c.title}", "number": f"{r.lab[3]}.{i}", "score": c.score,
+            tests.append({"name": f"{r.lab} · {c.title}", "number": f"{LABS[r.lab].number}.{i}", "score": c.score,
                           "max_score": c.points, "status": "passed" if c.passed and c.score == c.points else "failed",
                           "output": output.strip(), "output_format": "text", "tags": [r.lab],
                           "visibility": hidden_visibility if c.hidden else visibility})

@@ -11,14 +11,13 @@ to its grading cell.
 """
 import ast
 import hashlib
-import json
 import os
 import subprocess
 import sys
 import traceback
 from pathlib import Path
 
-from grading.labs import FILES
+from pack.labs import FILES, LABS
 
 STATE = {}
 
@@ -42,7 +41,7 @@ def setup(lab: str, root):
     if shell is not None:
         shell.register_magic_function(lab_cell, "cell", "lab")
         shell.register_magic_function(try_cell, "cell", "try")
-    print(f"Lab {lab[3]}: running a %%lab cell saves it into {STATE['file'].relative_to(root)}; the last cell grades it.")
+    print(f"Lab {LABS[lab].number}: running a %%lab cell saves it into {STATE['file'].relative_to(root)}; the last cell grades it.")
 
 
 # ---- one cell into the lab file ---------------------------------------------------------------------------------
@@ -127,40 +126,6 @@ def try_cell(line: str, cell: str):
     """%%try: run the cell; an error is shown and the notebook goes on (to its grading cell)."""
     from IPython import get_ipython
     get_ipython().run_cell(cell)
-
-
-# ---- a notebook handed in instead of its lab file (read by the grader; standard library only) --------------------
-def lab_source_from_notebook(data: bytes) -> str:
-    """The lab file a notebook (.ipynb) holds: its `%%lab` cells in order, the magic line dropped. ValueError when
-    it is not a notebook of the pack's."""
-    try:
-        cells = json.loads(data.decode("utf-8", errors="replace")).get("cells", [])
-    except (ValueError, AttributeError) as exc:
-        raise ValueError(f"not a readable notebook ({exc})") from None
-    parts = []
-    for cell in cells if isinstance(cells, list) else []:
-        source = cell.get("source", "") if isinstance(cell, dict) and cell.get("cell_type") == "code" else ""
-        source = "".join(map(str, source)) if isinstance(source, list) else str(source)
-        if source.startswith("%%lab"):
-            parts.append(source.partition("\n")[2].strip("\n"))
-    if not parts:
-        raise ValueError("the notebook has no %%lab cells (is it one of the lab pack's notebooks?)")
-    return "\n\n\n".join(parts) + "\n"
-
-
-def lab_source_from_export(text: str):
-    """The lab file inside a notebook downloaded as a .py script (Colab's or Jupyter's "Download .py"): the sources
-    of its `get_ipython().run_cell_magic('lab', ...)` calls; None when the text is not such a script."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError):
-        return None
-    calls = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") ==
-                    "run_cell_magic" and len(n.args) == 3 and all(isinstance(a, ast.Constant) for a in n.args)
-                    and n.args[0].value == "lab"), key=lambda n: n.lineno)
-    if not calls:
-        return None
-    return "\n\n\n".join(str(c.args[2].value).strip("\n") for c in calls) + "\n"
 
 
 # ---- grading ------------------------------------------------------------------------------------------------------

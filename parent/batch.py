@@ -31,7 +31,7 @@ def done_already(path: Path) -> list:
 
 def cell(text: str) -> str:
     """A CSV cell a spreadsheet shows as text: no control characters, no leading formula sign."""
-    from grading.verdict import clean
+    from parent.verdict import clean
     text = clean(text)
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
@@ -44,9 +44,10 @@ def row(name: str, results) -> dict:
     return out
 
 
-def run_batch(folder, labs, args, device, grade_submissions, hide=()) -> int:
+def run_batch(folder, labs, args, device, hide=()) -> int:
     """Grade every submission in `folder` not yet in args.csv; returns the process exit code."""
-    from grading.report import write_atomic
+    from parent.grade import grade_submissions
+    from parent.report import write_atomic
     folder, out = Path(folder), Path(args.csv)
     submissions = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     rows = done_already(out)

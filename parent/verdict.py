@@ -1,14 +1,19 @@
 """Verdicts: turn a judge's records into per-check results, a lab status and points.
 
-The list of checks and their points comes from the pack (the checker modules, imported here; no student code
-runs in this process or in the judge); the judge reports outcomes. A check without a "passed" record is not
+The list of checks and their points comes from the pack (the checker modules' source, read here without importing
+it); the judge reports outcomes as protocol/messages.py records. A check without a "passed" record is not
 passed; a lab without an end-of-session record did not finish.
 """
-import importlib
+import ast
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from checkers.common import HINTS, LABS
+from pack.labs import LABS, earlier, order
+from protocol import messages as m
+from protocol.messages import Fault
+
+CHECKERS = Path(__file__).resolve().parent.parent / "checkers"
 
 # terminal control characters (C0 but tab and newline, DEL, C1): a submission's text must not drive a terminal
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -32,7 +37,8 @@ class Check:
     score: int = 0
     message: str = ""
     hint: str = None
-    kind: str = None
+    kind: str = None  # the fault's name on the wire (protocol.messages.Fault), when the check did not pass
+    fault: Fault = None
     trace: list = field(default_factory=list)
     traceback: str = ""
     figures: list = field(default_factory=list)
@@ -68,12 +74,30 @@ class LabResult:
         return sum(c.points for c in self.checks)
 
 
+def _checker(lab: str) -> ast.Module:
+    return ast.parse((CHECKERS / f"check_{lab}.py").read_text(encoding="utf-8"))
+
+
+def _marks(fn: ast.FunctionDef) -> tuple:
+    """(points, hidden) from a check's `@points(n, hidden=...)`: literals, as every checker writes them."""
+    for d in fn.decorator_list:
+        if isinstance(d, ast.Call) and getattr(d.func, "id", None) == "points":
+            n = ast.literal_eval(d.args[0]) if d.args else 1
+            hidden = next((ast.literal_eval(k.value) for k in d.keywords if k.arg == "hidden"), False)
+            hidden = ast.literal_eval(d.args[1]) if len(d.args) > 1 else hidden
+            return int(n), bool(hidden)
+    return 1, False
+
+
 def expected_checks(lab: str, select=None) -> list:
-    """The checks of a lab, in file order, with their points (read from the pack, never from a child)."""
-    module = importlib.import_module(f"checkers.check_{lab}")
-    checks = [Check(name, getattr(fn, "points", 1), (fn.__doc__ or "").strip().splitlines()[0],
-                    hidden=getattr(fn, "hidden", False))
-              for name, fn in vars(module).items() if name.startswith("test_") and callable(fn)]
+    """The checks of a lab, in file order, with their points: read from the checker's source (nothing of the judge
+    is imported here, and never anything from a child)."""
+    checks = []
+    for node in _checker(lab).body:
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+            n, hidden = _marks(node)
+            doc = (ast.get_docstring(node) or "").strip().splitlines()
+            checks.append(Check(node.name, n, doc[0] if doc else "", hidden=hidden))
     if select:  # a check's name as printed ("upper triangle"), as defined (test_upper_triangle_is_zero) or a part
         wanted = [str(s).strip().lower().replace(" ", "_").replace("-", "_") for s in select]
         checks = [c for c in checks if any(s and s in c.name for s in wanted)]
@@ -82,13 +106,15 @@ def expected_checks(lab: str, select=None) -> list:
 
 def held_back(lab: str) -> tuple:
     """(checks, points) of the lab's hidden checks that this copy of the pack does not have (the student release
-    records them in HELD_BACK when it strips them)."""
-    value = getattr(importlib.import_module(f"checkers.check_{lab}"), "HELD_BACK", (0, 0))
-    return tuple(value) if isinstance(value, tuple) and len(value) == 2 else (0, 0)
-
-
-# a check that ran into one of these gets the matching status; the lab shows the first of them
-CHECK_STATUS = {"timeout": "timeout", "crashed": "crashed", "exit": "exited", "oom": "out of memory"}
+    records them as HELD_BACK when it strips them)."""
+    for node in _checker(lab).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "HELD_BACK" for t in node.targets):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                break
+            return tuple(value) if isinstance(value, tuple) and len(value) == 2 else (0, 0)
+    return (0, 0)
 
 
 def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
@@ -99,29 +125,30 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
     finish scores what its finished checks earned, and a forbidden lab scores 0.
     """
     task = outcome.task
-    records = [r for r in outcome.records if isinstance(r, dict)]
+    records, names = outcome.records, {c.name for c in checks}
     by_name = {}
     for r in records:
-        if r.get("type") == "check" and r.get("name") in {c.name for c in checks}:
-            if by_name.get(r["name"], {}).get("outcome") != "failed":  # a failure always wins
-                by_name[r["name"]] = r
-    end = next((r for r in records if r.get("type") == "end"), None)
-    start = next((r for r in records if r.get("type") == "start"), {})
-    imported = next((r for r in records if r.get("type") == "import"), None)
-    forbidden = [str(r.get("message", "")) for r in records if r.get("type") == "forbidden"]
-    forbidden += [str(r["message"]) for r in by_name.values() if r.get("kind") == "forbidden"]
+        if isinstance(r, m.CheckDone) and r.name in names:
+            if getattr(by_name.get(r.name), "outcome", None) != "failed":  # a failure always wins
+                by_name[r.name] = r
+    end = next((r for r in records if isinstance(r, m.End)), None)
+    start = next((r for r in records if isinstance(r, m.Start)), None)
+    imported = next((r for r in records if isinstance(r, m.Imported)), None)
+    forbidden = [r.message for r in records if isinstance(r, m.RuleBroken)]
+    forbidden += [r.message for r in by_name.values() if r.failure and r.failure.fault is Fault.FORBIDDEN]
 
     for c in checks:
         r = by_name.get(c.name)
         if r:
-            c.skipped = r.get("outcome") == "skipped"
-            c.passed = r.get("outcome") in ("passed", "skipped")
-            earlier = list(LABS)[:list(LABS).index(task.lab)]
-            c.blame = r.get("blame") if r.get("blame") in earlier else None
-            c.message, c.hint, c.kind = clean(r.get("message", "")), r.get("hint"), r.get("kind")
-            c.trace, c.seconds = [clean(t) for t in r.get("trace") or []], float(r.get("seconds") or 0.0)
-            c.traceback, c.figures = clean(r.get("traceback", "")), [f for f in r.get("figures") or [] if isinstance(f, dict)]
-    faults = [c for c in checks if c.kind in CHECK_STATUS]
+            c.skipped = r.outcome == "skipped"
+            c.passed = r.outcome in ("passed", "skipped")
+            c.message, c.seconds, c.figures = clean(r.message), r.seconds, list(r.figures)
+            f = r.failure
+            if f is not None:
+                c.blame = f.blame if f.blame in earlier(task.lab) else None
+                c.hint, c.fault, c.kind = f.hint, f.fault, f.fault.value
+                c.trace, c.traceback = [clean(t) for t in f.trace], clean(f.traceback)
+    faults = [c for c in checks if c.fault is not None and c.fault.of_worker]
 
     limit = f"{task.timeout:g} s"
     if outcome.error:
@@ -132,17 +159,16 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
         status, detail = "timeout", f"stopped after its time limit of {limit} (an endless loop, or far too slow)"
     elif outcome.signal is not None or end is None:
         status, detail = "error", "the grader's judge process did not finish (this is the grader's fault, not yours)"
-    elif imported and not imported.get("ok"):
-        kind = imported.get("kind")
-        status = {"not_started": "not started", "exit": "exited", "oom": "out of memory", "timeout": "timeout",
-                  "crashed": "crashed"}.get(kind, "error")
-        if kind == "blocked" and lab_source is not None and "raise NotImplementedError" in lab_source:
+    elif imported and not imported.ok:
+        fault = imported.failure.fault if imported.failure else Fault.EXCEPTION
+        status = fault.status if fault.of_worker or fault is Fault.NOT_STARTED else "error"
+        if fault is Fault.BLOCKED and lab_source is not None and "raise NotImplementedError" in lab_source:
             status = "not started"
-        detail = str(imported.get("message", ""))
-        if kind in ("syntax", "exception", "crashed", "exit", "timeout", "oom"):
+        detail = imported.failure.message if imported.failure else ""
+        if fault in (Fault.SYNTAX, Fault.EXCEPTION) or fault.of_worker:
             detail = "could not import the lab: " + detail
     elif faults:
-        status = CHECK_STATUS[faults[0].kind]
+        status = faults[0].fault.status
         detail = f"{faults[0].title}: {faults[0].message}" + (f" ({len(faults) - 1} more check(s) too)" if len(faults) > 1 else "")
     elif checks and all(c.passed for c in checks if not c.blame):  # an earlier lab's fault is noted, not charged
         status, detail = "passed", ""
@@ -158,23 +184,25 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
     missing = "not finished: the lab was stopped after " + limit if status == "timeout" else "not run"
     for c in checks:
         if c.name not in by_name:
-            c.message = "not run" if imported and not imported.get("ok") else missing
+            c.message = "not run" if imported and not imported.ok else missing
         if status == "not started" and c.kind in ("not_started", None):
             c.message, c.hint = "not started", None
         c.score = c.points if c.passed and status not in UNAWARDED else 0
 
-    output = str(end.get("output", "")) if end else ""
+    output = end.output if end else ""
     result = LabResult(task.lab, status, clean(detail), checks, output=clean(output), internal=clean(outcome.output),
-                       seconds=outcome.seconds, device=str(start.get("device", task.device)),
+                       seconds=outcome.seconds, device=start.device if start else task.device,
                        held_back=held_back(task.lab) if task.select is None else (0, 0))
+    number = LABS[task.lab].number
     for c in checks:
         if c.blame and not c.passed:
-            result.notes.append(f"Lab {task.lab[3]} passes with the pack's own lab {c.blame[3]}, but not with your "
-                                f"{LABS[c.blame][0]}.py: fix lab {c.blame[3]} first (python grader.py {c.blame}).")
-    blockers = sorted({r.get("origin") for r in list(by_name.values()) + [imported or {}]
-                       if r.get("kind") == "blocked" and r.get("origin") in LABS})
+            result.notes.append(f"Lab {number} passes with the pack's own lab {LABS[c.blame].number}, but not with your "
+                                f"{LABS[c.blame].file}: fix lab {LABS[c.blame].number} first (python grader.py {c.blame}).")
+    failures = [r.failure for r in by_name.values() if r.failure]
+    failures += [imported.failure] if imported and imported.failure else []
+    blockers = sorted({f.origin for f in failures if f.fault is Fault.BLOCKED and f.origin in LABS}, key=order)
     for lab in blockers:
-        result.notes.append(f"Some failures come from {LABS[lab][0]}.py: fix lab {lab[3]} first "
+        result.notes.append(f"Some failures come from {LABS[lab].file}: fix lab {LABS[lab].number} first "
                             f"(python grader.py {lab}).")
     return result
 
@@ -183,12 +211,8 @@ def note_dependencies(results: list):
     """A lab that fails while an earlier lab it builds on fails says so (never changes any verdict)."""
     failing = [r.lab for r in results if r.status != "passed"]
     for r in results:
-        earlier = [lab for lab in failing if lab < r.lab]
-        if r.status != "passed" and earlier and not r.notes:
-            r.notes.append(f"Lab {r.lab[3]} builds on lab {earlier[0][3]}, which is not passing yet: fix lab "
-                           f"{earlier[0][3]} first.")
-
-
-def hint_text(key, deep: bool = False) -> str:
-    first, second = HINTS.get(key, ("", ""))
-    return f"{first} {second}".strip() if deep and second else first
+        before = [lab for lab in failing if order(lab) < order(r.lab)]
+        if r.status != "passed" and before and not r.notes:
+            first = LABS[before[0]].number
+            r.notes.append(f"Lab {LABS[r.lab].number} builds on lab {first}, which is not passing yet: fix lab "
+                           f"{first} first.")

@@ -2,7 +2,7 @@
 
 The grader does not use pytest; this is for working on the checkers. Each test module gets one worker (a fresh
 interpreter that runs the lab's file of --lab-dir on the pack's stand-ins for the labs before it, as the grader
-does), and each check a fixed seed.
+does), and each check runs through the judge's own runner (judge/runner.py): the same seed, the same verdict.
 """
 import os
 from pathlib import Path
@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkers.client import Worker
-from checkers.common import FIGURES, LABS, Skipped
-from checkers.standins import files_for
-from checkers.static import read_lab_file
+from judge.client import Worker
+from judge.runner import files_for, run_check
+from pack.labs import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,8 +31,7 @@ def w(request):
     device = request.config.getoption("--lab-device")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    names = [f"{module}.py" for module, _ in LABS.values()]
-    submission = {n: read_lab_file(str(folder / n)) for n in names if (folder / n).is_file()}
+    submission = {lab.file: (folder / lab.file).read_bytes() for lab in REGISTRY if (folder / lab.file).is_file()}
     lab = request.module.__name__.rsplit("check_", 1)[-1]
     files, trusted = files_for(lab, submission, ())
     worker = Worker(files, device=device, timeout=120, trusted=trusted)
@@ -42,17 +40,16 @@ def w(request):
     worker.close()
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem):
-    """A check that does not apply (Skipped: the own-chain check on a lab submitted alone, say) is a skip here."""
-    try:
-        return (yield)
-    except Skipped as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(autouse=True)
-def _seeded():
-    torch.manual_seed(0)
-    FIGURES.clear()
-    yield
+    """Run the check through the judge's runner: a failure fails the test with the check's message and hint, a
+    check that does not apply (the own-chain check on a lab submitted alone, say) is a skip."""
+    worker = pyfuncitem.funcargs["w"]
+    lab = pyfuncitem.module.__name__.rsplit("check_", 1)[-1]
+    done = run_check(pyfuncitem.name, pyfuncitem.obj, worker, lab)
+    if done.outcome == "skipped":
+        pytest.skip(done.message)
+    if done.outcome == "failed":
+        hint = f"\nhint: {done.failure.hint}" if done.failure.hint else ""
+        pytest.fail(f"[{done.failure.fault.value}] {done.message}{hint}\n{done.failure.traceback}", pytrace=False)
+    return True

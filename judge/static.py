@@ -1,8 +1,6 @@
 """Static rules, applied by the judge to the lab source it read before any worker ran.
 
-- `read_lab_file`: only a regular file of at most 1 MB is taken (a symlink, FIFO or device is refused with a
-  reason); it is read once, without following links and without blocking.
-- `scan_source`: an AST scan that ignores comments, strings and `if __name__ == "__main__":` blocks and reports
+`scan_source` is: an AST scan that ignores comments, strings and `if __name__ == "__main__":` blocks and reports
   built-in attention reached through torch or through another module (an earlier lab's stand-in imports torch
   too: `lab1_attention.F.scaled_dot_product_attention` is the built-in; `lab1_attention.scaled_dot_product_attention`
   is lab 1's function and allowed), assignments that patch torch or the test framework, imports of the
@@ -11,47 +9,18 @@
   run time (exec, say) is beyond it.
 """
 import ast
-import os
 import re
-import stat
 
-MAX_BYTES = 1 << 20
-FORBIDDEN_NAMES = {
-    "scaled_dot_product_attention", "multi_head_attention_forward", "MultiheadAttention", "Transformer",
-    "TransformerEncoder", "TransformerEncoderLayer", "TransformerDecoder", "TransformerDecoderLayer",
-    "_native_multi_head_attention", "_transformer_encoder_layer_fwd", "rms_norm", "RMSNorm", "_fused_rms_norm",
-}
-GRADER_PACKAGES = {"checkers", "grading", "worker", "solutions", "grader"}
+from pack.labs import FORBIDDEN
+
+FORBIDDEN_NAMES = set(FORBIDDEN)  # the registry's forbidden built-ins (pack/labs.py), as the worker's guard has them
+GRADER_PACKAGES = {"checkers", "judge", "parent", "pack", "protocol", "worker", "grading", "solutions", "grader"}
 PATCHED_ROOTS = {"_pytest", "pytest"}  # any attribute assignment under these is tampering
 LAB_MODULE = re.compile(r"lab\d+_\w+$")  # the labs' own modules (lab1_attention, ...)
 
 
 class Forbidden(Exception):
     """A rule the lab broke: the lab is marked forbidden and scores 0."""
-
-
-def read_lab_file(path: str, limit: int = MAX_BYTES) -> bytes:
-    """The file's bytes; OSError with a plain reason for anything but a regular file of at most `limit` bytes."""
-    info = os.lstat(path)
-    if stat.S_ISLNK(info.st_mode):
-        raise OSError(f"{os.path.basename(path)} is a symbolic link; submit the file itself")
-    if not stat.S_ISREG(info.st_mode):
-        raise OSError(f"{os.path.basename(path)} is not a regular file")
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{os.path.basename(path)} is not a regular file")
-        data = b""
-        while len(data) <= limit:
-            chunk = os.read(fd, limit + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise OSError(f"{os.path.basename(path)} is larger than {limit >> 20} MB")
-    return data
 
 
 def _is_main_guard(node) -> bool:

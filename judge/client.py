@@ -1,0 +1,399 @@
+"""The judge's side of the protocol: start a worker, ask it things, and turn its answers into plain values.
+
+A check talks to a `Worker` and to the `Handle`s it returns for the student's objects. The student's arguments and
+the grader's own options never mix: `w.call(target, *args, **kwargs)` and `handle(*args, **kwargs)` pass the
+student's arguments through untouched and return the output; `w.run(opts, target, *args, **kwargs)` and
+`handle.run(opts, *args, **kwargs)` take an `Options` first and return the worker's `Result` (the output and what
+the options asked to observe). Requests and answers are protocol/messages.py messages. A request that runs past
+its time, or a worker that dies, raises `WorkerGone` with its Fault; the next request starts a fresh worker. An
+exception in the student's code raises `StudentError` (data only).
+"""
+import dataclasses
+import os
+import select
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+
+from pack.spawn import Kept, fresh_interpreter
+from protocol import messages as m
+from protocol.codec import ProtocolError, encode, read_frame, write_frame
+from protocol.messages import Backward, Fault, Options, wait_fault
+from protocol.values import DTYPES, Packer, Unpacker, load_tensors, save_tensors
+
+NO_GRAD = Options(no_grad=True)
+
+
+class WorkerGone(Exception):
+    """The worker did not answer; `fault` says how (timeout, crashed, exited, out of memory, or exception when the
+    grader could not start it or read it)."""
+
+    def __init__(self, fault: Fault, detail: str):
+        super().__init__(detail)
+        self.fault, self.detail = fault, detail
+
+    @property
+    def status(self) -> str:
+        return self.fault.status or "error"
+
+
+class StudentError(Exception):
+    """An exception raised by the student's code, as the worker described it (an ErrorInfo)."""
+
+    def __init__(self, info: m.ErrorInfo):
+        self.type, self.message = info.type[:100], info.message[:2000]
+        self.frames = list(info.frames)[-8:]  # protocol Frames: file, line, function, text
+        self.traceback = info.traceback[-4000:]
+        self.memory, self.shortcut = info.memory, info.shortcut
+        super().__init__(f"{self.type}: {self.message}")
+
+
+class ContractMissing(Exception):
+    """The lab module (or object) lacks a name the contract asks for; the message is `owner.name`."""
+
+
+@dataclass
+class On:
+    """A tensor argument the worker should place on `device` (default: the worker's device)."""
+    tensor: torch.Tensor
+    device: str = None
+    grad: bool = False
+
+
+def _encode(value, packer: Packer):
+    """A student argument in its tagged form (tensors into the frame's blob, held objects by id)."""
+    if isinstance(value, On):
+        return {**_encode(value.tensor, packer), "to": value.device, "grad": value.grad}
+    if isinstance(value, torch.Tensor):
+        return {"$t": packer.tensor(value)["$t"]}
+    if isinstance(value, Handle):
+        return {"$h": value.id}
+    if isinstance(value, tuple):
+        return {"$tuple": [_encode(v, packer) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, packer) for v in value]
+    if isinstance(value, dict):
+        return {k: _encode(v, packer) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class Handle:
+    """An object the worker holds, and what it reported of it (a ModuleInfo) when it was built."""
+    worker: "Worker"
+    id: str
+    info: m.ModuleInfo
+
+    @property
+    def type(self) -> str:
+        return self.info.type
+
+    @property
+    def module(self) -> str:
+        return self.info.module
+
+    @property
+    def params(self) -> dict:
+        """{name: (shape, dtype)} for every parameter name (tied names included)."""
+        return {p.name: (tuple(p.shape), p.dtype) for p in self.info.params}
+
+    @property
+    def ties(self) -> list:
+        return [set(group) for group in self.info.ties]
+
+    @property
+    def modules(self) -> dict:
+        """{name: (class name, class module, [kinds])}; '' is the module itself."""
+        return {s.name: (s.cls, s.module, list(s.kinds)) for s in self.info.modules}
+
+    def attr(self, name: str):
+        return self.info.attrs.get(name)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        floats = [DTYPES.get(d) for _, d in self.params.values() if DTYPES.get(d, torch.int64).is_floating_point]
+        return floats[0] if floats else torch.float32
+
+    def _cast(self, args: tuple, opts: Options) -> tuple:
+        """Floating-point inputs go in the module's own dtype (a lab may set torch's default dtype to float64)."""
+        dtype = self.dtype
+        cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+        args = tuple(On(cast(a.tensor), a.device, a.grad) if isinstance(a, On) else cast(a) for a in args)
+        if opts.backward is not None and isinstance(opts.backward.grad_out, torch.Tensor):
+            opts = dataclasses.replace(opts, backward=Backward(cast(opts.backward.grad_out), opts.backward.index))
+        return args, opts
+
+    def __call__(self, *args, **kwargs):
+        """forward(*args, **kwargs) with the default options: the output."""
+        return self.run(Options(), *args, **kwargs).out
+
+    def run(self, opts: Options, *args, **kwargs) -> m.Result:
+        """forward(*args, **kwargs) under the grader's options: the Result."""
+        args, opts = self._cast(args, opts)
+        return self.worker.run(opts, self.target("forward"), *args, **kwargs)
+
+    def target(self, name: str) -> m.Target:
+        return m.Target("handle", self.id, name)
+
+    def method(self, name: str, *args, **kwargs):
+        return self.worker.call(self.target(name), *args, **kwargs)
+
+    def run_method(self, opts: Options, name: str, *args, **kwargs) -> m.Result:
+        return self.worker.run(opts, self.target(name), *args, **kwargs)
+
+    def get(self, name: str):
+        """An attribute's value (a Handle when it is an nn.Module)."""
+        return self.worker.get(self.target(name))
+
+    def load(self, tensors: dict):
+        self.worker.request(m.Load(self.id), {k: v.detach().clone() for k, v in tensors.items()})
+
+    def state(self) -> dict:
+        return self.worker.request(m.State(self.id)).value
+
+    def to(self, device: str):
+        self.worker.request(m.To(self.id, device))
+
+
+class Worker:
+    """One lab's worker: started on first use, restarted after it dies; requests time out after `timeout`."""
+
+    def __init__(self, sources: dict, device: str = "cpu", memory: float = 4.0, timeout: float = 30.0,
+                 zygote: socket.socket = None, hide=(), deadline: float = None, trusted=()):
+        self.sources, self.device, self.memory, self.timeout = sources, device, memory, timeout
+        self.zygote, self.hide, self.deadline = zygote, list(hide), deadline
+        self.trusted = list(trusted)  # modules among `sources` that are the pack's stand-ins (imported first)
+        self.proc = self.pid = None
+        self.kept = Kept()
+        self.starts, self.hits = 0, []
+        self.folder = None
+        self.siblings = []
+        # what the judge tells its checks: the lab, the submission's own files, and whether it is graded on them
+        self.lab, self.submission, self.own_labs = None, dict(sources), True
+
+    def sibling(self, sources: dict, trusted=()) -> "Worker":
+        """Another worker like this one on other files (closed with this one)."""
+        other = Worker(sources, self.device, self.memory, self.timeout, self.zygote, self.hide, self.deadline, trusted)
+        other.lab, other.submission, other.own_labs = self.lab, self.submission, self.own_labs
+        self.siblings.append(other)
+        return other
+
+    # ---- lifecycle ----
+    def _copy(self) -> str:
+        folder = tempfile.mkdtemp(prefix="labgrade-")
+        for name, data in self.sources.items():
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
+        return folder
+
+    def start(self):
+        self.close()
+        self.starts += 1
+        self.folder = self._copy()
+        req_r, self.req_w = os.pipe()
+        self.resp_r, resp_w = os.pipe()
+        self.out_r, out_w = os.pipe()
+        spec = m.WorkerSpec(lab_dir=self.folder, device=self.device, memory=self.memory, judge=os.getpid(),
+                            cpu_seconds=int(self.timeout * 4) + 10, hide=self.hide, trusted=self.trusted)
+        if self.zygote is not None:
+            ctl_r, ctl_w = os.pipe()
+            socket.send_fds(self.zygote, [encode(spec)], [req_r, resp_w, out_w, ctl_w])
+            os.close(ctl_w)
+            self.ctl = ctl_r
+            line = self._ctl_line(10.0)
+            if not line.startswith("pid "):
+                raise WorkerGone(Fault.EXCEPTION, "the grader could not start a worker process")
+            self.pid = int(line.split()[1])
+        else:  # a fresh interpreter (isolation "spawn", or plain pytest)
+            self.proc = fresh_interpreter("worker.serve", [req_r, resp_w, self.folder, self.device, *self.trusted],
+                                          out_w, (req_r, resp_w), cwd=self.folder, new_session=True)
+            self.pid, self.ctl = self.proc.pid, None
+        for fd in (req_r, resp_w, out_w):
+            os.close(fd)
+        os.set_blocking(self.out_r, False)
+
+    def _ctl_line(self, wait: float) -> str:
+        ready, _, _ = select.select([self.ctl], [], [], wait)
+        if not ready:
+            return ""
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = os.read(self.ctl, 64)
+            if not chunk:
+                break
+            data += chunk
+        return data.decode(errors="replace").strip()
+
+    def close(self):
+        for other in self.siblings:
+            other.close()
+        if self.pid is None:
+            return
+        try:
+            os.killpg(self.pid, signal.SIGKILL) if self.proc else os.kill(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.proc:
+            self.proc.wait()
+        self._drain()
+        for fd in (self.req_w, self.resp_r, self.out_r, self.ctl):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.pid = self.proc = None
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def output(self) -> str:
+        self._drain()
+        return self.kept.text()
+
+    def _drain(self):
+        while self.pid is not None:
+            try:
+                data = os.read(self.out_r, 65536)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            self.kept.add(data)
+
+    # ---- requests ----
+    def _gone(self) -> WorkerGone:
+        """Why the worker stopped answering, from its wait status."""
+        status = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=2)
+                code = self.proc.returncode
+                status = (-code if code < 0 else 0) | ((code if code >= 0 else 0) << 8)
+            except Exception:  # subprocess.TimeoutExpired
+                pass
+        else:
+            for _ in range(2):
+                line = self._ctl_line(2.0)
+                if line.startswith("exit "):
+                    status = int(line.split()[1])
+                    break
+        self.close()
+        if status is None:
+            return WorkerGone(Fault.CRASHED, "the worker stopped answering")
+        return WorkerGone(*wait_fault(status))
+
+    def _reader(self, deadline: float):
+        def read(fd, n):
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                ready, _, _ = select.select([fd, self.out_r], [], [], min(left, 0.2))
+                if self.out_r in ready:
+                    self._drain()
+                if self.device == "cuda" and self.memory and _tree_rss(self.pid) > self.memory * (1 << 30):
+                    raise MemoryError
+                if fd in ready:
+                    return os.read(fd, n)
+        return read
+
+    def request(self, request, tensors: dict = None, timeout: float = None):
+        """Send one request message; returns the Answer with its values decoded (tensors, Handles).
+        Raises StudentError, ContractMissing or WorkerGone."""
+        if self.pid is None:
+            self.start()
+        limit = timeout or self.timeout
+        if self.deadline is not None:
+            limit = min(limit, self.deadline - time.monotonic() - 0.5)
+        if limit <= 0:
+            raise WorkerGone(Fault.TIMEOUT, "the lab's time ran out before this check")
+        try:
+            write_frame(self.req_w, request, save_tensors(tensors))
+            answer, blob = read_frame(self.resp_r, (m.Answer,), self._reader(time.monotonic() + limit))
+            got = load_tensors(blob)
+        except TimeoutError:
+            self.close()
+            raise WorkerGone(Fault.TIMEOUT, f"no answer within {limit:.0f} s (an endless loop, or far too slow)") from None
+        except MemoryError:
+            self.close()
+            raise WorkerGone(Fault.OOM, f"went past the memory cap of {self.memory:g} GiB") from None
+        except (ProtocolError, OSError) as exc:
+            gone = self._gone()
+            if gone.fault is Fault.CRASHED and "stopped answering" in gone.detail:
+                gone.detail = f"the worker sent something unreadable ({exc})"
+            raise gone from None
+        self.hits += [h[:100] for h in answer.hits if h[:100] not in self.hits]
+        if not answer.ok:
+            error = StudentError(answer.error or m.ErrorInfo("Exception", "the worker gave no reason"))
+            raise ContractMissing(error.message) if error.type == "Missing" else error
+        unpack = Unpacker(got, handle=lambda key: Handle(self, str(key), m.ModuleInfo("?", "?")))
+        try:
+            if answer.result is not None:
+                r = answer.result
+                grads = r.grads and dataclasses.replace(r.grads, inputs=unpack(r.grads.inputs),
+                                                        params=unpack(r.grads.params))
+                answer = dataclasses.replace(answer, result=dataclasses.replace(
+                    r, out=unpack(r.out), grads=grads, watched=unpack(r.watched), captured=unpack(r.captured)))
+            return dataclasses.replace(answer, value=unpack(answer.value))
+        except ProtocolError as exc:
+            self.close()
+            raise WorkerGone(Fault.CRASHED, f"the worker sent something unreadable ({exc})") from None
+
+    # ---- typed helpers ----
+    @staticmethod
+    def _target(target) -> m.Target:
+        return target if isinstance(target, m.Target) else m.Target("module", *target)
+
+    def run(self, opts: Options, target, *args, **kwargs) -> m.Result:
+        """Call target(*args, **kwargs) in the worker under the grader's options `opts`; target is a Target or
+        (module, name). The student's arguments are passed through untouched."""
+        packer = Packer()
+        if opts.backward is not None and isinstance(opts.backward.grad_out, torch.Tensor):
+            opts = dataclasses.replace(opts, backward=Backward(packer.tensor(opts.backward.grad_out), opts.backward.index))
+        call = m.Call(self._target(target), _encode(list(args), packer), _encode(kwargs, packer),
+                      dataclasses.replace(opts, timeout=None))
+        answer = self.request(call, packer.tensors, opts.timeout)
+        if opts.store:
+            if answer.stored is None:
+                raise WorkerGone(Fault.EXCEPTION, "the worker's answer does not describe what it stored")
+            return m.Result(out=Handle(self, answer.stored.handle, answer.stored.info))
+        if answer.result is None:
+            raise WorkerGone(Fault.EXCEPTION, "the worker's answer has no output")
+        return answer.result
+
+    def call(self, target, *args, **kwargs):
+        """target(*args, **kwargs) in the worker with the default options: the output."""
+        return self.run(Options(), target, *args, **kwargs).out
+
+    def new(self, module: str, name: str, *args, **kwargs) -> Handle:
+        """Build module.name(*args, **kwargs) and keep it (an nn.Module goes to the worker's device, in eval mode)."""
+        return self.run(Options(store=True), (module, name), *args, **kwargs).out
+
+    def get(self, *target):
+        """module.name (target: module, name) or an attribute of a held object (a Target): a Handle for an
+        nn.Module, else the value."""
+        answer = self.request(m.Get(self._target(target[0] if len(target) == 1 else target)))
+        return Handle(self, answer.stored.handle, answer.stored.info) if answer.stored is not None else answer.value
+
+    def audit(self) -> dict:
+        value = self.request(m.Audit(), timeout=10).value
+        return value if type(value) is dict else {}
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of pid and every process under it."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError, IndexError):
+            pass
+    return total

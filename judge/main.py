@@ -1,0 +1,94 @@
+"""The judge process: run one lab's checks against a worker and report every outcome to the parent.
+
+The parent forks this process from itself (or starts it with `python -m judge.main JUDGE_SPEC`). It never imports
+or runs student code: it reads the lab source the parent copied before any worker ran, applies the static rules,
+and runs each check (judge/runner.py) with a `Worker` (judge/client.py) that runs the student's code in another
+process. Every verdict is computed here, from plain data. Records (protocol/messages.py RECORDS) go to the parent
+as lines `NONCE JSON` on a pipe only the judge holds. The process always ends with `os._exit`.
+"""
+import ctypes
+import os
+import sys
+import traceback
+
+import torch
+
+from judge.client import StudentError, Worker, WorkerGone
+from judge.runner import checks_of, describe, files_for, run_check
+from judge.static import scan_source
+from pack.labs import LABS
+from protocol import messages as m
+from protocol.codec import decode, encode
+
+
+class Channel:
+    def __init__(self, fd: int, nonce: str):
+        self.fd, self.nonce = fd, nonce
+
+    def __call__(self, record):
+        data = self.nonce.encode() + b" " + encode(record) + b"\n"
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError:
+            pass  # the parent treats a missing record as a failure
+
+
+def run(spec: m.JudgeSpec, fd: int, nonce: str, zygote=None, sources: dict = None):
+    """Run the checks of one lab, report them, and end the process. Never returns.
+
+    The worker runs the submission's file for this lab with the pack's stand-ins for the labs before it, or, with
+    `own_labs`, the submission's own earlier labs. `sources`: the files' bytes (else decoded from the spec)."""
+    emit = Channel(fd, nonce)
+    worker = None
+    try:
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: /proc/<pid>/mem is closed to a same-user worker
+        torch.set_num_threads(1)
+        lab = spec.lab
+        sources = sources if sources is not None else {k: v.encode("latin-1") for k, v in spec.sources.items()}
+        checks = checks_of(lab)
+        if spec.select:
+            checks = {n: f for n, f in checks.items() if n in spec.select}
+        emit(m.Start(spec.device, os.getpid()))
+        hits = scan_source(sources.get(LABS[lab].file, b""), LABS[lab].file)
+        if hits:
+            emit(m.RuleBroken("forbidden: " + "; ".join(hits[:5])))
+        files, trusted = files_for(lab, sources, None if spec.own_labs else ())
+        worker = Worker(files, device=spec.device, memory=spec.memory, timeout=spec.check_timeout, zygote=zygote,
+                        hide=spec.hide, deadline=spec.deadline, trusted=trusted)
+        worker.lab, worker.submission, worker.own_labs = lab, dict(sources), spec.own_labs
+        try:
+            worker.request(m.Import(LABS[lab].module))
+        except (StudentError, WorkerGone) as exc:
+            emit(m.Imported(False, describe(exc, lab, spec.display_dir)))
+            emit(m.End(worker.output()))
+            return
+        emit(m.Imported(True))
+        for name, check in checks.items():
+            emit(run_check(name, check, worker, lab, spec.display_dir))
+        try:
+            audit = worker.audit()
+        except (StudentError, WorkerGone):
+            audit = {}
+        changed = [str(c)[:80] for c in audit.get("changed", [])] if type(audit.get("changed")) is list else []
+        found = [f"the code called torch's built-in `{h}`" for h in worker.hits[:1]]
+        if changed:
+            found.append("the submission modified torch: " + ", ".join(changed[:8]))
+        if found:
+            emit(m.RuleBroken("forbidden: " + "; ".join(found)))
+        emit(m.End(worker.output()))
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            if worker is not None:
+                worker.close()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(0)
+
+
+if __name__ == "__main__":  # fresh-interpreter mode: python -m judge.main JUDGE_SPEC (the nonce in $GRADER_NONCE)
+    judge_spec = decode(sys.argv[1].encode(), (m.JudgeSpec,))
+    run(judge_spec, judge_spec.fd, os.environ.pop("GRADER_NONCE"))

@@ -1,0 +1,114 @@
+"""The one check runner, for the judge process (judge/main.py) and for plain pytest (judge/plugin.py).
+
+`checks_of(lab)` lists a lab's checks in file order; `run_check` runs one against a worker and turns whatever
+happened into a CheckDone record: passed (with the figures the check returned), skipped, or failed with a Failure
+that names its Fault, message, hint and the student's frames. `files_for` decides which files a lab's worker holds.
+"""
+import importlib
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from judge.checks import CheckFailure, Skipped, known_hint
+from judge.client import ContractMissing, StudentError, WorkerGone
+from judge.static import Forbidden
+from pack.labs import BY_MODULE, FILES, LABS, earlier, lab_of_module
+from protocol import messages as m
+from protocol.messages import Fault
+
+MAX_MESSAGE = 4000
+STANDINS = Path(__file__).resolve().parent.parent / "worker" / "standins"  # read as files: run by the worker only
+
+
+def checks_of(lab: str) -> dict:
+    """{name: check function} of the lab's checker module, in file order."""
+    checker = importlib.import_module(f"checkers.check_{lab}")
+    return {n: f for n, f in vars(checker).items() if n.startswith("test_") and callable(f)}
+
+
+def files_for(lab: str, submission: dict, own=None) -> tuple:
+    """(files, stand-in modules) for a worker that runs `lab`: the submission's file for `lab` and for every lab in
+    `own` (None: every lab the submission has, stand-ins for none), the pack's stand-in for each other lab before it
+    (the submission's own file where the pack has none). Later labs' files are left out."""
+    if own is None:
+        return dict(submission), []
+    files, trusted = {}, []
+    for name in earlier(lab):
+        standin = STANDINS / FILES[name]
+        if FILES[name] in submission and (name in own or not standin.is_file()):
+            files[FILES[name]] = submission[FILES[name]]
+        elif standin.is_file():
+            files[FILES[name]] = standin.read_bytes()
+            trusted.append(LABS[name].module)
+    if FILES[lab] in submission:
+        files[FILES[lab]] = submission[FILES[lab]]
+    return files, trusted
+
+
+def describe(exc: BaseException, lab: str, display_dir: str) -> m.Failure:
+    """What went wrong, in words, with the student frame it came from and its Fault."""
+    hint, trace, full, origin_lab, blame = None, [], "", None, None
+    if isinstance(exc, CheckFailure):
+        fault, text, hint, blame = Fault.ASSERT, str(exc), exc.hint, exc.blame
+    elif isinstance(exc, Forbidden):
+        fault, text = Fault.FORBIDDEN, f"forbidden: {exc}"
+    elif isinstance(exc, ContractMissing):
+        owner, _, name = str(exc).rpartition(".")
+        where = f"{owner}.py" if owner in BY_MODULE else owner
+        fault, text = Fault.ASSERT, f"{where} defines no `{name}`: the lab's contract (module docstring) asks for it."
+    elif isinstance(exc, WorkerGone):
+        fault, text = exc.fault, f"{exc.status}: {exc.detail}"
+    elif isinstance(exc, StudentError):
+        show = lambda f: f"{display_dir}/{f.file}:{f.line}"  # noqa: E731
+        trace = [f"{show(f)} in {f.function}: {f.text}" for f in exc.frames[-6:]]
+        origin = exc.frames[-1] if exc.frames else None
+        found = lab_of_module(origin.file) if origin else None
+        origin_lab = found.name if found else None
+        text = f"{exc.type}: {exc.message}"
+        if exc.type == "ImportError" and any(f"'{module}'" in exc.message for module in BY_MODULE):
+            hint = "standalone"  # a name an earlier lab's contract does not define
+        if exc.shortcut:
+            fault, text = Fault.FORBIDDEN, f"forbidden shortcut: {exc.message}"
+        elif exc.type == "NotImplementedError" and origin_lab:
+            fault = Fault.NOT_STARTED if origin_lab == lab else Fault.BLOCKED
+            text = f"not implemented yet: {exc.message}" if fault is Fault.NOT_STARTED else \
+                f"{FILES[origin_lab]} is not finished ({exc.message}): lab {LABS[origin_lab].number} comes first"
+        elif exc.memory:
+            fault, text = Fault.OOM, f"out of memory: {exc.message[:300]}"
+        elif exc.type == "SystemExit":
+            fault, text = Fault.EXITED, f"the code called sys.exit({exc.message})"
+        elif exc.type in ("SyntaxError", "IndentationError", "TabError"):
+            fault = Fault.SYNTAX
+        else:
+            fault = Fault.BLOCKED if origin_lab not in (None, lab) else Fault.EXCEPTION
+        if origin is not None and fault not in (Fault.NOT_STARTED, Fault.FORBIDDEN):
+            text += f"\n  raised at {show(origin)}" + (f" in {origin.function}" if origin.function != "<module>" else "")
+        full = exc.traceback
+    else:  # the judge's own failure: never the student's fault
+        fault, text = Fault.INTERNAL, f"the grader failed on this check ({type(exc).__name__}: {exc})"
+        full = "".join(traceback.format_exception(exc))
+    return m.Failure(fault=fault, message=text[:MAX_MESSAGE], hint=known_hint(hint or fault.hint), origin=origin_lab,
+                     trace=trace, traceback=full[-MAX_MESSAGE:], blame=blame if blame in LABS else None)
+
+
+def _figures(value) -> list:
+    return [f for f in value if isinstance(f, m.Figure)][:4] if isinstance(value, (list, tuple)) else []
+
+
+def run_check(name: str, check, worker, lab: str, display_dir: str = ".") -> m.CheckDone:
+    """Run one check (seeded) against the worker; never raises but for KeyboardInterrupt."""
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    try:
+        figures = _figures(check(worker))
+    except Skipped as exc:  # the check does not apply to this submission: it neither passes nor fails
+        return m.CheckDone(name, "skipped", time.perf_counter() - start, message=str(exc)[:MAX_MESSAGE])
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: B036
+        failure = describe(exc, lab, display_dir)
+        return m.CheckDone(name, "failed", time.perf_counter() - start, message=failure.message, failure=failure,
+                           figures=_figures(getattr(exc, "figures", [])))
+    return m.CheckDone(name, "passed", time.perf_counter() - start, figures=figures)

@@ -1,0 +1,236 @@
+"""What several labs' checkers share: the student's modules with weights the judge chooses, and the checks labs
+have in common (causality, gradients, dropout, shortcuts, device discipline, the own-chain check).
+
+Runs in the judge: the student's objects live in the worker, reached through judge/client.py; everything compared
+here is a plain tensor decoded from an answer.
+"""
+import math
+
+import torch
+
+from judge.checks import CheckFailure, Skipped, fail
+from judge.client import NO_GRAD, ContractMissing, Handle, On, Options, StudentError, Worker, WorkerGone
+from judge.compare import expect_close, expect_tensor, randn
+from judge.static import Forbidden
+from pack.labs import FILES, LABS, earlier as labs_before
+from protocol.messages import Backward, Figure
+
+Tensor = torch.Tensor
+CONTRACT = "the lab's contract (module docstring) asks for it"
+
+
+# ---- the student's modules, with weights the judge chooses ------------------------------------
+def expect_params(h: Handle, want: dict, what: str, hint=None, optional=()):
+    """The module has each parameter of `want` ({name: shape}); names in `optional` may be absent."""
+    have = h.params
+    for name, shape in want.items():
+        if name not in have:
+            if name in optional:
+                continue
+            fail(f"{what} has no parameter `{name}` (has: {', '.join(sorted(have)) or 'none'}); {CONTRACT}.", hint)
+        if have[name][0] != tuple(shape):
+            fail(f"{what}: `{name}` has shape {have[name][0]}, the contract gives {tuple(shape)}.", hint)
+
+
+def owner_kinds(h: Handle, name: str) -> list:
+    return h.modules.get(name.rsplit(".", 1)[0] if "." in name else "", ("", "", []))[2]
+
+
+def fill(h: Handle, seed: int = 1234, style: str = "check") -> dict:
+    """Judge-chosen values for every parameter of h, loaded into it; returns {name: value} (tied names share one).
+
+    style "check": LayerNorm weights U(0.5, 1.5) and biases N(0, 0.3), so identity initialisation hides nothing;
+    style "default": PyTorch's own initialisation (what a model trains from).
+    """
+    g = torch.Generator().manual_seed(seed)
+    values, ties = {}, h.ties
+    for name, (shape, dtype) in h.params.items():
+        tied = next((values[other] for group in ties if name in group for other in group if other in values), None)
+        if tied is not None:
+            values[name] = tied
+            continue
+        kinds, leaf = owner_kinds(h, name), name.rsplit(".", 1)[-1]
+        fan_in = shape[-1] if len(shape) > 1 else max(1, shape[0] if shape else 1)
+        if "LayerNorm" in kinds and leaf == "weight":
+            v = torch.rand(shape, generator=g) + 0.5 if style == "check" else torch.ones(shape)
+        elif leaf == "bias":
+            v = torch.randn(shape, generator=g) * 0.3 if style == "check" else torch.zeros(shape) \
+                if "LayerNorm" in kinds else (torch.rand(shape, generator=g) * 2 - 1) / math.sqrt(fan_in)
+        elif "Embedding" in kinds:
+            v = torch.randn(shape, generator=g)
+        elif len(shape) >= 2:
+            v = (torch.rand(shape, generator=g) * 2 - 1) / math.sqrt(fan_in)
+        else:
+            v = torch.rand(shape, generator=g) + 0.5 if style == "check" else torch.ones(shape)
+        values[name] = v
+    h.load(values)
+    return values
+
+
+def zeroed(values: dict, *prefixes) -> dict:
+    """A copy of values with every parameter under the given prefixes set to zero."""
+    return {n: torch.zeros_like(v) if n.startswith(prefixes) else v for n, v in values.items()}
+
+
+def sub(values: dict, prefix: str) -> dict:
+    """The entries under `prefix.` with the prefix removed."""
+    return {n[len(prefix) + 1:]: v for n, v in values.items() if n.startswith(prefix + ".")}
+
+
+def gelu_flavour(out: Tensor, oracle) -> str:
+    """'none' or 'tanh': whichever GELU makes oracle(approximate) closest to the student's output."""
+    if not isinstance(out, Tensor) or out.device.type == "meta":
+        return "none"
+    err = {}
+    for a in ("none", "tanh"):
+        want = oracle(a)
+        err[a] = float((want - out.to(want.dtype)).abs().max()) if want.shape == out.shape else float("inf")
+    return min(err, key=err.get)
+
+
+def once(store: dict, w, make):
+    """make(w), made once per worker: later calls get the same result, or raise the same failure (a training run
+    that several checks read)."""
+    if w not in store:
+        try:
+            store[w] = make(w)
+        except BaseException as exc:  # noqa: B036
+            store[w] = exc
+    if isinstance(store[w], BaseException):
+        raise store[w]
+    return store[w]
+
+
+# ---- checks shared by several labs ------------------------------------------------------------
+def expect_causal(fn, x: Tensor, what: str, positions=(0, 3, 6), hint="causal"):
+    """For each t, changing inputs after position t must leave outputs 0..t unchanged (fn runs in the worker).
+    `hint`: a key, or a callable that diagnoses from the first output (a wrong head layout leaks the future too)."""
+    before = expect_tensor(fn(x), what)
+    for t in positions:
+        changed = x.clone()
+        changed[:, t + 1:] = randn(*changed[:, t + 1:].shape, dtype=x.dtype) if x.is_floating_point() else \
+            (changed[:, t + 1:] + 1) % (int(x.max()) + 1)
+        after = expect_tensor(fn(changed), what, before.shape)
+        expect_close(after[:, :t + 1], before[:, :t + 1],
+                     f"{what}: changing only the tokens after position {t} moved the outputs at positions 0..{t}",
+                     atol=1e-5, rtol=1e-5, hint=(lambda: hint(before)) if callable(hint) else hint)
+
+
+def expect_own_chain(w: Worker, probe, what: str):
+    """Run `probe(worker)` (it fails as a check fails) on the student's own earlier labs instead of the pack's
+    stand-ins. Passes when it passes; when it fails there but passes on the stand-ins, fails naming the first earlier
+    lab (from the latest back) whose own version breaks it. Skipped when there is nothing to compare."""
+    from judge.runner import files_for
+    earlier = labs_before(w.lab)
+    if w.own_labs:
+        raise Skipped("not needed: every check already ran on your own earlier labs (--own-labs)")
+    missing = [FILES[lab] for lab in earlier if FILES[lab] not in w.submission]
+    if missing:
+        raise Skipped(f"not tried: this submission has no {', '.join(missing)}")
+
+    def failure(worker):
+        try:
+            probe(worker)
+        except (CheckFailure, StudentError, ContractMissing, WorkerGone) as exc:
+            return exc
+        finally:
+            if worker is not w:
+                worker.close()
+        return None
+    chain = lambda own: w.sibling(*files_for(w.lab, w.submission, own))  # noqa: E731
+    first = failure(chain(earlier))
+    if first is None:
+        return
+    if failure(w) is not None:
+        raise Skipped("not tried: this lab fails on the pack's own earlier labs already (see the checks above)")
+    culprit = next((lab for i, lab in reversed(list(enumerate(earlier))) if i and failure(chain(earlier[i:]))),
+                   earlier[0])
+    number, file = LABS[culprit].number, FILES[culprit]
+    reason = str(first).splitlines()[0][:300]
+    raise CheckFailure(f"{what} passes with the pack's own lab {number} but not with your {file}: fix lab {number} "
+                       f"first (python grader.py {culprit}).\n  with your labs: {reason}", "chain", blame=culprit)
+
+
+def expect_every_parameter_gets_a_gradient(h: Handle, x, what: str):
+    """Backward from out * noise reaches every parameter (the gradients are computed in the worker, judged here)."""
+    out = h.run(NO_GRAD, x).out
+    shape = expect_tensor(out, f"{what} output").shape
+    result = h.run(Options(backward=Backward(randn(*shape))), x)
+    grads = result.grads
+    if not (grads is not None and grads.connected):
+        fail(f"{what}: the output is not connected to the parameters (no autograd graph): avoid .detach(), .data "
+             "and torch.no_grad() in forward.", "grad")
+    params = grads.params if type(grads.params) is dict else {}
+    missing = [n for n in h.params if n not in params and not any(n in g for g in h.ties)]
+    missing += [n for n, g in params.items() if not (isinstance(g, Tensor) and g.device.type != "meta"
+                                                     and bool(g.abs().sum() > 0))]
+    if missing:
+        fail(f"{what}: these parameters received no gradient: {', '.join(sorted(set(missing)))}.", "grad")
+    return result
+
+
+def expect_no_shortcuts(w: Worker, run, module: Handle = None):
+    """No built-in attention module in the tree, and none reached while `run()` runs under the worker's runtime
+    guard (best effort: the static scan of the source, in the judge, is what rules)."""
+    found = [f"{name or 'model'} ({cls})" for name, (cls, _, kinds) in (module.modules if module else {}).items()
+             if "forbidden" in kinds]
+    if found:
+        raise Forbidden("built-in attention is not allowed here: " + ", ".join(found))
+    try:
+        run()
+    except StudentError as exc:
+        if not exc.shortcut:
+            raise
+    if w.hits:
+        raise Forbidden(f"the code called torch's built-in `{w.hits[0]}`")
+
+
+def device_error(exc: StudentError) -> bool:
+    """The error is about devices (tensors on two of them, or an op the meta device cannot run), not a plain bug."""
+    return exc.type == "DeviceMixError" or exc.type in ("RuntimeError", "NotImplementedError") and any(
+        word in exc.message.lower() for word in ("device", "meta", "cuda", "cpu"))
+
+
+def expect_dropout_only_in_training(h: Handle, x: Tensor, what: str):
+    """With dropout=0.5, two seeds give different outputs in training mode and the same output in eval mode."""
+    for mode, random in (("train", True), ("eval", False)):
+        h.method(mode)
+        first, second = (expect_tensor(h.run(Options(no_grad=True, seed=seed), x).out, f"{what} output")
+                         for seed in (1, 2))
+        if torch.equal(first, second) == random:
+            fail(f"{what} in {mode} mode gave {'the same output' if random else 'different outputs'} under two seeds: "
+                 + ("dropout is not applied." if random else "dropout must be off in eval mode."),
+                 "dropout_train" if random else "dropout")
+
+
+def expect_device_discipline(w: Worker, h: Handle, example: Tensor, what: str):
+    """forward on another device (CUDA when checking there, else meta) with one device per op."""
+    target = "cuda" if w.device == "cuda" else "meta"
+    h.to(target)
+    try:
+        out = h.run(Options(device_guard=True, no_grad=True), On(example, target)).out
+    except StudentError as exc:
+        if device_error(exc):
+            fail(f"{what} failed with the module and its input on {target}: {exc.message}", "device")
+        raise
+    out = expect_tensor(out, f"{what} output")
+    if not getattr(out, "remote_device", "").startswith(target):
+        fail(f"{what}: input on {target}, output on {getattr(out, 'remote_device', '?')}.", "device")
+
+
+
+OURS = "the trained weights (the grader's own greedy decoding)"
+
+
+def expect_continuation(prompt: str, want: str, texts: list, loss_after: float, hint) -> list:
+    """Greedy text after training (labs 4 and 5): each (text, whose) of `texts` must be `want`, the judge's own
+    decoding of the trained weights first (when the weights are wrong, the training is to blame, not the sampler).
+    `hint(at, whose)` names the mistake. Returns the sample as a figure (attached to the failure too)."""
+    shown = [Figure("text", label="greedy sample", text=str(texts[-1][0]))]
+    for text, whose in texts:
+        text = str(text)
+        if text != want:
+            at = next((i for i, (a, b) in enumerate(zip(text, want)) if a != b), min(len(text), len(want)))
+            fail(f"greedy continuation of {prompt!r} by {whose} went wrong at character {at}:\n  expected {want!r}\n"
+                 f"  got      {text[:80]!r}\n(loss after training: {loss_after:.3f})", hint(at, whose), figures=shown)
+    return shown

@@ -1,0 +1,241 @@
+"""One encoder and one decoder for every message of protocol/messages.py, in both directions; standard library only.
+
+A message is a frozen dataclass registered under a type name. On the wire it is a JSON object `{"$m": name,
+field: value, ...}`: nested messages are objects of their own, tuples are lists, a `Fault` is its value, and a
+`Value` field holds plain JSON (the tagged forms of protocol/values.py). `decode` checks everything against the
+declared fields, whatever the bytes: the JSON itself (exact built-in types, bounded in depth and size), the type name
+(one of those the caller expects), every field's type, no unknown field. Anything else is a ProtocolError, raised
+here and nowhere else.
+
+A frame on a pipe is an 8-byte big-endian length, a 4-byte header length, the header (one message) and a blob: the
+frame's tensors as safetensors bytes, whose own header is checked here too (bounded, dtypes the protocol carries,
+offsets inside the blob), so nothing but plain tensors can ever be loaded from it.
+"""
+import dataclasses
+import enum
+import json
+import os
+import struct
+import typing
+
+MAX_FRAME = 64 << 20  # bytes in one frame
+MAX_HEADER = 4 << 20  # bytes of JSON in one frame (a judge record, a worker spec: the same bound)
+MAX_DEPTH = 32  # nesting of values
+MAX_ITEMS = 200_000  # list items and dict entries in one header
+DTYPES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I8": "int8",
+                      "I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8", "BOOL": "bool"}
+
+TYPES = {}  # type name -> message class
+TAG = "$m"  # the key holding a message's type name (no field of a message starts with "$")
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a well-formed message (or nothing at all)."""
+
+
+class Value:
+    """The annotation of a field that holds plain JSON (checked for exact built-in types and bounds only)."""
+
+
+def message(name: str):
+    """Register a frozen dataclass as the message `name`."""
+    def register(cls):
+        cls = dataclasses.dataclass(frozen=True)(cls)
+        cls.TYPE = name
+        if name in TYPES:
+            raise TypeError(f"message type {name!r} declared twice")
+        TYPES[name] = cls
+        return cls
+    return register
+
+
+# ---- encoding ----------------------------------------------------------------------------------------
+def to_plain(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {TAG: value.TYPE}
+        for f in dataclasses.fields(value):
+            out[f.name] = to_plain(getattr(value, f.name))
+        return out
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    return value
+
+
+def encode(msg) -> bytes:
+    data = json.dumps(to_plain(msg), allow_nan=True).encode()
+    if len(data) > MAX_HEADER:
+        raise ProtocolError(f"a {msg.TYPE} message of {len(data)} bytes is over the bound of {MAX_HEADER}")
+    return data
+
+
+# ---- decoding ----------------------------------------------------------------------------------------
+def check_plain(value, depth: int = 0, count: list = None):
+    """Exact JSON built-ins only, bounded in depth and size."""
+    count = count if count is not None else [0]
+    count[0] += 1
+    if depth > MAX_DEPTH or count[0] > MAX_ITEMS:
+        raise ProtocolError("a message is nested too deeply or holds too many values")
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise ProtocolError("a key is not a string")
+            check_plain(item, depth + 1, count)
+    elif kind is list:
+        for item in value:
+            check_plain(item, depth + 1, count)
+    elif kind not in (str, int, float, bool, type(None)):
+        raise ProtocolError(f"a value of type {kind.__name__}")
+
+
+def _hints(cls) -> dict:
+    cached = cls.__dict__.get("_field_types")
+    if cached is None:
+        cached = typing.get_type_hints(cls)
+        type.__setattr__(cls, "_field_types", cached)
+    return cached
+
+
+def _convert(value, kind, where: str):
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Value or kind is typing.Any:
+        return value
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, option, where)
+            except ProtocolError as exc:
+                errors.append(str(exc))
+        raise ProtocolError(errors[0] if errors else f"{where}: unexpected null")
+    if origin in (list, tuple):
+        if type(value) is not list:
+            raise ProtocolError(f"{where}: expected a list")
+        item = args[0] if args else Value
+        items = [_convert(v, item, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if type(value) is not dict:
+            raise ProtocolError(f"{where}: expected an object")
+        return {k: _convert(v, args[1], where) for k, v in value.items()}
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ProtocolError(f"{where}: {str(value)[:40]!r} is not a {kind.__name__}") from None
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        return from_plain(value, (kind,), where)
+    if kind is float:
+        if type(value) not in (int, float):
+            raise ProtocolError(f"{where}: expected a number")
+        return float(value)
+    if kind in (str, int, bool):
+        if type(value) is not kind:
+            raise ProtocolError(f"{where}: expected {kind.__name__}, got {type(value).__name__}")
+        return value
+    if kind is type(None):
+        if value is not None:
+            raise ProtocolError(f"{where}: expected null")
+        return None
+    raise ProtocolError(f"{where}: no decoder for {kind!r}")
+
+
+def from_plain(obj, expect=None, where: str = "message"):
+    """The message `obj` (plain JSON) stands for; `expect`: the classes the caller accepts (default: any)."""
+    if type(obj) is not dict:
+        raise ProtocolError(f"{where}: expected an object")
+    cls = TYPES.get(obj.get(TAG)) if type(obj.get(TAG)) is str else None
+    if cls is None or (expect is not None and cls not in expect):
+        wanted = ", ".join(c.TYPE for c in expect) if expect else "a known type"
+        raise ProtocolError(f"{where}: got type {str(obj.get(TAG))[:40]!r}, expected {wanted}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in obj if k != TAG and k not in names]
+    if unknown:
+        raise ProtocolError(f"{cls.TYPE}: unknown field {unknown[0][:40]!r}")
+    hints, values = _hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if f.name in obj:
+            values[f.name] = _convert(obj[f.name], hints[f.name], f"{cls.TYPE}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ProtocolError(f"{cls.TYPE}: missing field {f.name!r}")
+    return cls(**values)
+
+
+def decode(data: bytes, expect=None):
+    """A message from its JSON bytes; ProtocolError for anything else."""
+    if len(data) > MAX_HEADER:
+        raise ProtocolError(f"a message of {len(data)} bytes is over the bound of {MAX_HEADER}")
+    try:
+        obj = json.loads(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data)
+    except Exception as exc:  # includes RecursionError from deep nesting and UnicodeDecodeError
+        raise ProtocolError(f"unreadable message ({type(exc).__name__})") from None
+    check_plain(obj)
+    return from_plain(obj, expect)
+
+
+# ---- safetensors blobs, checked without loading them -----------------------------------------------
+def check_blob(blob: bytes) -> dict:
+    """{name: (dtype, shape)} of a safetensors blob; ProtocolError unless it is well formed and inside its bounds."""
+    if not blob:
+        return {}
+    if len(blob) < 8:
+        raise ProtocolError("the tensors are cut short")
+    (size,) = struct.unpack("<Q", blob[:8])
+    if size > min(len(blob) - 8, MAX_HEADER):
+        raise ProtocolError("the tensors' header is out of bounds")
+    try:
+        header = json.loads(blob[8:8 + size].decode("utf-8"))
+    except Exception as exc:
+        raise ProtocolError(f"unreadable tensors ({type(exc).__name__})") from None
+    check_plain(header)
+    if type(header) is not dict:
+        raise ProtocolError("unreadable tensors (not an object)")
+    found, data = {}, len(blob) - 8 - size
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if type(info) is not dict or info.get("dtype") not in SAFETENSORS_DTYPES:
+            raise ProtocolError(f"tensor {name[:40]!r} has no dtype the protocol carries")
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if type(shape) is not list or not all(type(s) is int and s >= 0 for s in shape) or type(offsets) is not list \
+                or len(offsets) != 2 or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1] <= data:
+            raise ProtocolError(f"tensor {name[:40]!r} is described out of bounds")
+        found[name] = (SAFETENSORS_DTYPES[info["dtype"]], shape)
+    return found
+
+
+# ---- frames on a pipe --------------------------------------------------------------------------------
+def write_frame(fd: int, msg, blob: bytes = b""):
+    head = encode(msg)
+    data = struct.pack(">QI", 4 + len(head) + len(blob), len(head)) + head + blob
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, n: int, reader) -> bytearray:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = reader(fd, min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise ProtocolError("the peer closed its pipe")
+        buf += chunk
+    return buf
+
+
+def read_frame(fd: int, expect=None, reader=os.read) -> tuple:
+    """(message, blob) from the next frame on fd; ProtocolError for anything malformed."""
+    (size, head_len) = struct.unpack(">QI", _read_exact(fd, 12, reader))
+    if not 4 <= size <= MAX_FRAME or head_len > min(size - 4, MAX_HEADER):
+        raise ProtocolError(f"frame of {size} bytes with a {head_len}-byte header is out of bounds")
+    body = bytes(_read_exact(fd, size - 4, reader))
+    blob = body[head_len:]
+    check_blob(blob)
+    return decode(body[:head_len], expect), blob
