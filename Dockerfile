@@ -12,8 +12,11 @@ RUN grep -v '^torch==' requirements.txt > /tmp/requirements-extra.txt \
     && pip install --no-cache-dir -r /tmp/requirements-extra.txt \
     && rm /tmp/requirements-extra.txt
 COPY grader.py pytest.ini ./
+COPY pack/ pack/
+COPY protocol/ protocol/
+COPY parent/ parent/
+COPY judge/ judge/
 COPY checkers/ checkers/
-COPY grading/ grading/
 COPY worker/ worker/
 COPY labs/ labs/
 
@@ -24,7 +27,7 @@ COPY solutions/ solutions/
 
 # The grader runs as root and gives each worker (the process that runs student code) an unprivileged uid of its
 # own; the pack and /private, where submissions and results are mounted, are closed to every other uid:
-#   -v "$PWD/labs:/private/submission:ro"   (grading/container.py has the full, hardened `docker run`)
+#   -v "$PWD/labs:/private/submission:ro"   (parent/container.py has the full, hardened `docker run`)
 # hadolint ignore=DL3006
 FROM pack-${WITH_SOLUTIONS}
 RUN chmod -R go-rwx /pack && mkdir -m 0700 /private

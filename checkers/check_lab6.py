@@ -237,8 +237,9 @@ def test_device_discipline(w):
     target = "cuda" if w.device == "cuda" else "meta"
     cache = cache_of(w)
     try:
-        gpt.run(NO_GRAD, On(tokens(2, 4), target), cache=cache, start_pos=0, device_guard=True).out
-        gpt.run(NO_GRAD, On(tokens(2, 1), target), cache=cache, start_pos=4, device_guard=True).out
+        guarded = Options(device_guard=True, no_grad=True)
+        gpt.run(guarded, On(tokens(2, 4), target), cache=cache, start_pos=0)
+        gpt.run(guarded, On(tokens(2, 1), target), cache=cache, start_pos=4)
     except StudentError as exc:
         if not device_error(exc):
             raise

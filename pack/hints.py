@@ -174,6 +174,12 @@ HINTS = {
 }
 
 
+from pack.labs import REGISTRY  # noqa: E402  (a lab's own hints live in its registry entry)
+
+for _lab in REGISTRY:
+    HINTS.update(_lab.hints)
+
+
 def hint_text(key, deep: bool = False) -> str:
     first, second = HINTS.get(key, ("", ""))
     return f"{first} {second}".strip() if deep and second else first

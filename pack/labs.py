@@ -3,7 +3,7 @@
 Standard library only. Lab N builds on the labs before it, in this order. Adding a lab is one `Lab(...)` entry here,
 its solution (`solutions/<module>.py`) and its checker (`checkers/check_<name>.py`); README's "Adding a lab".
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ATTENTION = ("scaled_dot_product_attention", "multi_head_attention_forward", "MultiheadAttention", "Transformer",
              "TransformerEncoder", "TransformerEncoderLayer", "TransformerDecoder", "TransformerDecoderLayer",
@@ -25,6 +25,8 @@ class Lab:
     fragments: tuple = ()
     # numeric attributes of a student's nn.Module the worker reports to the judge (its `describe`)
     attrs: tuple = ()
+    # hints of this lab's own mistakes, {key: (first hint, a deeper one)}, beside pack/hints.py's shared ones
+    hints: dict = field(default_factory=dict)
 
     @property
     def file(self) -> str:

@@ -154,7 +154,7 @@ def reproducers(folder: str, files: list) -> list:
     torch._transformer_encoder_layer_fwd = torch._native_multi_head_attention = torch.rms_norm = broken
     for cls in (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder):
         cls.forward = broken
-    sys.path[:0] = [folder, str(Path(folder) / "checkers" / "standins")]
+    sys.path[:0] = [folder, str(Path(folder) / "worker" / "standins")]
     found = []
     for file in files:
         name = Path(file).with_suffix("").as_posix().replace("/", ".")

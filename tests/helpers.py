@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from grading.labs import CORE, FILES
+from pack.labs import CORE, FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -14,7 +14,7 @@ LAB_FILES = dict(FILES)
 
 
 def _total() -> int:
-    from grading.verdict import expected_checks
+    from parent.verdict import expected_checks
     return sum(c.points for lab in CORE for c in expected_checks(lab))
 
 
@@ -40,12 +40,12 @@ def grade_many(specs: dict, timeout: float = 30, memory: float = 4, jobs: int = 
     """{key: (folder, [labs])} -> {key: {lab: result dict}}, graded by one `grader.py`-machinery process."""
     request = {key: [str(folder), labs] for key, (folder, labs) in specs.items()}
     code = (
-        "import json, sys; from types import SimpleNamespace; import grader\n"
+        "import json, sys; from types import SimpleNamespace; import grader; from parent import grade\n"
         "req, opts = json.loads(sys.stdin.read()), json.loads(sys.argv[1])\n"
         "args = SimpleNamespace(check=None, isolation='fork', **opts)\n"
-        "grader.preload('fork'); out = {}\n"
+        "grade.preload('fork'); out = {}\n"
         "def render(r):  # the scorecard in colour and without, at 80 and 160 columns: None, or why it broke\n"
-        "    import io, traceback; from rich.console import Console; from grading import report\n"
+        "    import io, traceback; from rich.console import Console; from parent import report\n"
         "    for width in (80, 160):\n"
         "        for colour in (None, 'truecolor'):\n"
         "            try:\n"
@@ -55,7 +55,7 @@ def grade_many(specs: dict, timeout: float = 30, memory: float = 4, jobs: int = 
         "                return traceback.format_exc()[-2000:]\n"
         "for labs in sorted({tuple(l) for _, l in req.values()}):\n"
         "    subs = [(k, f, f) for k, (f, l) in req.items() if tuple(l) == labs]\n"
-        "    for key, results in grader.grade_submissions(subs, list(labs), args, 'cpu').items():\n"
+        "    for key, results in grade.grade_submissions(subs, list(labs), args, 'cpu').items():\n"
         "        out[key] = {r.lab: {'status': r.status, 'detail': r.detail, 'score': r.score, 'max': r.max_score,\n"
         "                    'notes': r.notes, 'output_chars': len(r.output), 'checks': {c.name: {'passed': c.passed, 'message': c.message,\n"
         "                    'hint': c.hint, 'kind': c.kind} for c in r.checks}, 'render': render(r)} for r in results}\n"

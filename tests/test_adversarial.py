@@ -123,7 +123,7 @@ def test_atexit_hook_cannot_rewrite_results(tmp_path):
 def test_only_the_lab_files_are_taken(tmp_path):
     folder = submission(tmp_path / "extras", "lab1", [(L1_SCORES, "scores = q @ k.transpose(-2, -1)")])
     (folder / "conftest.py").write_text("def pytest_runtest_logreport(report):\n    report.outcome = 'passed'\n")
-    (folder / "pytest.ini").write_text("[pytest]\naddopts = -p no:checkers.plugin\n")
+    (folder / "pytest.ini").write_text("[pytest]\naddopts = -p no:judge.plugin\n")
     (folder / "sitecustomize.py").write_text("import torch\ntorch.allclose = lambda *a, **k: True\n")
     (folder / "evil.pth").write_text("import os; os._exit(0)\n")
     result = grade_many({"extras": (folder, ["lab1"])})["extras"]["lab1"]

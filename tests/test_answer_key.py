@@ -27,7 +27,10 @@ def release(tmp_path_factory):
 
 
 def checker_files(folder):
-    return sorted(p.relative_to(folder).as_posix() for p in (folder / "checkers").rglob("*.py"))
+    """The grader's code that could hold an answer: the judge, the checkers and the stand-ins the worker runs."""
+    return sorted(p.relative_to(folder).as_posix() for package in ("judge", "checkers", "worker/standins")
+                  for p in (folder / package).rglob("*.py") if p.relative_to(folder).as_posix() != "judge/main.py")
+    # judge/main.py is the judge process's entry point: its `run` ends the process it runs in
 
 
 def look(folder, files) -> list:
@@ -60,9 +63,9 @@ def test_the_run_time_look_finds_the_solutions():
 
 # torch has no rope and no SwiGLU: their oracles (and the lab 5 stand-in's) are the contract's formulas, which the
 # stub's docstring states; nothing else of lab 5 may be reproduced (README: No answer key)
-FORMULAS = {"checkers/oracles.py:rope reproduces lab5 rope", "checkers/oracles.py:swiglu reproduces lab5 swiglu",
-            "checkers/standins/lab5_llama.py:rope reproduces lab5 rope",
-            "checkers/standins/lab5_llama.py:SwiGLU reproduces lab5 swiglu"}
+FORMULAS = {"judge/oracles.py:rope reproduces lab5 rope", "judge/oracles.py:swiglu reproduces lab5 swiglu",
+            "worker/standins/lab5_llama.py:rope reproduces lab5 rope",
+            "worker/standins/lab5_llama.py:SwiGLU reproduces lab5 swiglu"}
 
 
 def test_nothing_released_reproduces_a_lab_without_torchs_fused_operators(release):
@@ -77,7 +80,7 @@ def test_the_run_time_look_finds_lab5_by_hand():
 
 
 def test_no_hidden_check_reaches_the_release(release):
-    from grading.verdict import expected_checks
+    from parent.verdict import expected_checks
     for lab, name in LAB_FILES.items():
         hidden = [c for c in expected_checks(lab) if c.hidden]
         assert hidden, f"{lab} has no hidden check"

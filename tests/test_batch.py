@@ -48,6 +48,6 @@ def test_batch_warns_when_workers_cannot_be_confined(tmp_path):
 
 
 def test_csv_cells_are_text(tmp_path):
-    from grading.batch import cell
+    from parent.batch import cell
     assert cell("=cmd|' /C calc'!A0") == "'=cmd|' /C calc'!A0" and cell("+1") == "'+1" and cell("@x") == "'@x"
     assert cell("-2") == "'-2" and cell("alice") == "alice" and cell("a\x1b[31mb\x07") == "a[31mb"

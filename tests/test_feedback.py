@@ -1,6 +1,6 @@
 """What a student sees (captured with colour off): heatmaps, the loss sparkline, hints, trimmed tracebacks."""
-from checkers.common import HINTS
-from grading.verdict import expected_checks
+from pack.hints import HINTS
+from parent.verdict import expected_checks
 from tests.helpers import run_grader, submission
 
 LAB1 = sum(c.points for c in expected_checks("lab1"))

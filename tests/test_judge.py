@@ -3,6 +3,7 @@ shared a process with the student's code. Each must earn the targeted lab nothin
 other labs keep their verdict."""
 import json
 import os
+import sys
 
 import pytest
 
@@ -91,7 +92,7 @@ READ_FRAMES = '''    import sys
 '''
 # the checkers' own oracles as the implementation, imported directly or by a computed name
 IMPORT_ORACLE = '''
-from checkers.oracles import attention
+from judge.oracles import attention
 def scaled_dot_product_attention(q, k, v, mask=None):
     return attention(q, k, v, mask)
 '''
@@ -196,7 +197,7 @@ def test_the_worker_holds_nothing_of_the_grader(tmp_path):
     probe = '''
 import os, sys
 def causal_mask(T, device=None):
-    raise RuntimeError("SEEN " + repr(sorted(m for m in sys.modules if m.split(".")[0] in ("checkers", "grading", "grader", "solutions", "tests"))) + " " + repr([p for p in sys.path if os.path.exists(os.path.join(p, "checkers"))]) + " " + repr(os.path.exists(os.path.join(%r, "solutions", "lab1_attention.py"))))
+    raise RuntimeError("SEEN " + repr(sorted(m for m in sys.modules if m.split(".")[0] in ("checkers", "judge", "parent", "grader", "solutions", "tests"))) + " " + repr([p for p in sys.path if os.path.exists(os.path.join(p, "checkers"))]) + " " + repr(os.path.exists(os.path.join(%r, "solutions", "lab1_attention.py"))))
 ''' % str(ROOT)
     folder = submission(tmp_path / "probe", "lab1", source=STUB1.split("\ndef causal_mask")[0] + probe)
     result = grade_many({"probe": (folder, ["lab1"])})["probe"]["lab1"]
@@ -206,27 +207,69 @@ def causal_mask(T, device=None):
         assert "SEEN [] [] False" in message, message
 
 
-def test_the_worker_side_imports_nothing_of_the_grader():
+# who may import whom: the trust boundary is the folder boundary (README, How grading works)
+MAY_IMPORT = {
+    "pack": {"pack"},  # the registry, hints and process start-up: standard library only
+    "protocol": {"protocol"},  # messages and codec: standard library (values.py: torch and safetensors too)
+    "worker": {"worker", "protocol", "pack"},  # runs beside student code: nothing of the judge or the parent
+    "judge": {"judge", "checkers", "protocol", "pack"},  # nothing of the worker but the protocol
+    "checkers": {"checkers", "judge", "protocol", "pack"},
+    "parent": {"parent", "protocol", "pack", "worker"},  # starts the zygote; no judge module
+}
+STDLIB_ONLY = ("pack/labs.py", "pack/hints.py", "pack/spawn.py", "protocol/codec.py", "protocol/messages.py")
+
+
+def imports_of(path):
     import ast
-    for path in (ROOT / "worker").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            assert not [n for n in names if n.split(".")[0] in ("checkers", "grading", "grader")], (path.name, names)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module or ""
+
+
+def test_each_process_imports_only_what_it_may():
+    pack_roots = {p.name for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").is_file()} | {"grader"}
+    assert set(MAY_IMPORT) <= pack_roots
+    for package, allowed in MAY_IMPORT.items():
+        for path in (ROOT / package).rglob("*.py"):
+            if package == "worker" and path.parent.name == "standins":
+                continue  # lab modules: they import each other (lab3_block imports lab2_multihead)
+            ours = {n.split(".")[0] for n in imports_of(path)} & pack_roots
+            assert ours <= allowed, (str(path.relative_to(ROOT)), sorted(ours - allowed))
+    for name in STDLIB_ONLY:
+        third = {n.split(".")[0] for n in imports_of(ROOT / name)} - set(sys.stdlib_module_names) - pack_roots
+        assert not third, (name, third)
+        assert {n.split(".")[0] for n in imports_of(ROOT / name)} & pack_roots <= {"pack", "protocol"}, name
+
+
+def test_an_import_rule_can_fail(tmp_path):
+    """The walk sees a forbidden import: a worker module that imports the judge."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\nfrom judge.client import Worker\n")
+    assert "judge.client" in set(imports_of(bad))
 
 
 @pytest.mark.parametrize("head, blob", [
     (b"[" * 100_000, b""),  # nesting deep enough to break a recursive parser
-    (b'{"ok": true, "value": {"$t": "t0", "dtype": "float32", "shape": [2]}}', b"\x08" + b"\x00" * 7 + b"{}garbage"),
+    (b'{"$m": "answer", "ok": true, "value": {"$t": "t0", "dtype": "float32", "shape": [2]}}',
+     b"\x08" + b"\x00" * 7 + b"{}garbage"),
+    (b'{"$m": "answer", "ok": true, "value": {"$t": "t0", "dtype": "float32", "shape": [2]}}', b""),  # no such tensor
+    (b'{"$m": "answer", "ok": "yes"}', b""),  # a field of the wrong type
+    (b'{"$m": "answer", "ok": true, "extra": 1}', b""),  # a field the message does not have
+    (b'{"$m": "call", "target": {"$m": "target", "kind": "module", "owner": "x", "name": "y"}}', b""),  # not an answer
     (b"\xff\xfe not utf-8", b""),
-    (b'{"ok": true, "value": ' + b"[1," * 300_000 + b"1" + b"]" * 300_000 + b"}", b""),
+    (b'{"$m": "answer", "ok": true, "value": ' + b"[1," * 300_000 + b"1" + b"]" * 300_000 + b"}", b""),
     (b'"just a string"', b""),
 ])
 def test_the_judge_survives_any_answer(head, blob):
-    from worker.wire import ProtocolError, Unpacker, decode
+    from protocol import messages as m
+    from protocol.codec import ProtocolError, check_blob, decode
+    from protocol.values import Unpacker, load_tensors
     try:
-        header, tensors = decode(head, blob)
-        Unpacker(tensors)(header.get("value"))
+        check_blob(blob)
+        answer = decode(head, (m.Answer,))
+        Unpacker(load_tensors(blob))(answer.value)
     except ProtocolError:
         return
     raise AssertionError("a malformed answer was accepted")
@@ -234,7 +277,7 @@ def test_the_judge_survives_any_answer(head, blob):
 
 def test_a_frame_past_its_bounds_is_refused():
     import struct
-    from worker.wire import MAX_FRAME, ProtocolError, read_frame
+    from protocol.codec import MAX_FRAME, ProtocolError, read_frame
     r, w = os.pipe()
     os.write(w, struct.pack(">QI", MAX_FRAME + 1, 10))
     with pytest.raises(ProtocolError):

@@ -1,8 +1,9 @@
 """Every checker can fail: each classic mistake is caught by the checks it should be, with the right hint."""
 import pytest
 
-from checkers.common import HINTS, LABS
-from grading.verdict import expected_checks
+from pack.hints import HINTS
+from pack.labs import LABS
+from parent.verdict import expected_checks
 from tests.helpers import grade_many, submission
 from tests.mutants import MUTANTS, VARIANTS
 

@@ -8,7 +8,7 @@ import nbclient
 import nbformat
 import pytest
 
-from grading import notebook
+from worker import notebook
 from tests.helpers import LAB_FILES, ROOT
 from tools.make_notebooks import chunks, expected_notebooks, main as make_notebooks
 from tools.make_stubs import expected_stubs

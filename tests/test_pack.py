@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from grading.labs import BONUS, CORE
-from grading.verdict import expected_checks
+from pack.labs import BONUS, CORE
+from parent.verdict import expected_checks
 from tests.helpers import PY, ROOT, TOTAL, run_grader
 from tools.make_stubs import expected_stubs, solution_regions, stub_source
 
@@ -96,7 +96,7 @@ def test_checkers_run_under_plain_pytest(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:]
     stub = subprocess.run([PY, "-m", "pytest", "checkers/check_lab1.py", "-q", "-p", "no:cacheprovider"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-    from grading.verdict import expected_checks
+    from parent.verdict import expected_checks
     assert stub.returncode == 1 and f"{len(expected_checks('lab1'))} failed" in stub.stdout
     (tmp_path / "lab3_block.py").write_bytes((ROOT / "solutions" / "lab3_block.py").read_bytes())
     alone = subprocess.run([PY, "-m", "pytest", "checkers/check_lab3.py", "-q", "-p", "no:cacheprovider", "-rs",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from grading.verdict import expected_checks
+from parent.verdict import expected_checks
 from tests.helpers import LAB_FILES, ROOT, grade_many, run_grader, submission
 
 MERGE = "out = out.transpose(1, 2).contiguous().view(B, T, D)"
@@ -43,7 +43,7 @@ def cases(tmp_path_factory):
             "scaled_dot_product_attention(q, k, v", "L1.scaled_dot_product_attention(q, k, v")),
             ("from lab1_attention import", "import lab1_attention as L1\nfrom lab1_attention import")]),
         **{f"copied-stand-in-{lab}": submission(made(f"copied-{lab}"), lab, source=(
-            ROOT / "checkers" / "standins" / LAB_FILES[lab]).read_text()) for lab in ("lab1", "lab2", "lab3")},
+            ROOT / "worker" / "standins" / LAB_FILES[lab]).read_text()) for lab in ("lab1", "lab2", "lab3")},
     }
 
 

@@ -13,9 +13,9 @@ import pytest
 from tests.helpers import LAB_FILES, ROOT
 from tools.gradescope import build_zip, torch_pin
 from tools.make_stubs import expected_stubs, solution_regions
-from tools.release import HELD_BACK_FILES, write_release
+from tools.release import HELD_BACK_FILES, PACKAGES, write_release
 
-RELEASE_TOP = {"labs", "notebooks", "checkers", "grading", "worker", "grader.py", "pytest.ini", "requirements.txt",
+RELEASE_TOP = {"labs", "notebooks", "pack", "protocol", "parent", "judge", "checkers", "worker", "grader.py", "pytest.ini", "requirements.txt",
                "requirements-notebooks.txt", "Dockerfile", "README.md"}
 RELEASE_TOP |= {".dockerignore"} if (ROOT / ".dockerignore").is_file() else set()
 # Lines the checkers necessarily share with the solutions, allowed under checkers/ only: idioms of the hints, and
@@ -58,7 +58,7 @@ def autograder_zip(tmp_path_factory) -> Path:
 def test_release_holds_exactly_the_student_files(release):
     assert {p.name for p in release.iterdir()} == RELEASE_TOP
     assert {p.name: p.read_text() for p in (release / "labs").iterdir()} == expected_stubs()
-    for package in ("checkers", "grading", "worker"):
+    for package in PACKAGES:
         shipped = {p.relative_to(release) for p in (release / package).rglob("*") if p.is_file()}
         assert shipped == {p.relative_to(ROOT) for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts
                            and p.relative_to(ROOT) not in HELD_BACK_FILES}
@@ -121,8 +121,8 @@ def test_gradescope_zip_layout_and_scripts(autograder_zip):
     with zipfile.ZipFile(autograder_zip) as zf:
         names = set(zf.namelist())
         assert {"setup.sh", "run_autograder", "grader.py", "pytest.ini", "requirements.txt"} <= names
-        assert {f"checkers/{p.name}" for p in (ROOT / "checkers").glob("*.py")} <= names
-        assert {f"grading/{p.name}" for p in (ROOT / "grading").glob("*.py")} <= names
+        for package in PACKAGES:
+            assert {f"{package}/{p.name}" for p in (ROOT / package).glob("*.py")} <= names
         assert not [n for n in names if n.split("/")[0] in ("solutions", "labs", "tests", "tools")]
         for script in ("setup.sh", "run_autograder"):
             assert stat.S_IMODE(zf.getinfo(script).external_attr >> 16) == 0o755
@@ -168,7 +168,7 @@ def test_a_gradescope_autograder_for_one_lab(tmp_path):
     build_zip(tmp_path / "bonus.zip", labs=["bonus"])  # the bonus labs on their own
     with zipfile.ZipFile(tmp_path / "bonus.zip") as zf:
         assert "python3 grader.py bonus --gradescope" in zf.read("run_autograder").decode()
-        assert "checkers/standins/lab4_gpt.py" in zf.namelist()  # held back from students, not from the autograder
+        assert "worker/standins/lab4_gpt.py" in zf.namelist()  # held back from students, not from the autograder
 
 
 def test_hidden_checks_are_shown_after_the_due_date_on_gradescope(autograder_zip, tmp_path):

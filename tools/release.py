@@ -5,7 +5,8 @@
 
 The release holds labs/ (stubs regenerated from solutions/, so never stale), notebooks/ (generated from those;
 --pack-url tells them where to fetch the pack on Colab), checkers/ without the checks held back for submission
-(`@points(n, hidden=True)`: each checker file keeps only their count and points, as HELD_BACK), grading/, worker/,
+(`@points(n, hidden=True)`: each checker file keeps only their count and points, as HELD_BACK), pack/, protocol/,
+parent/, judge/, worker/,
 grader.py, pytest.ini, requirements.txt, requirements-notebooks.txt, Dockerfile, .dockerignore and README.md without
 its instructors-only regions (from a line `<!-- instructors-only -->` to a line `<!-- /instructors-only -->`, markers
 included). No solutions/, tools/, tests/ or bench/, and not the stand-ins that are plain code (lab 4's:
@@ -24,10 +25,10 @@ if str(ROOT) not in sys.path:  # run as a script, tools/ is on sys.path but the 
 from tools.make_notebooks import expected_notebooks  # noqa: E402
 from tools.make_stubs import expected_stubs  # noqa: E402
 
-PACKAGES = ("checkers", "grading", "worker")  # copied as their .py files
+PACKAGES = ("pack", "protocol", "parent", "judge", "checkers", "worker")  # copied as their .py files
 FILES = ("grader.py", "pytest.ini", "requirements.txt", "requirements-notebooks.txt", "Dockerfile")
 OPTIONAL_FILES = (".dockerignore",)
-HELD_BACK_FILES = (Path("checkers/standins/lab4_gpt.py"),)  # a working lab 4 in plain code: for submissions only
+HELD_BACK_FILES = (Path("worker/standins/lab4_gpt.py"),)  # a working lab 4 in plain code: for submissions only
 BEGIN_PRIVATE, END_PRIVATE = "<!-- instructors-only -->", "<!-- /instructors-only -->"
 
 
