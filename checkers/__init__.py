@@ -1,1 +1,1 @@
-"""Checkers of the lab pack: one module per lab (check_labN.py), shared helpers in common.py."""
+"""Checkers of the lab pack: one module per lab (check_labN.py); what they share is in judge/."""

@@ -1,0 +1,1 @@
+"""The protocol between the parent, the judges, the zygote and the workers: messages declared once, one codec."""
