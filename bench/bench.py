@@ -9,6 +9,8 @@ each figure is the median of --runs rounds. Timed: the floor (`python -c "import
 `grader.py all --solutions`, each core lab alone, `bonus` (labs 5 and 6), lab 4's own checks (the child's seconds,
 read from the JSON that `all --json` writes), a batch of --batch-size generated submissions graded with --jobs 1
 and with --jobs 2, and `--watch`'s re-grade: from saving a lab file to the next scorecard, for each lab.
+`--against REV` also times `all` and `bonus` from an export of commit REV (`git archive`), in the same rounds,
+and reports this tree's time over REV's: a change's cost measured side by side, on the same noise.
 Ratios from one interleaved run are what to compare; absolute seconds move with the machine's load.
 This is a benchmark, not a test: pytest never collects it.
 """
@@ -51,6 +53,7 @@ def parse_args():
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="passed to every grader.py")
     p.add_argument("--skip-batch", action="store_true", help="time the single-submission commands only")
     p.add_argument("--out", metavar="PATH", help="also write the results as a markdown section to PATH")
+    p.add_argument("--against", metavar="REV", help="also time all and bonus at commit REV, side by side")
     args = p.parse_args()
     if min(args.runs, args.batch_runs, args.batch_size) < 1:
         p.error("--runs, --batch-runs and --batch-size must be positive")
@@ -60,23 +63,24 @@ def parse_args():
 GRADED_IN = re.compile(r"graded in ([\d.]+) s")  # the batch's own timing, after its start-up
 
 
-def timed(argv) -> tuple:
+def timed(argv, cwd=ROOT) -> tuple:
     """(wall seconds, stderr) of one run of argv; a command that fails makes every figure meaningless: stop."""
     start = time.perf_counter()
-    done = subprocess.run(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"bench: {shlex.join(argv)} exited with {done.returncode}")
     return seconds, done.stderr
 
 
-def round_robin(labels, runs, argv_for, measure=lambda seconds, stderr: seconds) -> dict:
-    """{label: median of measure(wall seconds, stderr)}; each round runs every label's argv_for(label, round) once."""
+def round_robin(labels, runs, argv_for, measure=lambda seconds, stderr: seconds, cwd_of=lambda label: ROOT) -> dict:
+    """{label: median of measure(wall seconds, stderr)}; each round runs every label's argv_for(label, round) once,
+    in cwd_of(label)."""
     times = {label: [] for label in labels}
     for r in range(runs):
         shift = r % len(labels)  # rotate the start, so no command always runs right after the same one
         for label in labels[shift:] + labels[:shift]:
-            wall, stderr = timed(argv_for(label, r))
+            wall, stderr = timed(argv_for(label, r), cwd_of(label))
             times[label].append(measure(wall, stderr))
             print(f"round {r + 1}/{runs}  {wall:6.2f} s  {label}", file=sys.stderr)
     return {label: statistics.median(t) for label, t in times.items()}
@@ -120,6 +124,17 @@ def git_version() -> str:
     return commit + (" with uncommitted changes" if git("diff", "--quiet", "HEAD", "--").returncode else "")
 
 
+def export(rev: str, folder: Path) -> str:
+    """Commit `rev`'s files in `folder` (git archive: the repository itself is left as it is); its short hash."""
+    commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True)
+    if commit.returncode != 0:
+        sys.exit(f"bench: --against {rev}: not a commit here")
+    folder.mkdir()
+    archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return commit.stdout.strip()
+
+
 def regrade_seconds(py, lab: str, folder: Path, device: list, runs: int) -> float:
     """Median seconds from saving the lab file to the next scorecard's total line, in one `--watch` process."""
     path = folder / LAB_FILES[LABS.index(lab)]
@@ -158,9 +173,16 @@ def main():
         commands[f"grader.py {lab} --solutions"] = [py, "grader.py", lab, "--solutions", *device]
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp = Path(tmp)
+        base, cwd = {}, {}
+        if args.against:
+            rev = export(args.against, tmp / "against")
+            for lab in ("all", "bonus"):
+                label = f"grader.py {lab} --solutions at {rev}"
+                base[f"grader.py {lab} --solutions"] = label
+                commands[label], cwd[label] = [py, "grader.py", lab, "--solutions", *device], tmp / "against"
         # `all` writes a JSON per round, read afterwards for lab 4's child seconds
         medians = round_robin(list(commands), args.runs, lambda label, r: commands[label] + (
-            ["--json", str(tmp / f"all-{r}.json")] if label == ALL else []))
+            ["--json", str(tmp / f"all-{r}.json")] if label == ALL else []), cwd_of=lambda label: cwd.get(label, ROOT))
         lab4 = statistics.median(json.loads(p.read_text())["extra_data"]["labs"]["lab4"]["seconds"]
                                  for p in tmp.glob("all-*.json"))
         floor, full = medians[FLOOR], medians[ALL]
@@ -168,6 +190,10 @@ def main():
         full_target = f"<= 2.0x: {verdict(full <= 2 * floor)}, stretch <= 1.5x: {verdict(full <= 1.5 * floor)}"
         rows = [(label, f"{s:.2f}", f"{s / floor:.3f}x floor", full_target if label == ALL else "")
                 for label, s in medians.items()]
+        for ours, theirs in base.items():
+            ratio = medians[ours] / medians[theirs]
+            rows.append((f"{ours}: this tree / {theirs.rsplit(' ', 1)[1]}", "", f"{ratio:.3f}x",
+                         f"<= 1.05x (no slowdown): {verdict(ratio <= 1.05)}"))
         rows.append(("lab 4's checks (child seconds, --json)", f"{lab4:.3f}", "", f"<= 1.5 s: {verdict(lab4 <= 1.5)}"))
         watched = tmp / "watched"
         watched.mkdir()

@@ -27,7 +27,7 @@ def attend_with(w, opts: Options, q, k, v, mask=None) -> Result:
     return w.run(opts, (LAB, "scaled_dot_product_attention"), q, k, v, mask)
 
 
-def diagnose(q, k, mask, weights) -> str:
+def attention_mistake(q, k, mask, weights) -> str:
     """Name the mistake when the weights match a known buggy variant (each computed by torch's attention)."""
     q, k = q.detach().double(), k.detach().double()
     if not bool(weights.isfinite().all()) and float(q.abs().amax() * k.abs().amax()) * q.size(-1) ** 0.5 > 88:
@@ -56,7 +56,7 @@ def compare(w, q, k, v, mask, what, atol=1e-5):
     out, weights = attend(w, q, k, v, mask)
     want_out, want_w = reference(q, k, v, mask)
     expect_tensor(weights, f"{what}: weights", want_w.shape, "shape")
-    hint = lambda: diagnose(q, k, mask, weights)  # noqa: E731
+    hint = lambda: attention_mistake(q, k, mask, weights)  # noqa: E731
     with attach(lambda: heatmap(weights, want_w, f"{what}: weights of batch 0")):
         expect_close(weights, want_w, f"{what}: weights", atol=atol, hint=hint)
     expect_close(out, want_out, f"{what}: out", atol=atol, hint=hint)
@@ -95,7 +95,7 @@ def test_weight_rows_sum_to_one(w):
     expect_tensor(weights, "weights", (2, 8, 8), hint="shape")
     with attach(lambda: heatmap(weights, reference(x, x, x, causal(8))[1], "causal self-attention, batch 0")):
         expect_close(weights.sum(-1), torch.ones(2, 8, dtype=weights.dtype), "row sums of the weights", atol=1e-5,
-                     hint=lambda: diagnose(x, x, causal(8), weights))
+                     hint=lambda: attention_mistake(x, x, causal(8), weights))
 
 
 @points(2)
@@ -149,7 +149,7 @@ def test_gradients_flow(w):
         if not isinstance(g, torch.Tensor):
             fail(f"{name} received no gradient.", "grad")
         expect_close(g, wanted, f"gradient of {name}", atol=1e-8,
-                     hint=lambda: diagnose(q.detach(), k.detach(), causal(6), out[1]))
+                     hint=lambda: attention_mistake(q.detach(), k.detach(), causal(6), out[1]))
 
 
 @points(1)

@@ -51,7 +51,7 @@ def variants(wts: dict, D: int, H: int) -> dict:
             "proj": [lambda x: reference(no_proj, x, H)]}
 
 
-def diagnose(wts, x, n_heads, out, again=None) -> str:
+def mha_mistake(wts, x, n_heads, out, again=None) -> str:
     """The mistake a wrong output matches: a known bug, or dropout still on in eval mode (`again` runs the same
     forward once more). A wrong head split or merge mixes time steps into heads: no change of weights gives it,
     so it is what is left ("heads")."""
@@ -134,7 +134,7 @@ def test_matches_oracle(w):
         again = lambda: mha.run(Options(no_grad=True, seed=1), x).out  # noqa: E731
         with attach(lambda: head0_heatmap(mha, wts, x)):
             expect_close(out, reference(wts, x, H), f"MultiHeadAttention({D}, n_heads={H}) on (B={B}, T={T})",
-                         hint=lambda: diagnose(wts, x, H, out, again=again), fallback="heads")
+                         hint=lambda: mha_mistake(wts, x, H, out, again=again), fallback="heads")
 
 
 @points(2)
@@ -154,7 +154,7 @@ def test_causality(w):
     x = randn(2, 8, 16)
     with attach(lambda: head0_heatmap(mha, wts, x)):
         expect_causal(lambda t: mha.run(NO_GRAD, t).out, x, "MultiHeadAttention",
-                      hint=lambda out: "causal" if diagnose(wts, x, 4, out) == "causal" else "heads")
+                      hint=lambda out: "causal" if mha_mistake(wts, x, 4, out) == "causal" else "heads")
 
 
 @points(1)
@@ -186,7 +186,7 @@ def test_other_sizes_and_lengths(w):
         x = randn(B, T, D)
         out = expect_tensor(mha.run(NO_GRAD, x).out, f"MultiHeadAttention({D}, {H}) output", (B, T, D), "heads")
         expect_close(out, reference(wts, x, H), f"MultiHeadAttention({D}, n_heads={H}) on (B={B}, T={T})",
-                     hint=lambda: diagnose(wts, x, H, out), fallback="heads")
+                     hint=lambda: mha_mistake(wts, x, H, out), fallback="heads")
 
 
 @points(0)

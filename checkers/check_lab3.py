@@ -33,7 +33,7 @@ def build(w, d_model=16, n_heads=4, **kwargs):
     return block, fill(block)
 
 
-def diagnose(wts, x, n_heads, out, approximate="none", again=None) -> str:
+def block_mistake(wts, x, n_heads, out, approximate="none", again=None) -> str:
     """Name the mistake when the output matches a classic wrong wiring: torch's layer post-norm, with ReLU or with
     ln1's weights in ln2's place, or a block missing a residual connection."""
     attn = lambda h: mha(sub(wts, "attn"), h, n_heads)  # noqa: E731
@@ -68,7 +68,7 @@ def test_residual_gradient(w):
     x, grad_out = randn(2, 8, 16), randn(2, 8, 16)
     result = block.run(Options(backward=Backward(grad_out)), On(x, grad=True))
     expect_close(result.out, x, "output with attn.proj and mlp.proj zeroed (should equal the input)",
-                 hint=lambda: diagnose(zeroed(wts, "attn.proj.", "mlp.proj."), x, 4, result.out), fallback="residual")
+                 hint=lambda: block_mistake(zeroed(wts, "attn.proj.", "mlp.proj."), x, 4, result.out), fallback="residual")
     inputs = result.grads.inputs if result.grads and result.grads.connected else None
     if not (type(inputs) is list and inputs and isinstance(inputs[0], torch.Tensor)):
         fail("no gradient reached the input x through the block.", "residual")
@@ -107,7 +107,7 @@ def test_matches_oracle(w):
         out = expect_tensor(block.run(NO_GRAD, x).out, "block output", x.shape, "residual")
         approximate = gelu_flavour(out, lambda a: reference(wts, x, H, a))
         expect_close(out, reference(wts, x, H, approximate), f"TransformerBlock({D}, {H}) output",
-                     hint=lambda: diagnose(wts, x, H, out, approximate, again=lambda: block.run(Options(no_grad=True, seed=1), x).out),
+                     hint=lambda: block_mistake(wts, x, H, out, approximate, again=lambda: block.run(Options(no_grad=True, seed=1), x).out),
                      fallback="prenorm")
 
 
@@ -158,7 +158,7 @@ def test_extreme_inputs_and_sizes(w):
     x = randn(3, 11, 40)
     out = expect_tensor(block.run(NO_GRAD, x).out, "block output", x.shape, "residual")
     expect_close(out, reference(wts, x, 5, gelu_flavour(out, lambda a: reference(wts, x, 5, a))),
-                 "TransformerBlock(40, 5) output", hint=lambda: diagnose(wts, x, 5, out), fallback="prenorm")
+                 "TransformerBlock(40, 5) output", hint=lambda: block_mistake(wts, x, 5, out), fallback="prenorm")
 
 
 @points(0)

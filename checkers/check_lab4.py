@@ -13,15 +13,16 @@ from judge.client import NO_GRAD, Handle, Options, StudentError
 from judge.checks import fail, points
 from judge.compare import expect_close, expect_tensor, randn
 from judge.shared import (expect_causal, expect_device_discipline, expect_every_parameter_gets_a_gradient,
-                          expect_no_shortcuts, expect_own_chain, expect_params, fill, gelu_flavour, once)
-from judge.shared import OURS, expect_continuation
+                          expect_no_shortcuts, expect_own_chain, expect_params, fill, gelu_flavour)
+from judge.shared import TrainingRun
 from protocol.messages import Backward, Figure, Watch
 from judge.oracles import gpt as reference, greedy as reference_greedy, next_token_loss
 from checkers.check_lab3 import OPTIONAL as BLOCK_OPTIONAL, contract as block_contract
 
 LAB = "lab4_gpt"
-TEXT = "hello transformer! "
-SEQ_LEN, STEPS, PROMPT, NEW_TOKENS = 16, 150, "hello tr", 40
+TEXT, STEPS = TrainingRun.TEXT, TrainingRun.STEPS
+PROMPT, NEW_TOKENS = TrainingRun.PROMPT, TrainingRun.NEW_TOKENS
+SEQ_LEN = 16
 D, H, L = 32, 4, 2
 
 
@@ -60,52 +61,28 @@ def greedy(wts: dict, idx: torch.Tensor, steps: int, crop: int, approximate: str
     return reference_greedy(wts, idx, steps, crop, H, L, approximate)
 
 
-class Run:
-    """What the judge saw when the student's `train` trained the student's model from the judge's weights."""
+class Run(TrainingRun):
+    """What the judge saw when the student's `train` trained the student's model from the judge's weights: the
+    losses before and after are the judge's own, from the weights the worker reports."""
+
+    def build(self, w, vocab_size):
+        model, before = build(w, vocab_size, style="default", dropout=0.0)
+        self.approximate = flavour(model, before)
+        return model, before
+
+    def options(self):  # every sub-module's inputs (the lengths trained on), and tok_emb's .grad at each step
+        return Options(watch=Watch(self.model.id, ""), resets=Watch(self.model.id, "tok_emb.weight"))
 
     def __init__(self, w):
-        self.w = w
-        tok = w.new(LAB, "CharTokenizer", TEXT)
-        ids = tok.method("encode", TEXT * 20)
-        if not (type(ids) is list and all(type(i) is int for i in ids) and len(ids) == len(TEXT) * 20):
-            fail(f"CharTokenizer.encode must return a list of ints, one per character; got {str(ids)[:80]}.",
-                 "tokenizer")
-        self.tok, self.vocab = tok, {ch: ids[TEXT.index(ch)] for ch in set(TEXT)}
-        self.chars = {i: ch for ch, i in self.vocab.items()}
-        V = tok.get("vocab_size")
-        if type(V) is not int or V < max(ids) + 1:
-            fail(f"CharTokenizer.vocab_size must be an int above every id; got {V!r}.", "tokenizer")
-        self.data = torch.tensor(ids, dtype=torch.long)
-        self.model, before = build(w, V, style="default", dropout=0.0)
-        self.approximate = flavour(self.model, before)
-        self.loss_before = next_token_loss(before, self.data, SEQ_LEN, H, L, self.approximate)
-        result = w.run(Options(watch=Watch(self.model.id, ""), resets=Watch(self.model.id, "tok_emb.weight")),
-                       (LAB, "train"), self.model, self.data, steps=STEPS, batch_size=16, lr=3e-3)
-        losses, self.watched, self.resets = result.out, result.watched or [], result.resets or []
-        self.model.method("eval")
-        after = self.model.state()
-        if type(after) is not dict:
-            fail("the trained model's parameters could not be read.", "train")
-        expect_params(self.model, contract(V, D, L, SEQ_LEN), "TinyGPT", "gpt", optional=optional(L))
-        self.before = before
-        self.after = {n: after[n] for n in before if isinstance(after.get(n), torch.Tensor)
-                      and after[n].shape == before[n].shape and after[n].device.type != "meta"}
-        if len(self.after) != len(before):
-            fail("the trained model does not report every parameter it was built with.", "train")
+        super().__init__(w)
+        self.watched, self.resets = self.result.watched or [], self.result.resets or []
+        expect_params(self.model, contract(self.vocab_size, D, L, SEQ_LEN), "TinyGPT", "gpt", optional=optional(L))
+        self.loss_before = next_token_loss(self.before, self.data, SEQ_LEN, H, L, self.approximate)
         self.loss_after = next_token_loss(self.after, self.data, SEQ_LEN, H, L, self.approximate)
-        if not isinstance(losses, (list, tuple)):
-            fail(f"train must return a list of floats (one per step), got {type(losses).__name__}.", "train")
-        if not all(type(x) in (int, float) for x in losses):
-            fail("train must return plain numbers (use loss.item()).", "train")
-        self.losses = [float(x) for x in losses]
-
-
-_RUNS = {}
 
 
 def trained(w) -> Run:
-    """The training run, made once per judge (later checks read the same run, or get the same failure)."""
-    return once(_RUNS, w, Run)
+    return Run.of(w)
 
 
 @points(1)
@@ -268,15 +245,12 @@ def test_train_uses_full_context(w):
 def test_greedy_continues_pattern(w):
     """After training, greedy generation (top_k=1) continues the text exactly, past max_seq_len."""
     run = trained(w)
-    idx = torch.tensor([[run.vocab[c] for c in PROMPT]], dtype=torch.long)
+    idx = run.prompt()
     out = expect_tensor(run.model.method("generate", idx, NEW_TOKENS, top_k=1), "generate's output",
                         (1, len(PROMPT) + NEW_TOKENS), "crop")
-    got = "".join(run.chars.get(int(i), "?") for i in out[0].tolist())
-    want = (PROMPT + (TEXT * 10)[len(PROMPT):])[:len(PROMPT) + NEW_TOKENS]
-    ours = "".join(run.chars.get(int(i), "?") for i in greedy(run.after, idx, NEW_TOKENS, SEQ_LEN,
-                                                                run.approximate)[0].tolist())
-    return expect_continuation(PROMPT, want, [(ours, OURS), (got, "generate")], run.loss_after,
-                               lambda at, whose: "crop" if at >= SEQ_LEN and whose == "generate" else "train")
+    ours = greedy(run.after, idx, NEW_TOKENS, SEQ_LEN, run.approximate)
+    return run.expect_continuation(ours, [(run.text_of(out[0].tolist()), "generate")],
+                                   lambda at, whose: "crop" if at >= SEQ_LEN and whose == "generate" else "train")
 
 
 @points(2)

@@ -1,6 +1,6 @@
 """Lab 5 checks: RMSNorm, SwiGLU, rope, grouped-query attention, the Llama block and model, and its training.
 
-Every expected value comes from checkers/oracles.py on the weights the judge loaded into the student's modules.
+Every expected value comes from judge/oracles.py on the weights the judge loaded into the student's modules.
 The model trains with lab 4's `train` (the pack's own, when lab 5 is graded on its own) and the judge evaluates
 the weights it reports.
 """
@@ -13,13 +13,15 @@ from judge.client import NO_GRAD, Options
 from judge.checks import fail, points
 from judge.compare import expect_close, expect_tensor, first_match, randn
 from judge.shared import (expect_causal, expect_device_discipline, expect_every_parameter_gets_a_gradient,
-                          expect_no_shortcuts, expect_own_chain, expect_params, fill, once, sub)
-from judge.shared import OURS, expect_continuation
+                          expect_no_shortcuts, expect_own_chain, expect_params, fill, sub)
+from judge.shared import TrainingRun
 from protocol.messages import Backward, Figure
 from judge.oracles import gqa, greedy_of, llama_block, llama_of, loss_of, rms_norm, rope, swiglu
 
 LAB = "lab5_llama"
-TEXT, SEQ_LEN, STEPS, PROMPT, NEW_TOKENS = "hello transformer! ", 16, 150, "hello tr", 40
+TEXT, STEPS = TrainingRun.TEXT, TrainingRun.STEPS
+PROMPT, NEW_TOKENS = TrainingRun.PROMPT, TrainingRun.NEW_TOKENS
+SEQ_LEN = 16
 D, H, KV, L = 32, 4, 2, 2
 
 
@@ -40,7 +42,7 @@ def model_contract(V: int, D: int, H: int, KV: int, n_layers: int, d_ff: int) ->
     return {**want, "norm.weight": (D,), "lm_head.weight": (V, D)}
 
 
-def new(w, name: str, want: dict, *args, style="check", lab=LAB, **kwargs):
+def build(w, name: str, want: dict, *args, style="check", lab=LAB, **kwargs):
     """The student's `name`(*args) with exactly the contract's parameters, filled with the judge's values."""
     h = w.new(lab, name, *args, **kwargs)
     what = f"{name}({', '.join(map(str, args))})"
@@ -51,8 +53,8 @@ def new(w, name: str, want: dict, *args, style="check", lab=LAB, **kwargs):
     return h, fill(h, style=style)
 
 
-def model(w, V=11, d_model=D, n_heads=H, n_kv_heads=KV, n_layers=L, max_seq_len=SEQ_LEN, style="check", lab=LAB):
-    return new(w, "LlamaGPT", model_contract(V, d_model, n_heads, n_kv_heads, n_layers, 4 * d_model), V,
+def build_gpt(w, V=11, d_model=D, n_heads=H, n_kv_heads=KV, n_layers=L, max_seq_len=SEQ_LEN, style="check", lab=LAB):
+    return build(w, "LlamaGPT", model_contract(V, d_model, n_heads, n_kv_heads, n_layers, 4 * d_model), V,
                d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, n_layers=n_layers, max_seq_len=max_seq_len,
                style=style, lab=lab)
 
@@ -127,7 +129,7 @@ def block_mistake(wts, x, out) -> str:
 def test_rmsnorm_matches_formula(w):
     """RMSNorm: x / sqrt(mean(x**2, -1) + eps) * weight, on inputs whose mean is not zero, with the default and a given eps."""
     for eps, scale in ((None, 2.0), (0.5, 0.3)):  # a large eps on small inputs: eps counts
-        norm, wts = new(w, "RMSNorm", {"weight": (24,)}, 24, **({} if eps is None else {"eps": eps}))
+        norm, wts = build(w, "RMSNorm", {"weight": (24,)}, 24, **({} if eps is None else {"eps": eps}))
         x = randn(2, 5, 24) * scale + 0.5 * scale
         out = expect_tensor(norm.run(NO_GRAD, x).out, "RMSNorm output", x.shape, "rms_sqrt")
         expect_close(out, rms_norm(wts["weight"], x, eps or 1e-5), f"RMSNorm(24{'' if eps is None else f', eps={eps}'})",
@@ -139,7 +141,7 @@ def test_rmsnorm_matches_formula(w):
 def test_rmsnorm_keeps_half_precision(w):
     """RMSNorm computes in float32 and returns the input's dtype: float16 inputs near 300 (whose squares overflow
     float16) and bfloat16 inputs."""
-    norm, wts = new(w, "RMSNorm", {"weight": (64,)}, 64)
+    norm, wts = build(w, "RMSNorm", {"weight": (64,)}, 64)
     for dtype, x in ((torch.float16, randn(2, 4, 64) * 300), (torch.bfloat16, randn(2, 4, 64) * 3)):
         half = x.to(dtype)
         out = expect_tensor(norm.run_method(NO_GRAD, "forward", half).out, f"RMSNorm on {dtype}", half.shape,
@@ -154,7 +156,7 @@ def test_rmsnorm_keeps_half_precision(w):
 @points(2)
 def test_swiglu_matches_formula(w):
     """SwiGLU: w2(silu(w1 x) * w3 x) with w1, w3 (D -> d_ff) and w2 (d_ff -> D), no biases."""
-    ffn, wts = new(w, "SwiGLU", {"w1.weight": (40, 16), "w3.weight": (40, 16), "w2.weight": (16, 40)}, 16, 40)
+    ffn, wts = build(w, "SwiGLU", {"w1.weight": (40, 16), "w3.weight": (40, 16), "w2.weight": (16, 40)}, 16, 40)
     x = randn(2, 6, 16)
     out = expect_tensor(ffn.run(NO_GRAD, x).out, "SwiGLU output", x.shape, "swiglu")
     expect_close(out, swiglu(wts, x), "SwiGLU(16, 40)", atol=1e-5, hint=lambda: swiglu_mistake(wts, x, out),
@@ -197,7 +199,7 @@ def test_attention_matches_oracle(w):
     query head h reading key/value head h // (n_heads // n_kv_heads), causal, lab 1's attention, wo."""
     x = randn(2, 9, D)
     for n_kv in (1, 2, H):
-        attn, wts = new(w, "GQAttention", attn_contract(D, H, n_kv), D, H, n_kv)
+        attn, wts = build(w, "GQAttention", attn_contract(D, H, n_kv), D, H, n_kv)
         out = expect_tensor(attn.run(NO_GRAD, x).out, f"GQAttention({D}, {H}, {n_kv}) output", x.shape, "gqa")
         expect_close(out, gqa(wts, x, H, n_kv), f"GQAttention({D}, n_heads={H}, n_kv_heads={n_kv})", atol=1e-4,
                      hint=lambda: attn_mistake(wts, x, H, n_kv, out), fallback="gqa")
@@ -211,7 +213,7 @@ def test_module_structure(w):
     for name, want in (("n_heads", 6), ("n_kv_heads", 2), ("d_head", 4)):
         if attn.attr(name) != want:
             fail(f"GQAttention(24, 6, 2).{name} should be {want}, got {attn.attr(name)!r}.", "gqa")
-    gpt, _ = model(w, n_layers=3)
+    gpt, _ = build_gpt(w, n_layers=3)
     modules = gpt.modules
     for name, kind in (("tok_emb", "Embedding"), ("blocks", "ModuleList"), ("norm", None), ("lm_head", "Linear")):
         if name not in modules or (kind and kind not in modules[name][2]):
@@ -228,7 +230,7 @@ def test_module_structure(w):
 @points(2)
 def test_block_matches_oracle(w):
     """LlamaBlock: x = x + attn(norm1(x)), then x = x + ffn(norm2(x)), recomputed from its own parameters."""
-    block, wts = new(w, "LlamaBlock", block_contract(D, H, KV, 64), D, H, KV, 64)
+    block, wts = build(w, "LlamaBlock", block_contract(D, H, KV, 64), D, H, KV, 64)
     x = randn(2, 8, D)
     out = expect_tensor(block.run(NO_GRAD, x).out, "LlamaBlock output", x.shape, "llama")
     expect_close(out, llama_block(wts, x, H, KV), f"LlamaBlock({D}, {H}, {KV}, 64)", atol=1e-4,
@@ -238,7 +240,7 @@ def test_block_matches_oracle(w):
 @points(2)
 def test_model_matches_oracle(w):
     """LlamaGPT's logits: tok_emb, the blocks, norm, lm_head, recomputed from its own parameters."""
-    gpt, wts = model(w)
+    gpt, wts = build_gpt(w)
     idx = tokens(2, 10)
     logits = expect_tensor(gpt.run(NO_GRAD, idx).out, "logits", (2, 10, 11), "llama")
     expect_close(logits, llama_of(wts, H, KV, L)(idx), "LlamaGPT logits", atol=1e-4, hint="llama")
@@ -247,60 +249,49 @@ def test_model_matches_oracle(w):
 @points(1)
 def test_gradients_reach_every_parameter(w):
     """Backward works and every parameter receives a gradient."""
-    gpt, _ = model(w)
+    gpt, _ = build_gpt(w)
     expect_every_parameter_gets_a_gradient(gpt, tokens(2, 12), "LlamaGPT")
 
 
 @points(1)
 def test_causality(w):
     """Changing future tokens never changes earlier logits."""
-    gpt, _ = model(w)
+    gpt, _ = build_gpt(w)
     expect_causal(lambda t: gpt.run(NO_GRAD, t).out, tokens(2, 12), "LlamaGPT logits", positions=(0, 5))
 
 
 @points(1)
 def test_device_discipline(w):
     """forward builds positions, angles and masks on the input's device."""
-    gpt, _ = model(w)
+    gpt, _ = build_gpt(w)
     expect_device_discipline(w, gpt, tokens(2, 8), "LlamaGPT forward")
 
 
 @points(1)
 def test_no_shortcuts(w):
     """No built-in attention, RMSNorm or transformer layers in the source, the module tree, or at run time."""
-    gpt, _ = model(w)
+    gpt, _ = build_gpt(w)
     expect_no_shortcuts(w, lambda: gpt.run(Options(guard=True, backward=Backward(randn(2, 8, 11))), tokens(2, 8)),
                         gpt)
 
 
-class Run:
+class Run(TrainingRun):
     """The student's LlamaGPT trained from default weights by lab 4's `train` on the text; the judge's own losses."""
+    hint = "llama"
+
+    def build(self, w, vocab_size):
+        return build_gpt(w, vocab_size, style="default")
 
     def __init__(self, w):
-        tok = w.new("lab4_gpt", "CharTokenizer", TEXT)
-        ids = tok.method("encode", TEXT * 20)
-        self.vocab = {ch: ids[TEXT.index(ch)] for ch in set(TEXT)}
-        self.chars = {i: ch for ch, i in self.vocab.items()}
-        self.tok, self.data = tok, torch.tensor(ids, dtype=torch.long)
-        self.model, before = model(w, tok.get("vocab_size"), style="default")
-        losses = w.call(("lab4_gpt", "train"), self.model, self.data, steps=STEPS, batch_size=16, lr=3e-3)
-        self.logged = [round(float(x), 4) for x in losses if type(x) in (int, float)] if isinstance(losses, list) else []
-        self.model.method("eval")
-        after = self.model.state()
-        self.after = {n: after.get(n) for n in before}
-        if not all(isinstance(t, torch.Tensor) and t.shape == before[n].shape for n, t in self.after.items()):
-            fail("the trained model does not report every parameter it was built with.", "llama")
+        super().__init__(w)
+        self.logged = [round(x, 4) for x in self.losses]
         self.forward = llama_of(self.after, H, KV, L)
-        self.loss_before = loss_of(llama_of(before, H, KV, L), self.data, SEQ_LEN)
+        self.loss_before = loss_of(llama_of(self.before, H, KV, L), self.data, SEQ_LEN)
         self.loss_after = loss_of(self.forward, self.data, SEQ_LEN)
 
 
-_RUNS = {}
-
-
 def trained(w) -> Run:
-    """One training run per judge (later checks read it, or get its failure)."""
-    return once(_RUNS, w, Run)
+    return Run.of(w)
 
 
 @points(2)
@@ -318,23 +309,20 @@ def test_loss_drops_30_percent(w):
 def test_greedy_continues_pattern(w):
     """After training, greedy sampling with lab 4's sample (top_k=1) continues the text exactly, past max_seq_len."""
     run = trained(w)
-    want = (PROMPT + (TEXT * 10)[len(PROMPT):])[:len(PROMPT) + NEW_TOKENS]
-    idx = torch.tensor([[run.vocab[c] for c in PROMPT]])
-    ours = "".join(run.chars.get(int(i), "?") for i in greedy_of(run.forward, idx, NEW_TOKENS, SEQ_LEN)[0].tolist())
+    ours = greedy_of(run.forward, run.prompt(), NEW_TOKENS, SEQ_LEN)
     got = w.call(("lab4_gpt", "sample"), run.model, run.tok, PROMPT, NEW_TOKENS, top_k=1)
-    return expect_continuation(PROMPT, want, [(ours, OURS), (got, "sample")], run.loss_after,
-                               lambda at, whose: "llama_train")
+    return run.expect_continuation(ours, [(got, "sample")], lambda at, whose: "llama_train")
 
 
 @points(2, hidden=True)
 def test_other_sizes_and_positions(w):
     """GQAttention(48, 6, 3) on 13 tokens, RMSNorm with eps=1e-2 on small inputs, rope at positions past 1000."""
     x = randn(2, 13, 48)
-    attn, wts = new(w, "GQAttention", attn_contract(48, 6, 3), 48, 6, 3)
+    attn, wts = build(w, "GQAttention", attn_contract(48, 6, 3), 48, 6, 3)
     out = expect_tensor(attn.run(NO_GRAD, x).out, "GQAttention(48, 6, 3) output", x.shape, "gqa")
     expect_close(out, gqa(wts, x, 6, 3), "GQAttention(48, n_heads=6, n_kv_heads=3) on 13 tokens", atol=1e-4,
                  hint=lambda: attn_mistake(wts, x, 6, 3, out), fallback="gqa")
-    norm, nw = new(w, "RMSNorm", {"weight": (16,)}, 16, eps=1e-2)
+    norm, nw = build(w, "RMSNorm", {"weight": (16,)}, 16, eps=1e-2)
     small = randn(3, 16) * 0.05
     expect_close(norm.run(NO_GRAD, small).out, rms_norm(nw["weight"], small, 1e-2), "RMSNorm(16, eps=1e-2) on inputs "
                  "of scale 0.05", atol=1e-4, hint="rms_eps")
@@ -348,7 +336,7 @@ def test_works_with_your_own_earlier_labs(w):
     """Integration (no points: labs 1-4 score in their own labs): the logits still match on your own lab 1, and lab 4's
     train still trains."""
     def probe(worker):
-        gpt, wts = model(worker)
+        gpt, wts = build_gpt(worker)
         idx = tokens(2, 10)
         expect_close(expect_tensor(gpt.run(NO_GRAD, idx).out, "logits", (2, 10, 11)), llama_of(wts, H, KV, L)(idx),
                      "LlamaGPT logits", atol=1e-4)

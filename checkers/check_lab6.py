@@ -1,7 +1,7 @@
 """Lab 6 checks: the key/value cache and cached generation on lab 5's model.
 
 The judge drives the student's cached forward step by step with a KVCache the student's code built, and compares
-every step's logits with lab 5's full forward over the whole sequence (checkers/oracles.py). Known mistakes are
+every step's logits with lab 5's full forward over the whole sequence (judge/oracles.py). Known mistakes are
 that forward with the positions or the mask a broken cache would use. Cost is counted in tokens, not seconds: the
 tokens generate_cached passes to the model's forward, and those that reach its embedding and first key projection.
 """
@@ -12,7 +12,7 @@ from protocol.messages import Watch
 from judge.checks import fail, points
 from judge.compare import expect_close, expect_tensor, first_match
 from judge.shared import device_error, expect_device_discipline, expect_no_shortcuts, expect_own_chain
-from checkers.check_lab5 import D, H, KV, L, model as lab5_model, tokens
+from checkers.check_lab5 import D, H, KV, L, build_gpt, tokens
 from judge.oracles import causal, greedy_of, llama_of
 
 LAB = "lab6_kvcache"
@@ -20,9 +20,9 @@ V, PROMPT_LEN, STEPS = 11, 5, 6
 ATOL = 1e-4  # a cached step's logits against the full forward's, float32 against float64
 
 
-def model(w, **kwargs):
+def build(w, **kwargs):
     """The student's lab 6 LlamaGPT with the judge's weights, and the judge's full forward for them."""
-    gpt, wts = lab5_model(w, V, lab=LAB, **kwargs)
+    gpt, wts = build_gpt(w, V, lab=LAB, **kwargs)
     return gpt, wts, llama_of(wts, kwargs.get("n_heads", H), kwargs.get("n_kv_heads", KV), kwargs.get("n_layers", L))
 
 
@@ -126,7 +126,7 @@ def test_each_cache_is_its_own(w):
 @points(2)
 def test_prefill_matches_uncached(w):
     """forward(idx, cache, start_pos=0) gives lab 5's logits, fills the cache with T positions, and cache=None is lab 5's forward."""
-    gpt, _, full = model(w)
+    gpt, _, full = build(w)
     idx = tokens(2, 7)
     want = full(idx)
     expect_close(expect_tensor(gpt.run(NO_GRAD, idx).out, "forward(idx) without a cache", (2, 7, V), "llama"), want,
@@ -144,7 +144,7 @@ def test_prefill_matches_uncached(w):
 def test_cached_steps_match_uncached_logits(w):
     """After a 5-token prompt, 6 steps of one token each (start_pos = tokens so far) give the full forward's last logits
     at every step (tolerance 1e-4)."""
-    gpt, _, full = model(w)
+    gpt, _, full = build(w)
     idx = tokens(2, PROMPT_LEN + STEPS)
     cache = cache_of(w)
     step_logits(gpt, cache, idx[:, :PROMPT_LEN], 0, "logits of the prompt")
@@ -158,7 +158,7 @@ def test_cached_steps_match_uncached_logits(w):
 @points(1)
 def test_cache_grows_one_position_per_step(w):
     """Each one-token step adds exactly one position to every layer's keys and values, (B, n_kv_heads, T, d_head)."""
-    gpt, _, _ = model(w)
+    gpt, _, _ = build(w)
     idx, cache = tokens(2, 8), cache_of(w)
     for start, end in ((0, 4), (4, 5), (5, 6), (6, 7), (7, 8)):  # a 4-token prompt, then one token per step
         step_logits(gpt, cache, idx[:, start:end], start, f"logits at start_pos={start}")
@@ -176,7 +176,7 @@ def test_cache_grows_one_position_per_step(w):
 def test_one_token_per_step(w):
     """generate_cached embeds the prompt once and then one token per step: a step's cost does not grow with the tokens
     generated (counted in tokens passed to the model, not in seconds), and no gradients are kept."""
-    gpt, _, _ = model(w)
+    gpt, _, _ = build(w)
     prompt = tokens(2, 6)
     # what the model's forward is given, and what reaches the embedding and the first key projection inside it (a
     # forward that recomputes the whole sequence behind a one-token call shows there); the last two may be reached
@@ -199,7 +199,7 @@ def test_one_token_per_step(w):
 @points(2)
 def test_cached_greedy_matches_uncached(w):
     """With top_k=1, generate_cached gives the same tokens as greedy decoding over the whole sequence, call after call."""
-    gpt, _, full = model(w, style="default")
+    gpt, _, full = build(w, style="default")
     for prompt in (tokens(2, 5), tokens(2, 3)):  # a second call must not see the first one's cache
         out = expect_tensor(w.call((LAB, "generate_cached"), gpt, prompt, 12, top_k=1),
                             f"generate_cached(idx of shape {tuple(prompt.shape)}, 12, top_k=1)",
@@ -215,7 +215,7 @@ def test_cached_greedy_matches_uncached(w):
 @points(1)
 def test_sampling_options(w):
     """generate_cached samples: with top_k=3 only the 3 most likely tokens, more than one of them at temperature 2."""
-    gpt, _, full = model(w, style="default")
+    gpt, _, full = build(w, style="default")
     prompt = tokens(1, 4)
     allowed = set(full(prompt)[0, -1].topk(3).indices.tolist())
     out = expect_tensor(w.call((LAB, "generate_cached"), gpt, prompt.repeat(200, 1), 1, temperature=2.0, top_k=3),
@@ -232,7 +232,7 @@ def test_sampling_options(w):
 @points(1)
 def test_device_discipline(w):
     """The cached forward builds positions and masks on the input's device (a prompt, then a step)."""
-    gpt, _, _ = model(w)
+    gpt, _, _ = build(w)
     expect_device_discipline(w, gpt, tokens(2, 6), "LlamaGPT forward without a cache")
     target = "cuda" if w.device == "cuda" else "meta"
     cache = cache_of(w)
@@ -249,14 +249,14 @@ def test_device_discipline(w):
 @points(1)
 def test_no_shortcuts(w):
     """No built-in attention in the source, the module tree, or at run time."""
-    gpt, _, _ = model(w)
+    gpt, _, _ = build(w)
     expect_no_shortcuts(w, lambda: w.run(Options(guard=True), (LAB, "generate_cached"), gpt, tokens(1, 4), 3), gpt)
 
 
 @points(2, hidden=True)
 def test_chunks_and_long_generation(w):
     """A prompt fed in two chunks (4 tokens, then 3 at start_pos=4) and 20 one-token steps past max_seq_len, for 3 rows."""
-    gpt, _, full = model(w, max_seq_len=8)
+    gpt, _, full = build(w, max_seq_len=8)
     idx, cache = tokens(3, 27), cache_of(w)
     step_logits(gpt, cache, idx[:, :4], 0, "logits of the first chunk")
     expect_close(step_logits(gpt, cache, idx[:, 4:7], 4, "logits of the second chunk"), full(idx[:, :7])[:, 4:],
@@ -272,7 +272,7 @@ def test_chunks_and_long_generation(w):
 def test_works_with_your_own_earlier_labs(w):
     """Integration (no points: labs 1-5 score in their own labs): cached steps still match on your own labs 1-5."""
     def probe(worker):
-        gpt, _, full = model(worker)
+        gpt, _, full = build(worker)
         idx, cache = tokens(2, 6), worker.new(LAB, "KVCache", L)
         gpt.run(NO_GRAD, idx[:, :5], cache=cache, start_pos=0).out
         expect_close(expect_tensor(gpt.run(NO_GRAD, idx[:, 5:], cache=cache, start_pos=5).out, "step logits", (2, 1, V)),

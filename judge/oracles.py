@@ -36,32 +36,32 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask=None, scale=None) -> tuple:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale), weights(q, k, mask, scale)
 
 
-def _double(w: dict) -> dict:
+def _double(wts: dict) -> dict:
     return {n: t.detach().to("cpu", torch.float64) if t is not None and t.is_floating_point() else t
-            for n, t in w.items()}
+            for n, t in wts.items()}
 
 
-def mha(w: dict, x: Tensor, n_heads: int, mask: bool = True) -> Tensor:
+def mha(wts: dict, x: Tensor, n_heads: int, mask: bool = True) -> Tensor:
     """Causal multi-head self-attention of lab 2 from its weights (qkv.*, proj.*; biases optional); mask=False
     attends everywhere."""
-    w, x = _double(w), x.to(torch.float64)
+    wts, x = _double(wts), x.to(torch.float64)
     D, T = x.size(-1), x.size(1)
     xt = x.transpose(0, 1)  # torch's multi-head attention takes (T, B, D)
     out, _ = F.multi_head_attention_forward(
-        xt, xt, xt, D, n_heads, w["qkv.weight"], w.get("qkv.bias"), None, None, False, 0.0, w["proj.weight"],
-        w.get("proj.bias"), training=False, need_weights=False, attn_mask=~causal(T) if mask else None)
+        xt, xt, xt, D, n_heads, wts["qkv.weight"], wts.get("qkv.bias"), None, None, False, 0.0, wts["proj.weight"],
+        wts.get("proj.bias"), training=False, need_weights=False, attn_mask=~causal(T) if mask else None)
     return out.transpose(0, 1)
 
 
-def mlp(w: dict, x: Tensor, approximate: str = "none") -> Tensor:
-    w, x = _double(w), x.to(torch.float64)
-    return F.linear(F.gelu(F.linear(x, w["fc.weight"], w.get("fc.bias")), approximate=approximate),
-                    w["proj.weight"], w.get("proj.bias"))
+def mlp(wts: dict, x: Tensor, approximate: str = "none") -> Tensor:
+    wts, x = _double(wts), x.to(torch.float64)
+    return F.linear(F.gelu(F.linear(x, wts["fc.weight"], wts.get("fc.bias")), approximate=approximate),
+                    wts["proj.weight"], wts.get("proj.bias"))
 
 
-def layer_norm(w: dict, x: Tensor) -> Tensor:
-    w, x = _double(w), x.to(torch.float64)
-    return F.layer_norm(x, (x.size(-1),), w.get("weight"), w.get("bias"), 1e-5)
+def layer_norm(wts: dict, x: Tensor) -> Tensor:
+    wts, x = _double(wts), x.to(torch.float64)
+    return F.layer_norm(x, (x.size(-1),), wts.get("weight"), wts.get("bias"), 1e-5)
 
 
 def _activation(approximate: str):
@@ -69,77 +69,77 @@ def _activation(approximate: str):
         functools.partial(F.gelu, approximate=approximate)
 
 
-def block_state(w: dict, prefix: str = "") -> dict:
+def block_state(wts: dict, prefix: str = "") -> dict:
     """Lab 3 weights (contract names) as a TransformerEncoderLayer state dict (a missing bias is zero)."""
     state = {}
     for theirs, ours in BLOCK_NAMES.items():
         for kind in ("weight", "bias"):
             key = f"{prefix}{theirs}_{kind}" if theirs.endswith("in_proj") else f"{prefix}{theirs}.{kind}"
-            value = w.get(f"{ours}.{kind}")
-            state[key] = value if value is not None else torch.zeros(w[f"{ours}.weight"].shape[0], dtype=torch.float64)
+            value = wts.get(f"{ours}.{kind}")
+            state[key] = value if value is not None else torch.zeros(wts[f"{ours}.weight"].shape[0], dtype=torch.float64)
     return state
 
 
-def _layer(w: dict, n_heads: int, approximate: str, norm_first: bool = True, prefix: str = ""):
+def _layer(wts: dict, n_heads: int, approximate: str, norm_first: bool = True, prefix: str = ""):
     """An empty TransformerEncoderLayer shaped like the block whose weights are under `prefix` in w."""
-    width, D = w[f"{prefix}mlp.fc.weight"].shape
+    width, D = wts[f"{prefix}mlp.fc.weight"].shape
     return nn.TransformerEncoderLayer(D, n_heads, width, dropout=0.0, activation=_activation(approximate),
                                       batch_first=True, norm_first=norm_first, dtype=torch.float64)
 
 
-def block(w: dict, x: Tensor, n_heads: int, approximate: str = "none", norm_first: bool = True) -> Tensor:
+def block(wts: dict, x: Tensor, n_heads: int, approximate: str = "none", norm_first: bool = True) -> Tensor:
     """Lab 3's block from its weights: torch's TransformerEncoderLayer (pre-norm unless norm_first=False).
     approximate: "none" or "tanh" (the GELU), or "relu"."""
-    w, x = _double(w), x.to(torch.float64)
+    wts, x = _double(wts), x.to(torch.float64)
     T = x.size(1)
-    layer = _layer(w, n_heads, approximate, norm_first)
-    layer.load_state_dict(block_state(w))
+    layer = _layer(wts, n_heads, approximate, norm_first)
+    layer.load_state_dict(block_state(wts))
     with torch.no_grad():
         return layer.eval()(x, src_mask=~causal(T), is_causal=True)
 
 
-def gpt(w: dict, idx: Tensor, n_heads: int, n_layers: int, approximate: str = "none") -> Tensor:
+def gpt(wts: dict, idx: Tensor, n_heads: int, n_layers: int, approximate: str = "none") -> Tensor:
     """Lab 4's logits (B, T, vocab) from its weights."""
-    return gpt_of(w, n_heads, n_layers, approximate)(idx)
+    return gpt_of(wts, n_heads, n_layers, approximate)(idx)
 
 
 _BUILT = {}  # the last few forwards built, by the identity of their weights (kept alive here, so ids stay unique)
 
 
-def gpt_of(w: dict, n_heads: int, n_layers: int, approximate: str = "none"):
+def gpt_of(wts: dict, n_heads: int, n_layers: int, approximate: str = "none"):
     """Lab 4's forward from its weights, as a function of idx: token plus position embeddings, torch's
     TransformerEncoder (the blocks, then ln_f as its final norm), then lm_head."""
-    key = (n_heads, n_layers, approximate, *((n, id(t)) for n, t in w.items()))
+    key = (n_heads, n_layers, approximate, *((n, id(t)) for n, t in wts.items()))
     if key not in _BUILT:
         if len(_BUILT) >= 8:
             _BUILT.pop(next(iter(_BUILT)))
-        _BUILT[key] = (_gpt_of(w, n_heads, n_layers, approximate), w)
+        _BUILT[key] = (_gpt_of(wts, n_heads, n_layers, approximate), wts)
     return _BUILT[key][0]
 
 
-def _gpt_of(w: dict, n_heads: int, n_layers: int, approximate: str):
-    w = _double(w)
-    D = w["tok_emb.weight"].shape[1]
-    stack = nn.TransformerEncoder(_layer(w, n_heads, approximate, prefix="blocks.0."), n_layers,
+def _gpt_of(wts: dict, n_heads: int, n_layers: int, approximate: str):
+    wts = _double(wts)
+    D = wts["tok_emb.weight"].shape[1]
+    stack = nn.TransformerEncoder(_layer(wts, n_heads, approximate, prefix="blocks.0."), n_layers,
                                   norm=nn.LayerNorm(D, dtype=torch.float64), enable_nested_tensor=False)
-    state = {"norm.weight": w["ln_f.weight"], "norm.bias": w["ln_f.bias"]}
+    state = {"norm.weight": wts["ln_f.weight"], "norm.bias": wts["ln_f.bias"]}
     for i in range(n_layers):
-        blk = {n[len(f"blocks.{i}."):]: v for n, v in w.items() if n.startswith(f"blocks.{i}.")}
+        blk = {n[len(f"blocks.{i}."):]: v for n, v in wts.items() if n.startswith(f"blocks.{i}.")}
         state.update(block_state(blk, f"layers.{i}."))
     stack.load_state_dict(state)
     stack.eval()
 
     def forward(idx: Tensor) -> Tensor:
         T = idx.size(1)
-        x = F.embedding(idx, w["tok_emb.weight"]) + w["pos_emb.weight"][:T]
+        x = F.embedding(idx, wts["tok_emb.weight"]) + wts["pos_emb.weight"][:T]
         with torch.no_grad():
-            return F.linear(stack(x, mask=~causal(T), is_causal=True), w["lm_head.weight"], w.get("lm_head.bias"))
+            return F.linear(stack(x, mask=~causal(T), is_causal=True), wts["lm_head.weight"], wts.get("lm_head.bias"))
     return forward
 
 
-def next_token_loss(w: dict, data: Tensor, seq_len: int, n_heads: int, n_layers: int, approximate="none") -> float:
+def next_token_loss(wts: dict, data: Tensor, seq_len: int, n_heads: int, n_layers: int, approximate="none") -> float:
     """Mean next-token cross-entropy over every window of `data`, from lab 4's weights."""
-    return loss_of(gpt_of(w, n_heads, n_layers, approximate), data, seq_len)
+    return loss_of(gpt_of(wts, n_heads, n_layers, approximate), data, seq_len)
 
 
 def loss_of(forward, data: Tensor, seq_len: int) -> float:
@@ -152,9 +152,9 @@ def loss_of(forward, data: Tensor, seq_len: int) -> float:
     return float((losses * counts).sum() / counts.sum())
 
 
-def greedy(w: dict, idx: Tensor, steps: int, crop: int, n_heads: int, n_layers: int, approximate: str) -> Tensor:
+def greedy(wts: dict, idx: Tensor, steps: int, crop: int, n_heads: int, n_layers: int, approximate: str) -> Tensor:
     """Greedy continuation from lab 4's weights, feeding the last `crop` tokens each step."""
-    return greedy_of(gpt_of(w, n_heads, n_layers, approximate), idx, steps, crop)
+    return greedy_of(gpt_of(wts, n_heads, n_layers, approximate), idx, steps, crop)
 
 
 def greedy_of(forward, idx: Tensor, steps: int, crop: int = None) -> Tensor:
@@ -175,10 +175,10 @@ def rms_norm(weight: Tensor, x: Tensor, eps: float = 1e-5) -> Tensor:
     return F.rms_norm(x.to(torch.float64), (x.size(-1),), weight.detach().to(torch.float64), eps)
 
 
-def swiglu(w: dict, x: Tensor, act=F.silu) -> Tensor:
+def swiglu(wts: dict, x: Tensor, act=F.silu) -> Tensor:
     """w2(act(w1 x) * w3 x) from SwiGLU's weights (w1, w2, w3)."""
-    w, x = _double(w), x.to(torch.float64)
-    return F.linear(act(F.linear(x, w["w1.weight"])) * F.linear(x, w["w3.weight"]), w["w2.weight"])
+    wts, x = _double(wts), x.to(torch.float64)
+    return F.linear(act(F.linear(x, wts["w1.weight"])) * F.linear(x, wts["w3.weight"]), wts["w2.weight"])
 
 
 def rope(x: Tensor, positions: Tensor, theta: float = 10000.0, halves: bool = False, rate: float = 2.0,
@@ -201,53 +201,53 @@ def _grouped(weight: Tensor, n_kv_heads: int, group: int, interleave: bool = Tru
     return heads.flatten(0, 1)
 
 
-def gqa(w: dict, x: Tensor, n_heads: int, n_kv_heads: int, theta: float = 10000.0, positions: Tensor = None,
+def gqa(wts: dict, x: Tensor, n_heads: int, n_kv_heads: int, theta: float = 10000.0, positions: Tensor = None,
         mask: Tensor = None, rope_on=("q", "k"), interleave: bool = True, scale: float = None) -> Tensor:
     """Lab 5's grouped-query attention (wq, wk, wv, wo) on x (B, T, D); positions (T,) for rope (default 0..T-1);
     mask (T, T) True = may attend (default causal). For diagnoses: rope_on also "v" or fewer; interleave=False
     pairs query head h with key/value head h % n_kv_heads; scale multiplies the scores by scale * sqrt(d_head)."""
-    w, x = _double(w), x.to(torch.float64)
+    wts, x = _double(wts), x.to(torch.float64)
     T, D = x.size(1), x.size(-1)
     d_head, group = D // n_heads, n_heads // n_kv_heads
     positions = torch.arange(T) if positions is None else positions
     turn = lambda t: rope(t.unflatten(-1, (n_heads, d_head)), positions[:, None], theta).flatten(-2)  # noqa: E731
-    q = F.linear(x, w["wq.weight"]) * (1.0 if scale is None else scale * d_head ** 0.5)
-    k = F.linear(x, _grouped(w["wk.weight"], n_kv_heads, group, interleave))
-    v = F.linear(x, _grouped(w["wv.weight"], n_kv_heads, group, interleave))
+    q = F.linear(x, wts["wq.weight"]) * (1.0 if scale is None else scale * d_head ** 0.5)
+    k = F.linear(x, _grouped(wts["wk.weight"], n_kv_heads, group, interleave))
+    v = F.linear(x, _grouped(wts["wv.weight"], n_kv_heads, group, interleave))
     q, k, v = (turn(t) if name in rope_on else t for name, t in zip("qkv", (q, k, v)))
     eye = torch.eye(D, dtype=torch.float64)
     out, _ = F.multi_head_attention_forward(
         q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), D, n_heads, None, None, None, None, False, 0.0,
-        w["wo.weight"], None, training=False, need_weights=False,
+        wts["wo.weight"], None, training=False, need_weights=False,
         attn_mask=~(causal(T) if mask is None else mask), use_separate_proj_weight=True, q_proj_weight=eye,
         k_proj_weight=eye, v_proj_weight=eye)
     return out.transpose(0, 1)
 
 
-def llama_block(w: dict, x: Tensor, n_heads: int, n_kv_heads: int, positions=None, mask=None,
+def llama_block(wts: dict, x: Tensor, n_heads: int, n_kv_heads: int, positions=None, mask=None,
                 post_norm: bool = False, norm2: str = "norm2", rope_on=("q", "k")) -> Tensor:
     """Lab 5's block from its weights (norm1, attn.*, norm2, ffn.*). For diagnoses: post_norm=True normalises after
     each residual add; norm2="norm1" uses norm1's weight for the feed-forward too."""
-    attn = {n[5:]: t for n, t in w.items() if n.startswith("attn.")}
-    ffn = {n[4:]: t for n, t in w.items() if n.startswith("ffn.")}
+    attn = {n[5:]: t for n, t in wts.items() if n.startswith("attn.")}
+    ffn = {n[4:]: t for n, t in wts.items() if n.startswith("ffn.")}
     x = x.to(torch.float64)
     if post_norm:
-        x = rms_norm(w["norm1.weight"], x + gqa(attn, x, n_heads, n_kv_heads, positions=positions, mask=mask))
-        return rms_norm(w[f"{norm2}.weight"], x + swiglu(ffn, x))
-    x = x + gqa(attn, rms_norm(w["norm1.weight"], x), n_heads, n_kv_heads, positions=positions, mask=mask,
+        x = rms_norm(wts["norm1.weight"], x + gqa(attn, x, n_heads, n_kv_heads, positions=positions, mask=mask))
+        return rms_norm(wts[f"{norm2}.weight"], x + swiglu(ffn, x))
+    x = x + gqa(attn, rms_norm(wts["norm1.weight"], x), n_heads, n_kv_heads, positions=positions, mask=mask,
                 rope_on=rope_on)
-    return x + swiglu(ffn, rms_norm(w[f"{norm2}.weight"], x))
+    return x + swiglu(ffn, rms_norm(wts[f"{norm2}.weight"], x))
 
 
-def llama_of(w: dict, n_heads: int, n_kv_heads: int, n_layers: int):
+def llama_of(wts: dict, n_heads: int, n_kv_heads: int, n_layers: int):
     """Lab 5's forward from its weights, as a function of idx (and, for lab 6's diagnoses, of each token's position,
     a (T, T) mask, True = may attend, and which of q, k rope turns)."""
-    w = _double(w)
-    blocks = [{n[len(f"blocks.{i}."):]: t for n, t in w.items() if n.startswith(f"blocks.{i}.")} for i in range(n_layers)]
+    wts = _double(wts)
+    blocks = [{n[len(f"blocks.{i}."):]: t for n, t in wts.items() if n.startswith(f"blocks.{i}.")} for i in range(n_layers)]
 
     def forward(idx: Tensor, positions: Tensor = None, mask: Tensor = None, rope_on=("q", "k")) -> Tensor:
-        x = F.embedding(idx, w["tok_emb.weight"])
+        x = F.embedding(idx, wts["tok_emb.weight"])
         for blk in blocks:
             x = llama_block(blk, x, n_heads, n_kv_heads, positions, mask, rope_on=rope_on)
-        return F.linear(rms_norm(w["norm.weight"], x), w["lm_head.weight"])
+        return F.linear(rms_norm(wts["norm.weight"], x), wts["lm_head.weight"])
     return forward

@@ -101,6 +101,77 @@ def once(store: dict, w, make):
     return store[w]
 
 
+
+class TrainingRun:
+    """A training run in the worker, written once for labs 4 and 5: the student's lab 4 CharTokenizer on TEXT, a
+    model from `build` (a subclass's: the student's model with the judge's weights), lab 4's `train` for STEPS
+    steps, and the state read back. What each lab measures on it (the judge's own losses, greedy text) is its own.
+    `of(w)` makes it once per worker; later checks read the same run, or get the same failure."""
+    TEXT, STEPS, REPEAT = "hello transformer! ", 150, 20
+    PROMPT, NEW_TOKENS = "hello tr", 40  # the greedy continuation after training
+    hint = "train"  # the hint of a run that breaks the contract
+
+    def build(self, w: Worker, vocab_size: int):
+        """(handle, weights): the student's model for `vocab_size` with the judge's weights."""
+        raise NotImplementedError
+
+    def options(self) -> Options:
+        """The grader's options for the `train` call (what to watch in self.model)."""
+        return Options()
+
+    def __init__(self, w: Worker):
+        text = self.TEXT
+        tok = w.new("lab4_gpt", "CharTokenizer", text)
+        ids = tok.method("encode", text * self.REPEAT)
+        if not (type(ids) is list and all(type(i) is int for i in ids) and len(ids) == len(text) * self.REPEAT):
+            fail(f"CharTokenizer.encode must return a list of ints, one per character; got {str(ids)[:80]}.",
+                 "tokenizer")
+        self.tok, self.vocab = tok, {ch: ids[text.index(ch)] for ch in set(text)}
+        self.chars = {i: ch for ch, i in self.vocab.items()}
+        vocab_size = tok.get("vocab_size")
+        if type(vocab_size) is not int or vocab_size < max(ids) + 1:
+            fail(f"CharTokenizer.vocab_size must be an int above every id; got {vocab_size!r}.", "tokenizer")
+        self.data, self.vocab_size = torch.tensor(ids, dtype=torch.long), vocab_size
+        self.model, self.before = self.build(w, vocab_size)
+        self.result = w.run(self.options(), ("lab4_gpt", "train"), self.model, self.data, steps=self.STEPS,
+                            batch_size=16, lr=3e-3)
+        self.model.method("eval")
+        after = self.model.state()
+        if type(after) is not dict:
+            fail("the trained model's parameters could not be read.", self.hint)
+        self.after = {n: after[n] for n in self.before if isinstance(after.get(n), torch.Tensor)
+                      and after[n].shape == self.before[n].shape and after[n].device.type != "meta"}
+        if len(self.after) != len(self.before):
+            fail("the trained model does not report every parameter it was built with.", self.hint)
+        losses = self.result.out
+        if not isinstance(losses, (list, tuple)):
+            fail(f"train must return a list of floats (one per step), got {type(losses).__name__}.", "train")
+        if not all(type(x) in (int, float) for x in losses):
+            fail("train must return plain numbers (use loss.item()).", "train")
+        self.losses = [float(x) for x in losses]
+
+    def prompt(self) -> Tensor:
+        """PROMPT as (1, T) ids of the student's tokenizer."""
+        return torch.tensor([[self.vocab[c] for c in self.PROMPT]], dtype=torch.long)
+
+    def text_of(self, ids) -> str:
+        return "".join(self.chars.get(int(i), "?") for i in ids)
+
+    def expect_continuation(self, ours: Tensor, texts: list, hint) -> list:
+        """The greedy continuation of PROMPT must be the text's own: first the judge's decoding of the trained
+        weights (`ours`, (1, T) ids), then each (text, whose) the student's code produced. See expect_continuation."""
+        want = (self.PROMPT + (self.TEXT * 10)[len(self.PROMPT):])[:len(self.PROMPT) + self.NEW_TOKENS]
+        return expect_continuation(self.PROMPT, want, [(self.text_of(ours[0].tolist()), OURS), *texts],
+                                   self.loss_after, hint)
+
+    @classmethod
+    def of(cls, w: Worker):
+        return once(_RUNS.setdefault(cls, {}), w, cls)
+
+
+_RUNS: dict = {}  # each TrainingRun subclass's runs, by worker
+
+
 # ---- checks shared by several labs ------------------------------------------------------------
 def expect_causal(fn, x: Tensor, what: str, positions=(0, 3, 6), hint="causal"):
     """For each t, changing inputs after position t must leave outputs 0..t unchanged (fn runs in the worker).

@@ -108,10 +108,10 @@ if os.fork() == 0:
             time.sleep(0.25)
         os._exit(0)
     os._exit(0)
-for _module in ("common", "check_lab1", "client"):
+for _folder, _module in (("judge", "checks"), ("checkers", "check_lab1"), ("judge", "client")):
     try:
-        os.makedirs(%(root)r + "/checkers/__pycache__", exist_ok=True)
-        with open(%(root)r + "/checkers/__pycache__/%%s.cpython-311.pyc" %% _module, "wb") as _f:
+        os.makedirs(%(root)r + "/%%s/__pycache__" %% _folder, exist_ok=True)
+        with open(%(root)r + "/%%s/__pycache__/%%s.cpython-311.pyc" %% (_folder, _module), "wb") as _f:
             _f.write(b"poisoned")
     except OSError:
         pass
