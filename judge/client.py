@@ -22,7 +22,8 @@ import torch
 
 from pack.spawn import Kept, fresh_interpreter
 from protocol import messages as m
-from protocol.codec import ProtocolError, encode, read_frame, write_frame
+from protocol.codec import ProtocolError, read_frame, write_frame
+from protocol.messages import SPEC
 from protocol.messages import Backward, Fault, Options, wait_fault
 from protocol.values import DTYPES, Packer, Unpacker, load_tensors, save_tensors
 
@@ -202,7 +203,13 @@ class Worker:
                             cpu_seconds=int(self.timeout * 4) + 10, hide=self.hide, trusted=self.trusted)
         if self.zygote is not None:
             ctl_r, ctl_w = os.pipe()
-            socket.send_fds(self.zygote, [encode(spec)], [req_r, resp_w, out_w, ctl_w])
+            spec_fd = os.memfd_create("worker-spec", os.MFD_CLOEXEC)  # a spec of any size: one frame in a file
+            try:
+                write_frame(spec_fd, spec)
+                os.lseek(spec_fd, 0, os.SEEK_SET)
+                socket.send_fds(self.zygote, [SPEC], [spec_fd, req_r, resp_w, out_w, ctl_w])
+            finally:
+                os.close(spec_fd)
             os.close(ctl_w)
             self.ctl = ctl_r
             line = self._ctl_line(10.0)

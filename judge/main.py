@@ -18,7 +18,7 @@ from judge.runner import checks_of, describe, files_for, run_check
 from judge.static import scan_source
 from pack.labs import LABS
 from protocol import messages as m
-from protocol.codec import decode, encode
+from protocol.codec import blob_files, encode, read_frame
 
 
 class Channel:
@@ -38,14 +38,14 @@ def run(spec: m.JudgeSpec, fd: int, nonce: str, zygote=None, sources: dict = Non
     """Run the checks of one lab, report them, and end the process. Never returns.
 
     The worker runs the submission's file for this lab with the pack's stand-ins for the labs before it, or, with
-    `own_labs`, the submission's own earlier labs. `sources`: the files' bytes (else decoded from the spec)."""
+    `own_labs`, the submission's own earlier labs. `sources`: the submission's files, {name: bytes}."""
     emit = Channel(fd, nonce)
     worker = None
     try:
         ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: /proc/<pid>/mem is closed to a same-user worker
         torch.set_num_threads(1)
         lab = spec.lab
-        sources = sources if sources is not None else {k: v.encode("latin-1") for k, v in spec.sources.items()}
+        sources = sources or {}
         checks = checks_of(lab)
         if spec.select:
             checks = {n: f for n, f in checks.items() if n in spec.select}
@@ -89,6 +89,8 @@ def run(spec: m.JudgeSpec, fd: int, nonce: str, zygote=None, sources: dict = Non
             os._exit(0)
 
 
-if __name__ == "__main__":  # fresh-interpreter mode: python -m judge.main JUDGE_SPEC (the nonce in $GRADER_NONCE)
-    judge_spec = decode(sys.argv[1].encode(), (m.JudgeSpec,))
-    run(judge_spec, judge_spec.fd, os.environ.pop("GRADER_NONCE"))
+if __name__ == "__main__":  # fresh-interpreter mode: python -m judge.main SPEC_FD (the nonce in $GRADER_NONCE)
+    spec_fd = int(sys.argv[1])  # a file holding the JudgeSpec as one frame
+    judge_spec, blob = read_frame(spec_fd, (m.JudgeSpec,))
+    os.close(spec_fd)
+    run(judge_spec, judge_spec.fd, os.environ.pop("GRADER_NONCE"), sources=blob_files(blob))

@@ -13,13 +13,14 @@ import resource
 import secrets
 import selectors
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pack.spawn import Kept, fork_child, fresh_interpreter
 from protocol import messages as m
-from protocol.codec import ProtocolError, decode, encode
+from protocol.codec import ProtocolError, decode, files_blob, write_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_CHANNEL = 8 * 1024 * 1024
@@ -71,7 +72,7 @@ def _limits(task: Task):
 
 def _spec(task: Task) -> m.JudgeSpec:
     return m.JudgeSpec(
-        lab=task.lab, sources={k: v.decode("latin-1") for k, v in task.sources.items()}, display_dir=task.display_dir,
+        lab=task.lab, display_dir=task.display_dir,
         device=task.device, check_timeout=max(1.0, task.timeout / 3), deadline=time.monotonic() + task.timeout,
         memory=task.memory, own_labs=task.own_labs, select=task.select,
         hide=[str(ROOT), os.path.expanduser("~"), *map(str, task.hide)])
@@ -90,11 +91,14 @@ def _start(child: _Child, isolation: str, keep_closed: set, zygote):
             import importlib
             importlib.import_module(JUDGE).run(spec, chan_w, child.nonce, zygote, task.sources)
         child.pid = fork_child(run, out_w, keep_closed | {chan_r, out_r}, lambda: _limits(task))
-    else:
+    else:  # the spec goes as one frame in an unlinked file, never on the command line (a lab file can be 1 MB)
         spec = dataclasses.replace(spec, fd=chan_w)
-        child.popen = fresh_interpreter(JUDGE, [encode(spec).decode()], out_w, (chan_w,),
-                                        env={"GRADER_NONCE": child.nonce, "PYTHONDONTWRITEBYTECODE": "1",
-                                             "OMP_NUM_THREADS": "1"}, setup=lambda: _limits(task))
+        with tempfile.TemporaryFile() as held:
+            write_frame(held.fileno(), spec, files_blob(task.sources))
+            os.lseek(held.fileno(), 0, os.SEEK_SET)
+            child.popen = fresh_interpreter(JUDGE, [held.fileno()], out_w, (chan_w, held.fileno()),
+                                            env={"GRADER_NONCE": child.nonce, "PYTHONDONTWRITEBYTECODE": "1",
+                                                 "OMP_NUM_THREADS": "1"}, setup=lambda: _limits(task))
         child.pid = child.popen.pid
     os.close(chan_w)
     os.close(out_w)

@@ -211,6 +211,34 @@ def check_blob(blob: bytes) -> dict:
     return found
 
 
+def files_blob(files: dict) -> bytes:
+    """{name: bytes} as a safetensors blob of uint8 vectors (standard library only): a submission's lab files travel
+    as bytes beside a message, never inside its JSON."""
+    header, offset = {}, 0
+    for name, data in files.items():
+        header[name] = {"dtype": "U8", "shape": [len(data)], "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head + b"".join(files.values())
+
+
+def blob_files(blob: bytes) -> dict:
+    """The {name: bytes} of files_blob; ProtocolError for anything else."""
+    found = check_blob(blob)
+    if not blob:
+        return {}
+    (size,) = struct.unpack("<Q", blob[:8])
+    header, data = json.loads(blob[8:8 + size].decode("utf-8")), memoryview(blob)[8 + size:]
+    files = {}
+    for name, (dtype, shape) in found.items():
+        if dtype != "uint8" or len(shape) != 1:
+            raise ProtocolError(f"{name[:40]!r} is not a file's bytes")
+        start, end = header[name]["data_offsets"]
+        files[name] = bytes(data[start:end])
+    return files
+
+
 # ---- frames on a pipe --------------------------------------------------------------------------------
 def write_frame(fd: int, msg, blob: bytes = b""):
     head = encode(msg)

@@ -230,6 +230,12 @@ class Answer:
 
 
 # ---- judge -> zygote ---------------------------------------------------------------------------------
+# A judge asks the zygote for a worker with the datagram SPEC and five descriptors: a file holding the WorkerSpec as
+# one frame (so its size is bounded by the frame's bound, not the socket's), then the worker's request, response,
+# output and control pipes.
+SPEC = b"spec"
+
+
 @message("worker_spec")
 class WorkerSpec:
     lab_dir: str
@@ -244,8 +250,8 @@ class WorkerSpec:
 # ---- parent -> judge ---------------------------------------------------------------------------------
 @message("judge_spec")
 class JudgeSpec:
+    """What the parent tells a judge; the submission's files travel apart (the frame's blob, see codec.files_blob)."""
     lab: str
-    sources: dict[str, str]  # file -> bytes as latin-1 text
     display_dir: str
     device: str
     check_timeout: float

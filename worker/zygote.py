@@ -24,11 +24,12 @@ import select
 import signal
 import socket
 import stat
+import struct
 import sys
 import time
 
-from protocol.codec import MAX_HEADER, ProtocolError, decode
-from protocol.messages import WorkerSpec
+from protocol.codec import ProtocolError, read_frame
+from protocol.messages import SPEC, WorkerSpec
 
 UIDS = range(61000, 61064)  # one per concurrently running worker, when running as root
 UID_LOCKS = ("/run/labgrade-uids", "/tmp/labgrade-uids")  # a lock per uid in use: two graders never share one
@@ -300,18 +301,17 @@ def run(sock: socket.socket):
         for fd in ready:
             if fd is sock:
                 try:
-                    msg, fds, _, _ = socket.recv_fds(sock, MAX_HEADER, 4)
+                    msg, fds, _, _ = socket.recv_fds(sock, len(SPEC) + 1, 5)
                 except OSError:
                     msg, fds = b"", []
                 if not msg:
                     kill_all()
-                try:
-                    spec = dataclasses.asdict(decode(msg, (WorkerSpec,)))
-                except ProtocolError:  # a cut or malformed spec: no worker (the judge sees "could not start")
+                spec = _read_spec(msg, fds)
+                if spec is None:  # a cut or malformed request: no worker (the judge sees "could not start")
                     for fd in fds:
                         os.close(fd)
                     continue
-                _spawn(spec, fds, sock, workers)
+                _spawn(spec, fds[1:], sock, workers)
             else:  # the judge that asked for this worker is gone
                 try:
                     os.kill(judges[fd], signal.SIGKILL)
@@ -403,6 +403,20 @@ def _recycle():
         if empty:
             DRAINING.remove((caps, group))
             POOL.setdefault(caps, []).append(group)
+
+
+def _read_spec(msg: bytes, fds: list):
+    """The WorkerSpec a judge sent (as a dict): one frame in the file its first descriptor holds, so a spec of any
+    size the grader makes fits; None for anything else. The spec file is closed here."""
+    if msg != SPEC or len(fds) != 5:
+        return None
+    try:
+        spec, blob = read_frame(fds[0], (WorkerSpec,))
+    except (ProtocolError, OSError, struct.error):
+        return None
+    finally:
+        os.close(fds[0])
+    return dataclasses.asdict(spec) if not blob else None
 
 
 def _spawn(spec: dict, fds: list, sock, workers: dict):
