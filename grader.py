@@ -153,10 +153,9 @@ def main(argv=None) -> int:
     labs = args.labs
     hide = ()
     if args.gradescope:
-        from parent.submission import find_lab_files
         autograder = Path(os.environ.get("GRADESCOPE_ROOT", "/autograder"))
         hide = (str(autograder.resolve()),)  # its results folder included
-        args.submission = str(find_lab_files(autograder / "submission"))
+        args.submission = str(autograder / "submission")  # or the folder inside it that holds the lab files (below)
         args.json = str(autograder / "results" / "results.json")
     # the folders results go to: a worker's process must not even see them
     hide += tuple(str(Path(f).resolve().parent) for f in (args.json, args.csv if args.batch else None) if f)
@@ -164,9 +163,14 @@ def main(argv=None) -> int:
     if args.docker:
         from parent.container import run_in_docker
         return run_in_docker(args, labs, source, resolve_device(args.device))
-    display = os.path.relpath(source) if not os.path.relpath(source).startswith("..") else str(source)
     started, results, error = time.monotonic(), [], None
-    try:
+    display = str(source)
+    try:  # from here on, whatever happens, --json (Gradescope's results.json) is written below
+        if args.gradescope:
+            from parent.submission import find_lab_files
+            source = find_lab_files(source)
+        from parent.verdict import clean_name
+        display = clean_name(os.path.relpath(source) if not os.path.relpath(source).startswith("..") else source)
         device = resolve_device(args.device)
         from parent.grade import grade_submissions, preload, warn_if_unconfined
         if args.batch or args.gradescope:

@@ -3,8 +3,9 @@
 The CSV is rewritten as each submission finishes (a fresh temporary file renamed over it, so only the grader
 writes it), so an interrupted run loses nothing, and a re-run skips every submission already in the CSV (delete
 a row, or the file, to grade again). A submission that hangs or crashes is recorded with its status and the
-batch goes on. Folder names are cleaned of control characters, and a cell a spreadsheet would read as a
-formula (=, +, -, @) is quoted with a leading apostrophe.
+batch goes on; whatever goes wrong with one submission (its files, its name, its grading, its row) is that
+submission's "error" row with a reason. A folder name of any bytes is kept, escaped where it is not printable, and a
+cell a spreadsheet would read as a formula (=, +, -, @) is quoted with a leading apostrophe.
 """
 import csv
 import io
@@ -29,18 +30,21 @@ def done_already(path: Path) -> list:
         return [r for r in csv.DictReader(f) if r.get("submission")]
 
 
-def cell(text: str) -> str:
-    """A CSV cell a spreadsheet shows as text: no control characters, no leading formula sign."""
-    from parent.verdict import clean
-    text = clean(text)
+def cell(text: str, name: bool = False) -> str:
+    """A CSV cell a spreadsheet shows as text: no control characters, no leading formula sign; a submission's
+    name keeps every byte it had, escaped where it is not printable (see verdict.clean_name)."""
+    from parent.verdict import clean, clean_name
+    text = clean_name(text) if name else clean(text)
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def row(name: str, results) -> dict:
-    out = {"submission": cell(name), "score": sum(r.score for r in results), "max_score": sum(r.max_score for r in results)}
+    out = {"submission": cell(name, name=True), "score": sum(r.score for r in results), "max_score": sum(r.max_score for r in results)}
     for r in results:
         out[f"{r.lab}_score"], out[f"{r.lab}_status"] = r.score, r.status
-        out[f"{r.lab}_notes"] = cell(" ".join(r.notes))  # "fix lab N first", when an earlier lab breaks this one
+        # why a lab was not graded or stopped (a TA reads it in the gradebook), and "fix lab N first" notes
+        why = [r.detail[:300]] if r.detail and r.status not in ("passed", "failed") else []
+        out[f"{r.lab}_notes"] = cell(" ".join([*why, *r.notes]))
     return out
 
 
@@ -52,7 +56,7 @@ def run_batch(folder, labs, args, device, hide=()) -> int:
     submissions = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     rows = done_already(out)
     skip = {r["submission"] for r in rows}
-    todo = [p for p in submissions if cell(p.name) not in skip]
+    todo = [p for p in submissions if cell(p.name, name=True) not in skip]
     fields = columns(labs)
     print(f"{len(submissions)} submissions in {cell(str(folder))}: {len(submissions) - len(todo)} already in "
           f"{cell(str(out))}, grading {len(todo)} ({len(labs)} lab(s) each, {args.jobs} at a time)", file=sys.stderr)
@@ -74,11 +78,17 @@ def run_batch(folder, labs, args, device, hide=()) -> int:
             bar.advance(task)
             finished.setdefault(key, {})[result.lab] = result
             if len(finished[key]) == len(labs):  # the submission is complete: its row goes in now
-                rows.append(row(key, [finished[key][lab] for lab in labs]))
+                try:
+                    rows.append(row(key, [finished[key][lab] for lab in labs]))
+                except Exception as exc:  # noqa: BLE001  (the grader's own bug: this row says so, the batch goes on)
+                    rows.append({"submission": cell(key, name=True), "score": 0, "max_score": "",
+                                 **{f"{lab}_status": "error" for lab in labs},
+                                 **{f"{lab}_notes": f"the grader could not write this row ({type(exc).__name__})"
+                                    for lab in labs}})
                 save()
                 if not sys.stderr.isatty():
-                    print(f"graded {cell(key)}: " + ", ".join(f"{lab} {finished[key][lab].status}" for lab in labs),
-                          file=sys.stderr)
+                    print(f"graded {cell(key, name=True)}: " + ", ".join(f"{lab} {finished[key][lab].status}"
+                                                                         for lab in labs), file=sys.stderr)
 
         grade_submissions([(p.name, p, p.name) for p in todo], labs, args, device, on_done=lab_done, probe=False,
                           hide=(*hide, str(folder.resolve())))

@@ -3,13 +3,14 @@ and turn the judges' records into verdicts. The parent never runs student code a
 (its checks are listed from their source, parent/verdict.py); it only preloads the judge's module, by name, so
 judges fork from a warm heap.
 """
+import os
 import sys
 from pathlib import Path
 
 from pack.labs import FILES, LABS, earlier, order
 from parent.submission import read_submission
 from parent.supervise import JUDGE, Task, run_tasks
-from parent.verdict import LabResult, clean, decide, expected_checks, note_dependencies
+from parent.verdict import LabResult, clean, clean_name, decide, expected_checks, note_dependencies
 
 
 def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=True, hide=()) -> dict:
@@ -21,10 +22,14 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=
     """
     own_labs = getattr(args, "own_labs", False)
     results, tasks = {}, []
-    hide = (*hide, *{str(Path(source).resolve()) for _, source, _ in submissions})
+    hide = covering((*hide, *(str(Path(source).resolve()) for _, source, _ in submissions)))
     for key, source, display in submissions:
-        display = clean(display)
-        sources, refused = read_submission(Path(source))
+        display = clean_name(display)
+        try:  # one submission's boundary: whatever its files do to the reader, it gets its own reason
+            sources, refused = read_submission(Path(source))
+        except Exception as exc:  # noqa: BLE001
+            sources, refused = {}, {FILES[lab]: f"the grader could not read this submission ({type(exc).__name__})"
+                                    for lab in labs}
         results[key] = {}
         for lab in sorted(labs, key=order, reverse=True):  # the longest lab (lab 4) first: the others fit beside it
             file = FILES[lab]
@@ -42,8 +47,13 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=
 
     def judged(outcome, quiet=False):
         task = outcome.task
-        text = task.sources[FILES[task.lab]].decode(errors="replace")
-        results[task.key][task.lab] = decide(outcome, expected_checks(task.lab, task.select), text)
+        try:
+            text = task.sources[FILES[task.lab]].decode(errors="replace")
+            results[task.key][task.lab] = decide(outcome, expected_checks(task.lab, task.select), text)
+        except Exception as exc:  # noqa: BLE001  (the grader's own bug, met on this lab: its row says so)
+            results[task.key][task.lab] = LabResult(task.lab, "error", f"the grader failed on this lab "
+                                                    f"({type(exc).__name__}: {clean(exc)})",
+                                                    expected_checks(task.lab, task.select))
         if on_done and not quiet:
             on_done(task.key, results[task.key][task.lab])
 
@@ -59,6 +69,16 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=
         for labs_done in results.values():
             note_dependencies([labs_done[lab] for lab in LABS if lab in labs_done])
     return {key: [labs_done[lab] for lab in labs] for key, labs_done in results.items()}
+
+
+def covering(paths) -> tuple:
+    """The fewest folders that hide all of `paths`: one inside another is dropped (a class's 5,000 folders inside
+    the batch folder cost one entry in every worker's spec and one mount in its namespace, not 5,000)."""
+    kept = []
+    for path in sorted({os.path.normpath(p) for p in paths}, key=lambda p: p.split(os.sep)):
+        if not kept or not (path == kept[-1] or path.startswith(kept[-1].rstrip(os.sep) + os.sep)):
+            kept.append(path)
+    return tuple(kept)
 
 
 ZYGOTE = {}

@@ -15,13 +15,30 @@ from protocol.messages import Fault
 
 CHECKERS = Path(__file__).resolve().parent.parent / "checkers"
 
-# terminal control characters (C0 but tab and newline, DEL, C1): a submission's text must not drive a terminal
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# terminal control characters (C0 but tab and newline, DEL, C1) and the bidirectional overrides: a submission's
+# text must not drive a terminal or reorder what a TA reads
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_IN_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(match) -> str:
+    code = ord(match.group())
+    # a byte the filesystem's name held that is not UTF-8 (surrogateescape) shows as that byte
+    return f"\\x{code - 0xdc00:02x}" if 0xdc80 <= code <= 0xdcff else f"\\u{code:04x}"
 
 
 def clean(text) -> str:
-    """Text that came from a submission (or its folder's name), safe for a terminal, JSON and CSV."""
-    return _CONTROL.sub("", str(text))
+    """Text that came from a submission, safe for a terminal, JSON and CSV: control characters dropped (tab and
+    newline kept), lone surrogates written as escapes, so it always encodes as UTF-8."""
+    return _CONTROL.sub("", _SURROGATE.sub(_escaped, str(text)))
+
+
+def clean_name(name) -> str:
+    """A submission's folder name, safe everywhere and on one line: any byte a filesystem allows shows as itself or
+    as an escape (so two names stay two names), newlines and tabs included."""
+    return _IN_NAME.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}",
+                        _SURROGATE.sub(_escaped, str(name)))
 
 
 # a lab that broke a rule, or whose grading failed, is awarded no points
