@@ -1,11 +1,12 @@
 """Batch grading: every sub-folder of a folder is one submission; one CSV row per submission.
 
-The CSV is rewritten as each submission finishes (a fresh temporary file renamed over it, so only the grader
-writes it), so an interrupted run loses nothing, and a re-run skips every submission already in the CSV (delete
-a row, or the file, to grade again). A submission that hangs or crashes is recorded with its status and the
-batch goes on; whatever goes wrong with one submission (its files, its name, its grading, its row) is that
-submission's "error" row with a reason. A folder name of any bytes is kept, escaped where it is not printable, and a
-cell a spreadsheet would read as a formula (=, +, -, @) is quoted with a leading apostrophe.
+The CSV is rewritten as submissions finish (at most once a second, and at the end or on an interruption), each
+time as a fresh temporary file renamed over it, so only the grader writes it and an interrupted run loses nothing;
+a re-run skips every submission already in the CSV (delete a row, or the file, to grade again). A submission that
+hangs or crashes is recorded with its status and the batch goes on; whatever goes wrong with one submission (its
+files, its name, its grading, its row) is that submission's "error" row with a reason. A folder name of any bytes
+is kept, escaped where it is not printable, and a cell a spreadsheet would read as a formula (=, +, -, @) is quoted
+with a leading apostrophe.
 """
 import csv
 import io
@@ -70,6 +71,13 @@ def run_batch(folder, labs, args, device, hide=()) -> int:
 
     save()
     finished, started = {}, time.monotonic()
+    saved = [started]
+
+    def save_soon():  # at most one rewrite a second: a class of 5,000 does not rewrite the CSV 5,000 times
+        if time.monotonic() - saved[0] >= 1.0:
+            save()
+            saved[0] = time.monotonic()
+
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("grading", total=len(todo) * len(labs))
@@ -85,13 +93,16 @@ def run_batch(folder, labs, args, device, hide=()) -> int:
                                  **{f"{lab}_status": "error" for lab in labs},
                                  **{f"{lab}_notes": f"the grader could not write this row ({type(exc).__name__})"
                                     for lab in labs}})
-                save()
+                save_soon()
                 if not sys.stderr.isatty():
                     print(f"graded {cell(key, name=True)}: " + ", ".join(f"{lab} {finished[key][lab].status}"
                                                                          for lab in labs), file=sys.stderr)
 
-        grade_submissions([(p.name, p, p.name) for p in todo], labs, args, device, on_done=lab_done, probe=False,
-                          hide=(*hide, str(folder.resolve())))
+        try:
+            grade_submissions([(p.name, p, p.name) for p in todo], labs, args, device, on_done=lab_done, probe=False,
+                              hide=(*hide, str(folder.resolve())))
+        finally:  # interrupted or not, every finished row is in the CSV
+            save()
     seconds = time.monotonic() - started
     print(f"wrote {cell(str(out))}: {len(todo)} submissions graded in {seconds:.2f} s "
           f"({len(todo) / max(seconds, 1e-9):.2f} per second)", file=sys.stderr)
