@@ -104,6 +104,45 @@ def test_the_machines_own_are_found_and_the_search_is_bounded():
     assert len(zygote._world_writable(count=3, extra=())) <= 3
 
 
+# ---- making them private ------------------------------------------------------------------------------------------
+def test_found_folders_are_private_and_one_holding_the_interpreter_read_only():
+    if not mount_namespaces():
+        pytest.skip("no mount namespace here")
+    base = Path(tempfile.mkdtemp(prefix="labgrade-view-", dir="/var" if ROOT_USER else None))
+    lab_dir = tempfile.mkdtemp(prefix="labgrade-")
+    try:
+        plain, holding = base / "plain", base / "holding"
+        for folder in (plain, holding):
+            folder.mkdir()
+            folder.chmod(0o1777)
+            (folder / "left.py").write_text("x")
+        (holding / "venv").mkdir()
+        pid = os.fork()
+        if pid == 0:  # as a worker does: its own mount namespace first
+            code = 99
+            try:
+                zygote._unshare(zygote.CLONE_NEWNS | (0 if ROOT_USER else zygote.CLONE_NEWUSER))
+                zygote._mount(None, "/", None, zygote.MS_REC | zygote.MS_PRIVATE)
+                zygote.SHARED[:] = [str(plain), str(holding)]
+                zygote._private_dirs(lab_dir, [str(holding / "venv")])
+                code = 0 if os.listdir(plain) == [] else 10
+                (plain / "mine").write_text("y")
+                code += 0 if (holding / "left.py").read_text() == "x" and (holding / "venv").is_dir() else 20
+                try:
+                    (holding / "new").write_text("z")
+                    code += 40
+                except OSError:
+                    pass
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0, "10: not emptied, 20: the interpreter's folder covered, 40: writable"
+        assert sorted(p.name for p in plain.iterdir()) == ["left.py"] and not (holding / "new").exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(lab_dir, ignore_errors=True)
+
+
 # ---- cleaning after a uid ------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not ROOT_USER, reason="workers get a uid of their own only when the grader runs as root")
 def test_what_a_uid_left_in_a_world_writable_folder_is_removed():
