@@ -84,6 +84,8 @@ def parse_args(argv):
         p.error("--watch grades one folder on screen: not with --batch, --gradescope, --docker or --json")
     if args.dry_run and not args.docker:
         p.error("--dry-run goes with --docker")
+    if args.docker and args.hide:
+        p.error("--hide goes with grading on this machine: the image sees none of its folders anyway")
     if args.docker and (args.batch or args.gradescope):
         p.error("--docker grades one submission; run --batch or --gradescope inside the image instead")
     if args.timeout <= 0 or args.memory < 0 or args.jobs < 1:

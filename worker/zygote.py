@@ -13,9 +13,9 @@ tree, the submissions' folders, the grader's home and the folders named with --h
 world-writable folder of the machine (/tmp, /var/tmp, /dev/shm, /run/lock, ...: found once, when the zygote
 starts) is private, and, where the grader runs as root, an unprivileged uid of its own (one per running worker)
 owning only its private copy of the lab files, whose every process is killed when the worker ends and whose files
-in those world-writable folders are removed then (all a uid alone can do where no mount namespace is allowed). A cgroup, where one is writable, caps
-the memory and the number of processes of the worker and all it starts; elsewhere each process has the
-address-space cap and the uid a process limit.
+in those world-writable folders are removed then (all a uid alone can do where no mount namespace is allowed). A
+cgroup, where one is writable, caps the memory and the number of processes of the worker and all it starts;
+elsewhere each process has the address-space cap and the uid a process limit.
 """
 import ctypes
 import dataclasses
@@ -37,7 +37,8 @@ from protocol.messages import SPEC, WorkerSpec
 UIDS = range(61000, 61064)  # one per concurrently running worker, when running as root
 UID_LOCKS = ("/run/labgrade-uids", "/tmp/labgrade-uids")  # a lock per uid in use: two graders never share one
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # shared writable places: each worker gets empty ones
 SHARED = []  # every world-writable folder of the machine (PRIVATE_DIRS among them): _world_writable(), at start
 SCAN_DEPTH, SCAN_COUNT, SCAN_SECONDS = 4, 20000, 2.0  # bounds of that search: /a/b/c/d, folders looked at, time
@@ -132,7 +133,8 @@ def _world_writable(top: str = "/", depth: int = SCAN_DEPTH, count: int = SCAN_C
                 break
         level = below
     for path in [*_mount_points(), *PRIVATE_DIRS] if extra is None else extra:
-        if seen < count and path != top and not any(path == s or path.startswith(s + "/") for s in skip) and path not in found:
+        skipped = any(path == s or path.startswith(s + "/") for s in skip)
+        if seen < count and path != top and not skipped and path not in found:
             look(path)
     found = sorted(set(found), key=lambda p: (p.count("/"), p))
     return [p for i, p in enumerate(found) if not any(p.startswith(q.rstrip("/") + "/") for q in found[:i])]
@@ -146,8 +148,8 @@ def _mount_points(limit: int = 1000) -> list:
     except OSError:
         return []
     unescape = lambda m: bytes([int(m.group(1), 8) & 0xFF])  # noqa: E731
-    return [os.fsdecode(re.sub(rb"\\([0-7]{3})", unescape, fields[1])) for fields in (line.split(b" ") for line in lines)
-            if len(fields) > 2 and fields[1].startswith(b"/")]
+    points = [fields[1] for fields in (line.split(b" ") for line in lines) if len(fields) > 2]
+    return [os.fsdecode(re.sub(rb"\\([0-7]{3})", unescape, p)) for p in points if p.startswith(b"/")]
 
 
 def _private_dirs(lab_dir: str, keep=()):
