@@ -59,6 +59,9 @@ def parse_args(argv):
     p.add_argument("--dry-run", action="store_true", help="with --docker: print the docker command, run nothing")
     p.add_argument("--watch", action="store_true",
                    help="stay running and grade again each time a lab file is saved (Ctrl-C to stop)")
+    p.add_argument("--hide", action="append", default=[], metavar="DIR",
+                   help="a folder (or file) workers must not see, besides the pack, the submissions, the results and "
+                        "the home folder (repeatable; where workers get a mount namespace)")
     p.add_argument("--isolation", choices=("fork", "spawn"), default="fork" if sys.platform == "linux" else "spawn",
                    help="fork children from this preloaded process (fast, Linux) or start fresh interpreters")
     args = p.parse_args(argv)
@@ -72,12 +75,17 @@ def parse_args(argv):
     for flag, folder in (("--submission", args.submission), ("--batch", args.batch)):
         if folder and not Path(folder).is_dir():
             p.error(f"{flag} {folder}: no such folder")
+    for folder in args.hide:
+        if not os.path.lexists(folder):
+            p.error(f"--hide {folder}: no such folder or file")
     if args.solutions and not (ROOT / "solutions").is_dir() and not args.docker:
         p.error("--solutions: this copy of the pack has no solutions/ folder")
     if args.watch and (args.batch or args.gradescope or args.docker or args.json):
         p.error("--watch grades one folder on screen: not with --batch, --gradescope, --docker or --json")
     if args.dry_run and not args.docker:
         p.error("--dry-run goes with --docker")
+    if args.docker and args.hide:
+        p.error("--hide goes with grading on this machine: the image sees none of its folders anyway")
     if args.docker and (args.batch or args.gradescope):
         p.error("--docker grades one submission; run --batch or --gradescope inside the image instead")
     if args.timeout <= 0 or args.memory < 0 or args.jobs < 1:
@@ -159,6 +167,7 @@ def main(argv=None) -> int:
         args.json = str(autograder / "results" / "results.json")
     # the folders results go to: a worker's process must not even see them
     hide += tuple(str(Path(f).resolve().parent) for f in (args.json, args.csv if args.batch else None) if f)
+    hide += tuple(str(Path(f).resolve()) for f in args.hide)  # --hide: the instructor's own
     source = ROOT / "solutions" if args.solutions else Path(args.submission) if args.submission else ROOT / "labs"
     if args.docker:
         from parent.container import run_in_docker

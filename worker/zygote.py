@@ -9,16 +9,19 @@ its workers and exits.
 
 A worker is confined as far as the machine allows: its own session, resource limits, a pid namespace with its
 own /proc (what it starts dies with it, and it sees no process outside), a mount namespace in which the grader's
-tree, the submissions' folders and the grader's home are hidden and /tmp, /var/tmp and /dev/shm are private, and,
-where the grader runs as root, an unprivileged uid of its own (one per running worker) owning only its private
-copy of the lab files, whose every process is killed when the worker ends. A cgroup, where one is writable, caps
-the memory and the number of processes of the worker and all it starts; elsewhere each process has the
-address-space cap and the uid a process limit.
+tree, the submissions' folders, the grader's home and the folders named with --hide are hidden and every
+world-writable folder of the machine (/tmp, /var/tmp, /dev/shm, /run/lock, ...: found once, when the zygote
+starts) is private, and, where the grader runs as root, an unprivileged uid of its own (one per running worker)
+owning only its private copy of the lab files, whose every process is killed when the worker ends and whose files
+in those world-writable folders are removed then (all a uid alone can do where no mount namespace is allowed). A
+cgroup, where one is writable, caps the memory and the number of processes of the worker and all it starts;
+elsewhere each process has the address-space cap and the uid a process limit.
 """
 import ctypes
 import dataclasses
 import fcntl
 import os
+import re
 import resource
 import select
 import signal
@@ -34,8 +37,13 @@ from protocol.messages import SPEC, WorkerSpec
 UIDS = range(61000, 61064)  # one per concurrently running worker, when running as root
 UID_LOCKS = ("/run/labgrade-uids", "/tmp/labgrade-uids")  # a lock per uid in use: two graders never share one
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # shared writable places: each worker gets empty ones
+SHARED = []  # every world-writable folder of the machine (PRIVATE_DIRS among them): _world_writable(), at start
+SCAN_DEPTH, SCAN_COUNT, SCAN_SECONDS = 4, 20000, 2.0  # bounds of that search: /a/b/c/d, folders looked at, time
+NOT_SCANNED = ("/proc", "/sys")
+CLEAN_DEPTH, CLEAN_COUNT = 8, 20000  # bounds of removing what a finished worker's uid left in SHARED
 SYSTEM = {"/", "/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/dev", "/proc", "/sys", "/opt", "/var", "/run",
           *PRIVATE_DIRS}  # never hidden (the private ones are replaced instead)
 MAX_TASKS = 128  # processes and threads of one worker (a cgroup's pids.max, else the uid's RLIMIT_NPROC)
@@ -83,13 +91,81 @@ def _hide(paths, keep):
             _mount("/dev/null", path, None, MS_BIND)
 
 
-def _private_dirs(lab_dir: str):
-    """Empty /tmp, /var/tmp and /dev/shm of the worker's own; its copy of the lab files is bound back in place."""
+def _world_writable(top: str = "/", depth: int = SCAN_DEPTH, count: int = SCAN_COUNT, seconds: float = SCAN_SECONDS,
+                    skip=NOT_SCANNED, extra=None) -> list:
+    """Every folder under `top` (`depth` levels deep, at most `count` folders looked at, for `seconds` at most) and
+    of `extra` (default: every mount point, and PRIVATE_DIRS) whose mode lets anybody write in it (sticky or not):
+    the places one worker could leave something for the next. A folder inside one found is not listed (it goes with
+    it); links are not followed; `skip` is not entered."""
+    found, seen = [], 0
+    deadline = time.monotonic() + seconds
+
+    def look(path: str) -> bool:  # True: keep walking below it
+        nonlocal seen
+        seen += 1
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return False
+        if not stat.S_ISDIR(info.st_mode):
+            return False
+        if info.st_mode & stat.S_IWOTH:
+            found.append(path)
+            return False
+        return True
+    level = [top]
+    for _ in range(depth):
+        below = []
+        for folder in level:
+            try:
+                names = sorted(os.listdir(folder))
+            except OSError:
+                continue
+            for name in names:
+                path = os.path.join(folder, name)
+                if any(path == s or path.startswith(s + "/") for s in skip):
+                    continue
+                if look(path):
+                    below.append(path)
+                if seen >= count or time.monotonic() > deadline:
+                    break
+            if seen >= count or time.monotonic() > deadline:
+                break
+        level = below
+    for path in [*_mount_points(), *PRIVATE_DIRS] if extra is None else extra:
+        skipped = any(path == s or path.startswith(s + "/") for s in skip)
+        if seen < count and path != top and not skipped and path not in found:
+            look(path)
+    found = sorted(set(found), key=lambda p: (p.count("/"), p))
+    return [p for i, p in enumerate(found) if not any(p.startswith(q.rstrip("/") + "/") for q in found[:i])]
+
+
+def _mount_points(limit: int = 1000) -> list:
+    """The mount points of this process's namespace (from /proc/self/mounts, its octal escapes undone)."""
+    try:
+        with open("/proc/self/mounts", "rb") as f:
+            lines = f.read(1 << 20).splitlines()[:limit]
+    except OSError:
+        return []
+    unescape = lambda m: bytes([int(m.group(1), 8) & 0xFF])  # noqa: E731
+    points = [fields[1] for fields in (line.split(b" ") for line in lines) if len(fields) > 2]
+    return [os.fsdecode(re.sub(rb"\\([0-7]{3})", unescape, p)) for p in points if p.startswith(b"/")]
+
+
+def _private_dirs(lab_dir: str, keep=()):
+    """An empty tmpfs of the worker's own over every world-writable folder (SHARED, else PRIVATE_DIRS); one that
+    holds or is among `keep` (the interpreter's folders) is bound read-only instead. The worker's copy of the lab
+    files is bound back in place."""
     fd = os.open(lab_dir, os.O_PATH | os.O_DIRECTORY)
     try:
-        for path in PRIVATE_DIRS:
-            if os.path.isdir(path) and not os.path.islink(path):
-                _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
+        for path in SHARED or PRIVATE_DIRS:
+            if not os.path.isdir(path) or os.path.islink(path):
+                continue
+            if any(path == k or k.startswith(path + "/") or path.startswith(k + "/") for k in keep):
+                if _mount(path, path, None, MS_BIND | MS_REC):
+                    _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+                continue
+            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
         if not os.path.isdir(lab_dir):
             os.makedirs(lab_dir, mode=0o700)
             _mount(f"/proc/self/fd/{fd}", lab_dir, None, MS_BIND)
@@ -133,8 +209,9 @@ def _confine(spec: dict) -> dict:
             except OSError:
                 pass
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
-        _hide(spec.get("hide", []), KEEP or _keep())
-        _private_dirs(spec["lab_dir"])
+        keep = KEEP or _keep()
+        _hide(spec.get("hide", []), keep)
+        _private_dirs(spec["lab_dir"], keep)
     return got
 
 
@@ -266,6 +343,7 @@ def run(sock: socket.socket):
     """The zygote's loop. Never returns."""
     prctl(PR_SET_DUMPABLE, 0)
     KEEP[:] = _keep()
+    SHARED[:] = _world_writable()
     _sweep()
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # what a worker leaves behind is reparented here, and reaped
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -372,7 +450,9 @@ def _own_folder(path: str) -> bool:
 
 
 def _end(w: dict):
-    """After a worker: kill every process still running under its uid, then free its uid and cgroups."""
+    """After a worker: kill every process still running under its uid, remove what the uid left in the machine's
+    world-writable folders (where it had no private ones, a later worker would find it), then free its uid and
+    cgroups."""
     if w.get("uid") is not None:
         pid = os.fork()
         if pid == 0:
@@ -380,6 +460,8 @@ def _end(w: dict):
                 os.setgid(w["uid"])
                 os.setuid(w["uid"])
                 os.kill(-1, signal.SIGKILL)  # as that uid: every process of the uid but this one
+                _clean(w["uid"], SHARED or PRIVATE_DIRS, spare=(w.get("lab_dir"),))
+                os.kill(-1, signal.SIGKILL)  # one that was still starting when the first signal went
             finally:
                 os._exit(0)
         try:
@@ -390,6 +472,59 @@ def _end(w: dict):
     if w.get("cgroups"):
         DRAINING.append((w["caps"], w["cgroups"]))
     _recycle()
+
+
+def _clean(uid: int, folders, spare=(), depth: int = CLEAN_DEPTH, count: int = CLEAN_COUNT) -> int:
+    """Remove every file and folder owned by `uid` in `folders` (and in the world-writable folders below them), but
+    `spare`; returns how many went. Run as that uid, never as root: it removes only what the uid itself could (its
+    own files in a sticky folder, anything in its own folders), and a link swapped in under it leads nowhere else.
+    At most `count` entries are looked at, `depth` levels down."""
+    spare = {os.path.normpath(p) for p in spare if p}
+    budget = [count, 0]  # looked at, removed
+
+    def entries(folder):
+        try:
+            with os.scandir(folder) as it:
+                for e in it:
+                    if budget[0] <= 0:
+                        return
+                    budget[0] -= 1
+                    yield e
+        except OSError:
+            return
+
+    def remove(path, info, level):
+        if stat.S_ISDIR(info.st_mode):
+            try:
+                os.chmod(path, 0o700)  # a folder it closed to itself (a link here was not followed: lstat said dir)
+            except OSError:
+                pass
+            if level > 0:
+                for e in list(entries(path)):
+                    try:
+                        remove(e.path, e.stat(follow_symlinks=False), level - 1)
+                    except OSError:
+                        pass
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+        budget[1] += 1
+
+    def walk(folder, level):
+        for e in list(entries(folder)):
+            if e.path in spare:
+                continue
+            try:
+                info = e.stat(follow_symlinks=False)
+                if info.st_uid == uid:
+                    remove(e.path, info, level)
+                elif stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH and level > 0:
+                    walk(e.path, level - 1)  # somebody's folder that anybody may write in
+            except OSError:
+                pass
+    for folder in folders:
+        walk(folder, depth)
+    return budget[1]
 
 
 def _recycle():
@@ -446,7 +581,8 @@ def _spawn(spec: dict, fds: list, sock, workers: dict):
         _worker({**spec, "uid": uid, "cgroups": cgroups}, fds, sock)
     for fd in fds[:3]:
         os.close(fd)
-    workers[pid] = {"ctl": ctl, "judge": judge, "uid": uid, "lock": lock, "cgroups": cgroups, "caps": caps}
+    workers[pid] = {"ctl": ctl, "judge": judge, "uid": uid, "lock": lock, "cgroups": cgroups, "caps": caps,
+                    "lab_dir": spec.get("lab_dir")}
     try:
         os.write(ctl, f"pid {pid} {uid if uid is not None else -1}\n".encode())
     except OSError:
