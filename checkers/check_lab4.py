@@ -193,8 +193,8 @@ def test_get_batch_shift(w):
 
 
 @points(1)
-def test_training_logs_20_steps(w):
-    """train logs one finite loss per step (at least 20)."""
+def test_training_logs_every_step(w):
+    """train logs one finite loss per step (150 steps here; the lab asks for at least 20)."""
     run = trained(w)
     if len(run.losses) != STEPS:
         fail(f"train(steps={STEPS}) returned {len(run.losses)} losses; log one per step.", "train")

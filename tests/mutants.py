@@ -155,11 +155,11 @@ MUTANTS = [
     Mutant("lab4-short-windows", "lab4", [("seq_len = seq_len or model.max_seq_len", "seq_len = seq_len or 8")],
            {"test_train_uses_full_context"}, "train"),
     Mutant("lab4-logs-every-other-step", "lab4", [("        losses.append(loss.item())", "        if _ % 2:\n            losses.append(loss.item())")],
-           {"test_training_logs_20_steps"}, "train"),
+           {"test_training_logs_every_step"}, "train"),
     Mutant("lab4-tiny-lr", "lab4", [("AdamW(model.parameters(), lr=lr)", "AdamW(model.parameters(), lr=lr * 1e-3)")],
            {"test_loss_drops_30_percent", "test_greedy_continues_pattern"}, "train"),
     Mutant("lab4-train-diverges", "lab4", [("AdamW(model.parameters(), lr=lr)", "AdamW(model.parameters(), lr=lr * 1e12)")],
-           {"test_training_logs_20_steps", "test_loss_drops_30_percent", "test_losses_are_honest",
+           {"test_training_logs_every_step", "test_loss_drops_30_percent", "test_losses_are_honest",
             "test_greedy_continues_pattern"}, "train"),  # NaN losses
     Mutant("lab4-top-k-ignored", "lab4", [("if top_k is not None:", "if False:")], {"test_top_k_sampling"}, "sampling"),
     Mutant("lab4-argmax-not-sampling", "lab4", [("torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)", "logits.argmax(-1, keepdim=True)")],
