@@ -335,3 +335,60 @@ def test_hide_hides_a_folder(tmp_path):
 def test_hide_must_name_something(tmp_path):
     proc = run_grader("lab1", "--solutions", "--hide", tmp_path / "nothing")
     assert proc.returncode == 2 and "--hide" in proc.stderr
+
+
+# ---- System V IPC: shared memory one worker leaves for the next -------------------------------------------------
+SHM = '''
+import ctypes as _c
+_l = _c.CDLL(None, use_errno=True)
+_l.shmget.argtypes, _l.shmat.argtypes = (_c.c_int, _c.c_size_t, _c.c_int), (_c.c_int, _c.c_void_p, _c.c_int)
+_l.shmat.restype = _c.c_void_p
+'''
+SHM_PLANT = SHM + '''
+_data = %(code)r.encode()
+_id = _l.shmget(%(key)d, len(_data) + 8, 0o1000 | 0o644)  # IPC_CREAT, readable by anybody
+if _id >= 0:
+    _p = _l.shmat(_id, None, 0)
+    if _p and _p != _c.c_void_p(-1).value:
+        _c.memmove(_p, str(len(_data)).zfill(8).encode() + _data, len(_data) + 8)
+'''
+SHM_SEEK = SHM + '''
+_id = _l.shmget(%(key)d, 0, 0)
+if _id >= 0:
+    _p = _l.shmat(_id, None, 0o10000)  # SHM_RDONLY
+    if _p and _p != _c.c_void_p(-1).value:
+        exec(compile(_c.string_at(_p + 8, int(_c.string_at(_p, 8))).decode(), "found", "exec"), globals())
+'''
+# each defence alone: the IPC namespace (its cleaning switched off), or, without namespaces, the cleaning
+IPC_MODES = {"namespaces": "z._clean_ipc = lambda *a: 0", "uid": "z._unshare = lambda flags: False"}
+IPC_CONTROLS = {"namespaces": "z._clean_ipc = lambda *a: 0\nz.CLONE_NEWIPC = 0",
+                "uid": "z._unshare = lambda flags: False\nz._clean_ipc = lambda *a: 0"}
+
+
+def remove_segment(key: int):
+    import ctypes
+    lib = ctypes.CDLL(None, use_errno=True)
+    lib.shmget.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
+    found = lib.shmget(key, 0, 0)
+    if found >= 0:
+        lib.shmctl(found, 0, None)  # IPC_RMID
+
+
+@pytest.mark.parametrize("defended", [True, False])
+@pytest.mark.parametrize("mode", IPC_MODES)
+def test_shared_memory_left_by_one_worker_is_gone_for_the_next(tmp_path, mode, defended):
+    skip_unless(mode)
+    key = 0x4C000000 + secrets.randbelow(1 << 20)
+    subs = tmp_path / "submissions"
+    values = {"key": key, "code": SOLUTION1}
+    submission(subs / "mallory", "lab1", [(L1_IMPORT, L1_IMPORT + SHM_PLANT % values)])
+    submission(subs / "trudy", "lab1", source=STUB1 + SHM_SEEK % values)  # graded after mallory (--jobs 1)
+    try:
+        graded = grade_batch(subs, tmp_path / "grades.csv", (IPC_MODES if defended else IPC_CONTROLS)[mode])
+    finally:
+        remove_segment(key)
+    assert graded["mallory"]["score"] == graded["mallory"]["max_score"] != "0", graded["mallory"]
+    if defended:
+        assert graded["trudy"]["lab1_score"] == "0", graded["trudy"]
+    else:  # the control: with the defence off, the attack works
+        assert graded["trudy"]["lab1_score"] == graded["trudy"]["max_score"] != "0", graded["trudy"]

@@ -36,7 +36,7 @@ from protocol.messages import SPEC, WorkerSpec
 
 UIDS = range(61000, 61064)  # one per concurrently running worker, when running as root
 UID_LOCKS = ("/run/labgrade-uids", "/tmp/labgrade-uids")  # a lock per uid in use: two graders never share one
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWIPC = 0x00020000, 0x10000000, 0x20000000, 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # shared writable places: each worker gets empty ones
@@ -198,7 +198,8 @@ def _confine(spec: dict) -> dict:
     got = {}
     root = os.geteuid() == 0
     uid, gid = os.geteuid(), os.getegid()
-    flags = CLONE_NEWPID | CLONE_NEWNS | (0 if root else CLONE_NEWUSER)
+    # an IPC namespace too: System V shared memory, semaphores and message queues are the worker's own
+    flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | (0 if root else CLONE_NEWUSER)
     if _unshare(flags):
         got["namespaces"] = True
         if not root:  # map ourselves, so that mounts inside are allowed
@@ -461,6 +462,7 @@ def _end(w: dict):
                 os.setuid(w["uid"])
                 os.kill(-1, signal.SIGKILL)  # as that uid: every process of the uid but this one
                 _clean(w["uid"], SHARED or PRIVATE_DIRS, spare=(w.get("lab_dir"),))
+                _clean_ipc(w["uid"])
                 os.kill(-1, signal.SIGKILL)  # one that was still starting when the first signal went
             finally:
                 os._exit(0)
@@ -525,6 +527,37 @@ def _clean(uid: int, folders, spare=(), depth: int = CLEAN_DEPTH, count: int = C
     for folder in folders:
         walk(folder, depth)
     return budget[1]
+
+
+IPC_RMID = 0
+SYSVIPC = {"shm": ("shmid", lambda lib, i: lib.shmctl(i, IPC_RMID, None)),
+           "sem": ("semid", lambda lib, i: lib.semctl(i, 0, IPC_RMID)),
+           "msg": ("msqid", lambda lib, i: lib.msgctl(i, IPC_RMID, None))}
+
+
+def _clean_ipc(uid: int, listing: str = "/proc/sysvipc") -> int:
+    """Remove the System V shared memory, semaphores and message queues `uid` owns or made in this IPC namespace
+    (a worker without an IPC namespace of its own could leave them for the next); run as that uid. Returns how
+    many went."""
+    lib, removed = ctypes.CDLL(None, use_errno=True), 0
+    for kind, (id_column, remove) in SYSVIPC.items():
+        try:
+            with open(os.path.join(listing, kind)) as f:
+                lines = f.read(1 << 20).splitlines()[:10000]
+        except OSError:
+            continue
+        if not lines:
+            continue
+        header = lines[0].split()
+        try:
+            at_id, at_uid, at_cuid = header.index(id_column), header.index("uid"), header.index("cuid")
+        except ValueError:
+            continue
+        for line in lines[1:]:
+            cells = line.split()
+            if len(cells) > max(at_id, at_uid, at_cuid) and str(uid) in (cells[at_uid], cells[at_cuid]):
+                removed += remove(lib, int(cells[at_id])) == 0
+    return removed
 
 
 def _recycle():
