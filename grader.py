@@ -40,7 +40,8 @@ def parse_args(argv):
                    help="grade each lab on the submission's own earlier labs, not the pack's stand-ins for them "
                         "(one bug then costs points in every lab built on it)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where checks run (default auto)")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="wall time per lab (default 60)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="CPU seconds per lab for its workers, within a wall-clock bound three times longer (default 60)")
     p.add_argument("--memory", type=float, default=4.0, metavar="GIB", help="memory cap per lab in GiB (default 4)")
     p.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="labs graded at once")
     p.add_argument("-k", "--check", action="append", metavar="NAME", help="run only this check (repeatable)")

@@ -24,7 +24,7 @@ from pack.spawn import Kept, fresh_interpreter
 from protocol import messages as m
 from protocol.codec import ProtocolError, read_frame, write_frame
 from protocol.messages import SPEC
-from protocol.messages import Backward, Fault, Options, wait_fault
+from protocol.messages import WALL_FACTOR, Backward, Fault, Options, Usage, wait_fault
 from protocol.values import DTYPES, Packer, Unpacker, load_tensors, save_tensors
 
 NO_GRAD = Options(no_grad=True)
@@ -34,9 +34,9 @@ class WorkerGone(Exception):
     """The worker did not answer; `fault` says how (timeout, crashed, exited, out of memory, or exception when the
     grader could not start it or read it)."""
 
-    def __init__(self, fault: Fault, detail: str):
+    def __init__(self, fault: Fault, detail: str, usage: Usage = None):
         super().__init__(detail)
-        self.fault, self.detail = fault, detail
+        self.fault, self.detail, self.usage = fault, detail, usage
 
     @property
     def status(self) -> str:
@@ -162,12 +162,18 @@ class Handle:
 
 
 class Worker:
-    """One lab's worker: started on first use, restarted after it dies; requests time out after `timeout`."""
+    """One lab's worker: started on first use, restarted after it dies.
+
+    A request may use `timeout` CPU seconds of the worker's processes (all of them: read from the worker's cgroup,
+    else from /proc of its process tree), within a wall-clock bound WALL_FACTOR times longer and the lab's
+    `deadline`; `budget` (CPU seconds) bounds what the lab's workers use in all (siblings share it)."""
 
     def __init__(self, sources: dict, device: str = "cpu", memory: float = 4.0, timeout: float = 30.0,
-                 zygote: socket.socket = None, hide=(), deadline: float = None, trusted=()):
+                 zygote: socket.socket = None, hide=(), deadline: float = None, trusted=(), budget: float = None):
         self.sources, self.device, self.memory, self.timeout = sources, device, memory, timeout
         self.zygote, self.hide, self.deadline = zygote, list(hide), deadline
+        self.budget = [budget]  # CPU seconds left to the lab (None: no budget), one list shared with siblings
+        self.cpu_file = None  # the worker's cgroup's CPU counter, when the zygote made one
         self.trusted = list(trusted)  # modules among `sources` that are the pack's stand-ins (imported first)
         self.proc = self.pid = None
         self.kept = Kept()
@@ -180,6 +186,7 @@ class Worker:
     def sibling(self, sources: dict, trusted=()) -> "Worker":
         """Another worker like this one on other files (closed with this one)."""
         other = Worker(sources, self.device, self.memory, self.timeout, self.zygote, self.hide, self.deadline, trusted)
+        other.budget = self.budget
         other.lab, other.submission, other.own_labs = self.lab, self.submission, self.own_labs
         self.siblings.append(other)
         return other
@@ -215,11 +222,13 @@ class Worker:
             line = self._ctl_line(10.0)
             if not line.startswith("pid "):
                 raise WorkerGone(Fault.EXCEPTION, "the grader could not start a worker process")
-            self.pid = int(line.split()[1])
+            words = line.split(maxsplit=3)
+            self.pid = int(words[1])
+            self.cpu_file = words[3] if len(words) > 3 and words[3] != "-" else None
         else:  # a fresh interpreter (isolation "spawn", or plain pytest)
             self.proc = fresh_interpreter("worker.serve", [req_r, resp_w, self.folder, self.device, *self.trusted],
                                           out_w, (req_r, resp_w), cwd=self.folder, new_session=True)
-            self.pid, self.ctl = self.proc.pid, None
+            self.pid, self.ctl, self.cpu_file = self.proc.pid, None, None
         for fd in (req_r, resp_w, out_w):
             os.close(fd)
         os.set_blocking(self.out_r, False)
@@ -293,7 +302,16 @@ class Worker:
             return WorkerGone(Fault.CRASHED, "the worker stopped answering")
         return WorkerGone(*wait_fault(status))
 
-    def _reader(self, deadline: float):
+    def cpu_seconds(self) -> tuple:
+        """(CPU seconds the worker's processes have used, where that was read): the cgroup's counter, which holds
+        every process the worker started (those that ended too), else the worker's process tree in /proc."""
+        if self.cpu_file:
+            got = cgroup_cpu(self.cpu_file)
+            if got is not None:
+                return got, "cgroup"
+        return tree_cpu(self.pid), "processes"
+
+    def _reader(self, deadline: float, cpu_start: float, cpu_limit: float):
         def read(fd, n):
             while True:
                 left = deadline - time.monotonic()
@@ -306,25 +324,50 @@ class Worker:
                     raise MemoryError
                 if fd in ready:
                     return os.read(fd, n)
+                if self.cpu_seconds()[0] - cpu_start > cpu_limit:
+                    raise TimeoutError
         return read
+
+    def limits(self, timeout: float = None) -> tuple:
+        """(CPU seconds, wall seconds) the next request may take: `timeout` (else the worker's) in CPU time, at most
+        what is left of the lab's CPU budget; WALL_FACTOR times that in wall time, at most what is left of the lab."""
+        cpu = timeout or self.timeout
+        if self.budget[0] is not None:
+            cpu = min(cpu, self.budget[0])
+        wall = cpu * WALL_FACTOR
+        if self.deadline is not None:
+            wall = min(wall, self.deadline - time.monotonic() - 0.5)
+        return cpu, wall
 
     def request(self, request, tensors: dict = None, timeout: float = None):
         """Send one request message; returns the Answer with its values decoded (tensors, Handles).
         Raises StudentError, ContractMissing or WorkerGone."""
         if self.pid is None:
             self.start()
-        limit = timeout or self.timeout
-        if self.deadline is not None:
-            limit = min(limit, self.deadline - time.monotonic() - 0.5)
-        if limit <= 0:
+        cpu_limit, wall_limit = self.limits(timeout)
+        if cpu_limit <= 0 or wall_limit <= 0:
             raise WorkerGone(Fault.TIMEOUT, "the lab's time ran out before this check")
+        cpu_start, begun, waited_start = self.cpu_seconds()[0], time.monotonic(), tree_waited(self.pid)
         try:
-            write_frame(self.req_w, request, save_tensors(tensors))
-            answer, blob = read_frame(self.resp_r, (m.Answer,), self._reader(time.monotonic() + limit))
-            got = load_tensors(blob)
+            try:
+                write_frame(self.req_w, request, save_tensors(tensors))
+                answer, blob = read_frame(self.resp_r, (m.Answer,), self._reader(begun + wall_limit, cpu_start, cpu_limit))
+                got = load_tensors(blob)
+            finally:
+                cpu, measured = self.cpu_seconds()
+                used = max(0.0, cpu - cpu_start)
+                if self.budget[0] is not None:
+                    self.budget[0] -= used
         except TimeoutError:
+            usage = Usage(cpu=used, wall=time.monotonic() - begun, waited=max(0.0, tree_waited(self.pid) - waited_start),
+                          cpu_limit=cpu_limit, wall_limit=wall_limit, measured=measured)
             self.close()
-            raise WorkerGone(Fault.TIMEOUT, f"no answer within {limit:.0f} s (an endless loop, or far too slow)") from None
+            if usage.cpu >= cpu_limit:
+                detail = f"used {cpu_limit:.1f} s of CPU without answering (an endless loop, or far too slow)"
+            else:
+                detail = (f"no answer within {usage.wall:.0f} s (an endless loop, or far too slow; it used "
+                          f"{usage.cpu:.1f} s of CPU and waited {usage.waited:.1f} s for one)")
+            raise WorkerGone(Fault.TIMEOUT, detail, usage) from None
         except MemoryError:
             self.close()
             raise WorkerGone(Fault.OOM, f"went past the memory cap of {self.memory:g} GiB") from None
@@ -391,16 +434,69 @@ class Worker:
         return value if type(value) is dict else {}
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of pid and every process under it."""
-    total, todo = 0, [pid]
+def _tree(pid: int) -> list:
+    """pid and every process under it (a process that left the tree, reparented elsewhere, is not found)."""
+    found, todo = [], [pid] if pid else []
     while todo:
         p = todo.pop()
+        found.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of pid and every process under it."""
+    total = 0
+    for p in _tree(pid):
         try:
             with open(f"/proc/{p}/statm") as f:
                 total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo += [int(c) for c in f.read().split()]
         except (OSError, ValueError, IndexError):
             pass
     return total
+
+
+def cgroup_cpu(path: str):
+    """CPU seconds in a cgroup's counter: v1 cpuacct.usage (nanoseconds) or v2 cpu.stat (usage_usec); None when it
+    cannot be read."""
+    try:
+        with open(path) as f:
+            text = f.read()
+        if path.endswith("cpuacct.usage"):
+            return int(text.strip()) / 1e9
+        usec = next(line.split()[1] for line in text.splitlines() if line.startswith("usage_usec "))
+        return int(usec) / 1e6
+    except (OSError, ValueError, StopIteration, IndexError):
+        return None
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user and system) of pid and every process under it, with the children each has reaped."""
+    total, tick = 0, os.sysconf("SC_CLK_TCK")
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / tick
+
+
+def tree_waited(pid: int) -> float:
+    """Seconds the threads of pid and every process under it have spent ready to run, waiting for a CPU (the
+    kernel's run delay, /proc/.../schedstat); 0 where the kernel does not keep it."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9

@@ -2,8 +2,10 @@
 
 `checks_of(lab)` lists a lab's checks in file order; `run_check` runs one against a worker and turns whatever
 happened into a CheckDone record: passed (with the figures the check returned), skipped, or failed with a Failure
-that names its Fault, message, hint and the student's frames. `files_for` decides which files a lab's worker holds.
+that names its Fault, message, hint and the student's frames; a check that timed out on a busy machine runs once
+more on a fresh worker. `files_for` decides which files a lab's worker holds.
 """
+import dataclasses
 import importlib
 import time
 import traceback
@@ -16,7 +18,7 @@ from judge.client import ContractMissing, StudentError, WorkerGone
 from judge.static import Forbidden
 from pack.labs import BY_MODULE, FILES, LABS, earlier, lab_of_module
 from protocol import messages as m
-from protocol.messages import Fault
+from protocol.messages import Fault, machine_busy
 
 MAX_MESSAGE = 4000
 STANDINS = Path(__file__).resolve().parent.parent / "worker" / "standins"  # read as files: run by the worker only
@@ -49,7 +51,7 @@ def files_for(lab: str, submission: dict, own=None) -> tuple:
 
 def describe(exc: BaseException, lab: str, display_dir: str) -> m.Failure:
     """What went wrong, in words, with the student frame it came from and its Fault."""
-    hint, trace, full, origin_lab, blame = None, [], "", None, None
+    hint, trace, full, origin_lab, blame, usage = None, [], "", None, None, None
     if isinstance(exc, CheckFailure):
         fault, text, hint, blame = Fault.ASSERT, str(exc), exc.hint, exc.blame
     elif isinstance(exc, Forbidden):
@@ -59,7 +61,7 @@ def describe(exc: BaseException, lab: str, display_dir: str) -> m.Failure:
         where = f"{owner}.py" if owner in BY_MODULE else owner
         fault, text = Fault.ASSERT, f"{where} defines no `{name}`: the lab's contract (module docstring) asks for it."
     elif isinstance(exc, WorkerGone):
-        fault, text = exc.fault, f"{exc.status}: {exc.detail}"
+        fault, text, usage = exc.fault, f"{exc.status}: {exc.detail}", exc.usage
     elif isinstance(exc, StudentError):
         show = lambda f: f"{display_dir}/{f.file}:{f.line}"  # noqa: E731
         trace = [f"{show(f)} in {f.function}: {f.text}" for f in exc.frames[-6:]]
@@ -90,15 +92,28 @@ def describe(exc: BaseException, lab: str, display_dir: str) -> m.Failure:
         fault, text = Fault.INTERNAL, f"the grader failed on this check ({type(exc).__name__}: {exc})"
         full = "".join(traceback.format_exception(exc))
     return m.Failure(fault=fault, message=text[:MAX_MESSAGE], hint=known_hint(hint or fault.hint), origin=origin_lab,
-                     trace=trace, traceback=full[-MAX_MESSAGE:], blame=blame if blame in LABS else None)
+                     trace=trace, traceback=full[-MAX_MESSAGE:], blame=blame if blame in LABS else None, usage=usage)
 
 
 def _figures(value) -> list:
     return [f for f in value if isinstance(f, m.Figure)][:4] if isinstance(value, (list, tuple)) else []
 
 
-def run_check(name: str, check, worker, lab: str, display_dir: str = ".") -> m.CheckDone:
-    """Run one check (seeded) against the worker; never raises but for KeyboardInterrupt."""
+def run_check(name: str, check, worker, lab: str, display_dir: str = ".", rerun: bool = True) -> m.CheckDone:
+    """Run one check (seeded) against the worker; never raises but for KeyboardInterrupt.
+
+    A check that timed out while the machine was busy (protocol.messages.machine_busy: its worker stopped at the
+    wall-clock bound with CPU time to spare, its processes kept waiting for a CPU) runs once more, on a fresh
+    worker; the record keeps the first try's failure in `rerun`, and the second try's outcome counts."""
+    done = _run_once(name, check, worker, lab, display_dir)
+    first = done.failure
+    if rerun and first is not None and first.fault is Fault.TIMEOUT and machine_busy(first.usage):
+        worker.close()  # the timeout closed it already; a fresh one starts on the next request
+        return dataclasses.replace(_run_once(name, check, worker, lab, display_dir), rerun=first)
+    return done
+
+
+def _run_once(name: str, check, worker, lab: str, display_dir: str) -> m.CheckDone:
     torch.manual_seed(0)
     start = time.perf_counter()
     try:

@@ -61,7 +61,13 @@ class _Child:
         self.start = time.monotonic()
 
 
-GRACE = 3.0  # seconds past its lab's time a judge gets to report before the parent kills it
+GRACE = 3.0  # seconds past its lab's wall-clock bound a judge gets to report before the parent kills it
+
+
+def wall_bound(task: Task) -> float:
+    """A lab's wall-clock bound: `timeout` is in CPU seconds of its workers, and this outer bound WALL_FACTOR times
+    longer only stops a lab on a machine far busier than the grader expects (or a worker that sleeps)."""
+    return task.timeout * m.WALL_FACTOR
 
 
 def _limits(task: Task):
@@ -73,8 +79,8 @@ def _limits(task: Task):
 def _spec(task: Task) -> m.JudgeSpec:
     return m.JudgeSpec(
         lab=task.lab, display_dir=task.display_dir,
-        device=task.device, check_timeout=max(1.0, task.timeout / 3), deadline=time.monotonic() + task.timeout,
-        memory=task.memory, own_labs=task.own_labs, select=task.select,
+        device=task.device, check_timeout=max(1.0, task.timeout / 3), cpu_budget=task.timeout,
+        deadline=time.monotonic() + wall_bound(task), memory=task.memory, own_labs=task.own_labs, select=task.select,
         hide=[str(ROOT), os.path.expanduser("~"), *map(str, task.hide)])
 
 
@@ -175,7 +181,7 @@ def run_tasks(tasks, jobs: int = 1, isolation: str = "fork", on_done=None, poll:
             for child in list(running):
                 task, out = child.task, child.outcome
                 if out.exit_code is None and out.signal is None:
-                    if now - child.start > task.timeout + GRACE:
+                    if now - child.start > wall_bound(task) + GRACE:
                         out.timed_out = True
                         _kill_group(child.pid)
                     pid, status = os.waitpid(child.pid, os.WNOHANG)

@@ -63,6 +63,7 @@ class Check:
     hidden: bool = False  # held back for the submission (not in the student release)
     skipped: bool = False  # did not apply to this submission: neither passed nor failed
     blame: str = None  # failed because of this earlier lab, not this one
+    rerun: str = None  # why it ran a second time (the machine was busy when it first timed out), in words
 
     @property
     def title(self) -> str:
@@ -165,15 +166,17 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
                 c.blame = f.blame if f.blame in earlier(task.lab) else None
                 c.hint, c.fault, c.kind = f.hint, f.fault, f.fault.value
                 c.trace, c.traceback = [clean(t) for t in f.trace], clean(f.traceback)
+            if r.rerun is not None:
+                c.rerun = rerun_note(r.rerun.usage)
     faults = [c for c in checks if c.fault is not None and c.fault.of_worker]
 
-    limit = f"{task.timeout:g} s"
+    limit = f"{task.timeout * m.WALL_FACTOR:g} s"
     if outcome.error:
         status, detail = "error", outcome.error
     elif forbidden:
         status, detail = "forbidden", forbidden[0]
     elif outcome.timed_out:
-        status, detail = "timeout", f"stopped after its time limit of {limit} (an endless loop, or far too slow)"
+        status, detail = "timeout", f"stopped at its wall-clock bound of {limit} (an endless loop, or far too slow)"
     elif outcome.signal is not None or end is None:
         status, detail = "error", "the grader's judge process did not finish (this is the grader's fault, not yours)"
     elif imported and not imported.ok:
@@ -215,6 +218,9 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
         if c.blame and not c.passed:
             result.notes.append(f"Lab {number} passes with the pack's own lab {LABS[c.blame].number}, but not with your "
                                 f"{LABS[c.blame].file}: fix lab {LABS[c.blame].number} first (python grader.py {c.blame}).")
+    for c in checks:
+        if c.rerun:
+            result.notes.append(f"“{c.title}” was re-run once: {c.rerun}; the second run counts.")
     failures = [r.failure for r in by_name.values() if r.failure]
     failures += [imported.failure] if imported and imported.failure else []
     blockers = sorted({f.origin for f in failures if f.fault is Fault.BLOCKED and f.origin in LABS}, key=order)
@@ -224,12 +230,20 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
     return result
 
 
+def rerun_note(usage) -> str:
+    """Why a check ran twice, in words, from the first try's Usage."""
+    if usage is None:
+        return "the machine was busy"
+    return (f"the machine was busy (its worker got {usage.cpu:.1f} s of CPU in {usage.wall:.1f} s and waited "
+            f"{usage.waited:.1f} s for one)")
+
+
 def note_dependencies(results: list):
     """A lab that fails while an earlier lab it builds on fails says so (never changes any verdict)."""
     failing = [r.lab for r in results if r.status != "passed"]
     for r in results:
         before = [lab for lab in failing if order(lab) < order(r.lab)]
-        if r.status != "passed" and before and not r.notes:
+        if r.status != "passed" and before and not [n for n in r.notes if "was re-run once" not in n]:
             first = LABS[before[0]].number
             r.notes.append(f"Lab {LABS[r.lab].number} builds on lab {first}, which is not passing yet: fix lab "
                            f"{first} first.")

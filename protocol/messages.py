@@ -63,6 +63,34 @@ def wait_fault(status: int) -> tuple:
     return Fault.EXITED, f"the process exited with code {os.WEXITSTATUS(status)} before answering"
 
 
+# A request's limit is in CPU seconds of the worker's own processes; its wall-clock bound is this many times longer
+# (a lab's too: `--timeout` CPU seconds, WALL_FACTOR times that in wall time), so a busy machine does not count
+# against the student.
+WALL_FACTOR = 3
+BUSY_WAIT = 0.25  # a worker whose processes waited for a CPU this share of a request's wall time: the machine was busy
+
+
+@message("usage")
+class Usage:
+    """What a worker's processes used during one request, and its limits: CPU seconds (`measured` says where they
+    were read: "cgroup" or "processes"), wall seconds, and seconds its processes were ready to run but waited for a
+    CPU (the kernel's run delay)."""
+    cpu: float
+    wall: float
+    waited: float = 0.0
+    cpu_limit: float = 0.0
+    wall_limit: float = 0.0
+    measured: str = ""
+
+
+def machine_busy(usage) -> bool:
+    """A request stopped at its wall-clock bound while its CPU time was still under its limit, and its processes
+    spent a fair part of that time waiting for a CPU: the machine was busy, not the student's code slow (code that
+    sleeps or waits on itself waits for no CPU)."""
+    return (usage is not None and usage.wall_limit > 0 and usage.wall >= usage.wall_limit
+            and usage.cpu < usage.cpu_limit and usage.waited >= BUSY_WAIT * usage.wall)
+
+
 # ---- judge -> worker ---------------------------------------------------------------------------------
 @message("target")
 class Target:
@@ -261,6 +289,7 @@ class JudgeSpec:
     select: Optional[list[str]] = None
     hide: list[str] = field(default_factory=list)
     fd: int = -1
+    cpu_budget: Optional[float] = None  # CPU seconds the lab's workers may use in all (None: no budget)
 
 
 # ---- judge -> parent ---------------------------------------------------------------------------------
@@ -285,6 +314,7 @@ class Failure:
     trace: list[str] = field(default_factory=list)
     traceback: str = ""
     blame: Optional[str] = None  # the earlier lab at fault (the own-chain check)
+    usage: Optional[Usage] = None  # a worker that timed out: what its processes used (machine_busy decides a re-run)
 
 
 @message("start")
@@ -307,6 +337,7 @@ class CheckDone:
     message: str = ""
     failure: Optional[Failure] = None
     figures: list[Figure] = field(default_factory=list)
+    rerun: Optional[Failure] = None  # the first try's timeout, when the check ran again on a fresh worker (busy machine)
 
 
 @message("rule_broken")

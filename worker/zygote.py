@@ -3,18 +3,19 @@
 The parent forks it right after importing torch (before any checker, oracle or expected value exists in its
 memory), so a worker forked from it has nothing of the grader to read or call. A judge asks for a worker by
 sending, over the zygote's socket, a spec and four pipe ends: requests in, answers out, the worker's output, and
-a control pipe on which the zygote writes the worker's pid (`pid N`) and, once it is gone, its wait status
-(`exit STATUS`). A worker whose judge dies is killed; when every holder of the socket is gone, the zygote kills
+a control pipe on which the zygote writes the worker's pid, uid and the file counting its CPU time
+(`pid N UID FILE`, `-` for none) and, once it is gone, its wait status (`exit STATUS`). A worker whose judge dies is killed; when every holder of the socket is gone, the zygote kills
 its workers and exits.
 
 A worker is confined as far as the machine allows: its own session, resource limits, a pid namespace with its
 own /proc (what it starts dies with it, and it sees no process outside), a mount namespace in which the grader's
 tree, the submissions' folders, the grader's home and the folders named with --hide are hidden and every
 world-writable folder of the machine (/tmp, /var/tmp, /dev/shm, /run/lock, ...: found once, when the zygote
-starts) is private, and, where the grader runs as root, an unprivileged uid of its own (one per running worker)
-owning only its private copy of the lab files, whose every process is killed when the worker ends and whose files
-in those world-writable folders are removed then (all a uid alone can do where no mount namespace is allowed). A
-cgroup, where one is writable, caps the memory and the number of processes of the worker and all it starts;
+starts) is private, an IPC namespace, and, where the grader runs as root, an unprivileged uid of its own (one per
+running worker) owning only its private copy of the lab files, whose every process is killed when the worker ends
+and whose files in those world-writable folders (and System V IPC) are removed then (all a uid alone can do where
+no namespace is allowed). A cgroup, where one is writable, caps the memory and the number of processes of the
+worker and all it starts, gives them one CPU share together (the same for every worker) and counts their CPU time;
 elsewhere each process has the address-space cap and the uid a process limit.
 """
 import ctypes
@@ -216,15 +217,24 @@ def _confine(spec: dict) -> dict:
     return got
 
 
+CPU_SHARES, CPU_WEIGHT = 1024, 100  # every worker the same CPU share (v1 cpu.shares, v2 cpu.weight: the defaults)
+
+
 def _cgroup(spec: dict, pid: int) -> list:
-    """Folders of new cgroups (the v1 memory and pids controllers) that cap the worker with everything it starts;
-    [] when none is writable (cgroup v2 needs a delegated subtree). The worker joins them itself, before it runs
+    """Folders of new cgroups that hold the worker with everything it starts: v1 memory and pids (caps), v1 cpu
+    (a CPU share of its own, equal for every worker, so that many busy processes of one worker get one worker's
+    share) and cpuacct (its CPU time, read by the judge), or, where a v2 subtree with the cpu controller is
+    writable, one v2 cgroup with cpu.weight; [] when none is writable. The worker joins them itself, before it runs
     any student code."""
     made = []
     cap = int(spec["memory"] * (1 << 30)) if spec.get("memory") and spec.get("device") == "cpu" else None
-    wanted = {"memory": [("memory.limit_in_bytes", cap)] if cap else [], "pids": [("pids.max", MAX_TASKS)]}
-    for name, base in _cgroup_bases():
-        if not wanted[name]:
+    wanted = {"memory": [("memory.limit_in_bytes", cap)] if cap else None, "pids": [("pids.max", MAX_TASKS)],
+              "cpu": [("cpu.shares", CPU_SHARES)], "cpuacct": [], "": [("cpu.weight", CPU_WEIGHT)]}
+    bases = _cgroup_bases()
+    if any(name == "cpu" for name, _ in bases):  # v1 cpu is there: the v2 hierarchy has no cpu controller to give
+        bases = [(name, base) for name, base in bases if name]
+    for name, base in bases:
+        if wanted.get(name) is None:
             continue
         folder = f"{base}/labgrade-{os.getpid()}-{pid}"
         try:
@@ -237,15 +247,52 @@ def _cgroup(spec: dict, pid: int) -> list:
     return made
 
 
+def cpu_usage_file(cgroups: list):
+    """The file that counts the CPU time of every process in a worker's cgroups (v1 cpuacct.usage, in ns; v2
+    cpu.stat, usage_usec), or None."""
+    for folder in cgroups:
+        if os.path.exists(os.path.join(folder, "cpuacct.usage")):
+            return os.path.join(folder, "cpuacct.usage")
+    for folder in cgroups:
+        if os.path.exists(os.path.join(folder, "cpu.weight")) and os.path.exists(os.path.join(folder, "cpu.stat")):
+            return os.path.join(folder, "cpu.stat")
+    return None
+
+
 def _cgroup_bases() -> list:
-    """(controller, folder) of this process's v1 memory and pids cgroups."""
+    """(controller, folder) of this process's v1 memory, pids, cpu and cpuacct cgroups, each hierarchy once (a
+    mount that holds cpu and cpuacct together counts as cpu), and ("", folder) of its v2 cgroup where the cpu
+    controller is enabled for the cgroups under it."""
     try:
         with open("/proc/self/cgroup") as f:
             lines = [line.rstrip("\n").split(":", 2) for line in f]
     except OSError:
         return []
-    return [(name, f"/sys/fs/cgroup/{name}{path.rstrip('/')}") for _, controllers, path in lines
-            for name in controllers.split(",") if name in ("memory", "pids")]
+    bases, seen = [], set()
+    for _, controllers, path in lines:
+        names = controllers.split(",")
+        if controllers == "" and path:
+            for mount in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+                base = mount + path.rstrip("/")
+                try:
+                    with open(f"{base}/cgroup.subtree_control") as f:
+                        enabled = f.read().split()
+                except OSError:
+                    continue
+                if "cpu" in enabled and base not in seen:
+                    seen.add(base)
+                    bases.append(("", base))
+            continue
+        for name in ("memory", "pids", "cpu", "cpuacct"):
+            if name not in names:
+                continue
+            joint = f"/sys/fs/cgroup/{controllers}{path.rstrip('/')}"
+            base = joint if os.path.isdir(joint) else f"/sys/fs/cgroup/{name}{path.rstrip('/')}"
+            real = os.path.realpath(base)
+            if real not in seen:
+                seen.add(real)
+                bases.append((name, base))
+    return bases
 
 
 def _sweep():
@@ -277,7 +324,7 @@ def _become(spec: dict):
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-        if not spec.get("cgroups"):
+        if not any(os.path.exists(os.path.join(f, "pids.max")) for f in spec.get("cgroups") or []):
             resource.setrlimit(resource.RLIMIT_NPROC, (MAX_TASKS, MAX_TASKS))
 
 
@@ -617,7 +664,7 @@ def _spawn(spec: dict, fds: list, sock, workers: dict):
     workers[pid] = {"ctl": ctl, "judge": judge, "uid": uid, "lock": lock, "cgroups": cgroups, "caps": caps,
                     "lab_dir": spec.get("lab_dir")}
     try:
-        os.write(ctl, f"pid {pid} {uid if uid is not None else -1}\n".encode())
+        os.write(ctl, f"pid {pid} {uid if uid is not None else -1} {cpu_usage_file(cgroups) or '-'}\n".encode())
     except OSError:
         pass
 
