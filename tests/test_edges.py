@@ -149,7 +149,8 @@ def test_each_hostile_submission_gets_its_own_row(hostile_class):
     assert "nested more than" in graded["deep-notebook"]["lab1_notes"]
     assert "at most 1 MB" in graded["huge-cell"]["lab1_notes"]
     assert graded["huge-cell"]["lab1_status"] == "error"
-    assert graded["deep-export"]["lab1_status"] in ("error", "failed") and graded["deep-export"]["score"] == "0"
+    assert graded["deep-export"]["lab1_status"] == "forbidden" and graded["deep-export"]["score"] == "0"
+    assert "nests too deeply" in graded["deep-export"]["lab1_notes"]  # Python could not compile it either
     assert graded["surrogate"]["lab1_status"] == "failed"
 
 
