@@ -216,7 +216,7 @@ def test_names_and_output_reach_the_csv_as_text(batch):
     text = batch["csv"].read_text()
     assert "\x1b" not in text and "\x07" not in text
     graded = rows(batch["csv"])
-    assert "'" + FORMULA in graded and "control[31m" in graded
+    assert "'" + FORMULA in graded and "control\\x1b[31m" in graded  # the name kept, its escape byte escaped
     assert graded["links"]["lab3_status"] == "error" and graded["fifo"]["lab1_status"] == "error"
 
 
