@@ -8,6 +8,7 @@ formula (=, +, -, @) is quoted with a leading apostrophe.
 """
 import csv
 import io
+import re
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 COLUMNS = ["submission", "score", "max_score"]
+_BREAKS = re.compile("[\t\n\u2028\u2029]")  # what clean() keeps that would split a cell's line
 
 
 def columns(labs) -> list:
@@ -30,16 +32,17 @@ def done_already(path: Path) -> list:
 
 
 def cell(text: str) -> str:
-    """A CSV cell a spreadsheet shows as text: no control characters, no leading formula sign."""
+    """A CSV cell a spreadsheet shows as text, on one line: no control characters (a tab or a line break is a space),
+    no leading formula sign."""
     from parent.verdict import clean
-    text = clean(text)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    text = _BREAKS.sub(" ", clean(text))
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 def row(name: str, results) -> dict:
     out = {"submission": cell(name), "score": sum(r.score for r in results), "max_score": sum(r.max_score for r in results)}
     for r in results:
-        out[f"{r.lab}_score"], out[f"{r.lab}_status"] = r.score, r.status
+        out[f"{r.lab}_score"], out[f"{r.lab}_status"] = r.score, cell(r.status)
         out[f"{r.lab}_notes"] = cell(" ".join(r.notes))  # "fix lab N first", when an earlier lab breaks this one
     return out
 

@@ -15,13 +15,16 @@ from protocol.messages import Fault
 
 CHECKERS = Path(__file__).resolve().parent.parent / "checkers"
 
-# terminal control characters (C0 but tab and newline, DEL, C1): a submission's text must not drive a terminal
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# terminal control characters (C0 but tab and newline, DEL, C1) and the bidirectional embeddings, overrides, isolates
+# and marks (text shown in an order other than its own): a submission's text must not drive a terminal
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate (from "\\ud800" in JSON) cannot be written as UTF-8
 
 
 def clean(text) -> str:
-    """Text that came from a submission (or its folder's name), safe for a terminal, JSON and CSV."""
-    return _CONTROL.sub("", str(text))
+    """Text that came from a submission (or its folder's name), safe for a terminal, JSON and CSV: no control
+    characters but tab and newline, and every character encodable as UTF-8 (a lone surrogate becomes U+FFFD)."""
+    return _SURROGATE.sub("\ufffd", _CONTROL.sub("", str(text)))
 
 
 # a lab that broke a rule, or whose grading failed, is awarded no points
