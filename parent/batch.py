@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 COLUMNS = ["submission", "score", "max_score"]
+CELL = 32_000  # characters in a cell: under a spreadsheet's limit (32767) and csv.field_size_limit() (131072)
 _BREAKS = re.compile("[\t\n\u2028\u2029]")  # what clean() keeps that would split a cell's line
 
 
@@ -33,9 +34,9 @@ def done_already(path: Path) -> list:
 
 def cell(text: str) -> str:
     """A CSV cell a spreadsheet shows as text, on one line: no control characters (a tab or a line break is a space),
-    no leading formula sign."""
+    no leading formula sign, at most CELL characters (so csv's own reader reads the file back)."""
     from parent.verdict import clean
-    text = _BREAKS.sub(" ", clean(text))
+    text = _BREAKS.sub(" ", clean(text))[:CELL]
     return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 

@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import json
 import os
+import re
 import struct
 import typing
 
@@ -214,13 +215,17 @@ def check_blob(blob: bytes) -> dict:
     return found
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def files_blob(files: dict) -> bytes:
     """{name: bytes} as a safetensors blob of uint8 vectors (standard library only): a submission's lab files travel
-    as bytes beside a message, never inside its JSON. "__metadata__" is safetensors' own key, never a file's name."""
+    as bytes beside a message, never inside its JSON. A name is UTF-8 text, and "__metadata__" is safetensors' own
+    key, never a file's."""
     header, offset = {}, 0
     for name, data in files.items():
-        if name == "__metadata__":
-            raise ProtocolError("a file may not be named __metadata__")
+        if name == "__metadata__" or _SURROGATE.search(name):  # one would be lost, the other changed, on the way back
+            raise ProtocolError(f"no file can travel as {name[:40]!r}")
         header[name] = {"dtype": "U8", "shape": [len(data)], "data_offsets": [offset, offset + len(data)]}
         offset += len(data)
     head = json.dumps(header).encode()

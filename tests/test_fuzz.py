@@ -29,7 +29,7 @@ from pack.labs import LABS
 from protocol import codec, messages as m
 from protocol.codec import ProtocolError
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, report_multiple_bugs=False,
+FUZZ = settings(max_examples=80, deadline=None, derandomize=True, report_multiple_bugs=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 SECONDS = 10.0  # any one call (a loaded machine: the bound is for runaway work, not for speed)
 
@@ -216,8 +216,8 @@ def test_check_blob_any_bytes(blob):
 
 def assert_files_round_trip(files_blob, blob_files, files):
     blob = within_contract(files_blob, files)
-    if blob is None:  # the one name the format keeps for itself
-        assert "__metadata__" in files
+    if blob is None:  # the name the format keeps for itself, or one UTF-8 cannot carry
+        assert "__metadata__" in files or any(re.search("[\ud800-\udfff]", name) for name in files)
         return
     assert within_contract(blob_files, blob) == files
 
@@ -227,14 +227,20 @@ def assert_files_round_trip(files_blob, blob_files, files):
                        st.binary(max_size=40), max_size=5))
 @example({"__metadata__": b"x"})
 @example({"\ud800": b"", "": b"\x00"})
+@example({"\ud83d\ude00": b""})  # two surrogates JSON would join into one character
 def test_files_blob_round_trips(files):
     assert_files_round_trip(codec.files_blob, codec.blob_files, files)
+
+
+def travels(files: dict) -> dict:
+    """The files files_blob takes: names UTF-8 can carry, none safetensors keeps for itself."""
+    return {k: v for k, v in files.items() if k != "__metadata__" and not re.search("[\ud800-\udfff]", k)}
 
 
 @FUZZ
 @given(st.dictionaries(texts, st.binary(max_size=40), min_size=1, max_size=3), st.data())
 def test_blob_files_of_a_damaged_blob(files, data):
-    blob = bytearray(codec.files_blob({k: v for k, v in files.items() if k != "__metadata__"} or {"a": b"1"}))
+    blob = bytearray(codec.files_blob(travels(files) or {"a": b"1"}))
     for _ in range(data.draw(st.integers(1, 4))):
         at = data.draw(st.integers(0, len(blob) - 1))
         blob[at] = data.draw(st.integers(0, 255))
@@ -299,7 +305,7 @@ def test_read_frame_any_bytes(data, chunks, expect):
 def test_a_written_frame_reads_back(name, outcome, seconds, files, chunks):
     msg = m.CheckDone(name=name, outcome=outcome, seconds=float(seconds) if not isinstance(seconds, int)
                       or abs(seconds) < 1e300 else 0.0)
-    blob = codec.files_blob({k: v for k, v in files.items() if k != "__metadata__"})
+    blob = codec.files_blob(travels(files))
     r, w = os.pipe()
     try:
         codec.write_frame(w, msg, blob)
@@ -312,7 +318,7 @@ def test_a_written_frame_reads_back(name, outcome, seconds, files, chunks):
             os.close(w)
     got, back = codec.read_frame(-1, (m.CheckDone,), FakeReader(data, chunks))
     assert codec.encode(got) == codec.encode(msg) and back == blob
-    assert codec.blob_files(back) == {k: v for k, v in files.items() if k != "__metadata__"}
+    assert codec.blob_files(back) == travels(files)
 
 
 def peak_mib(call, *args) -> float:
@@ -361,6 +367,7 @@ def assert_clean(clean, text):
 @example("\ud800")
 @example("a\u202egnp.exe\n\t\x1b[2J")
 @example("\x85\x9b31m\x7f")
+@example("\ud800\u202e\x1b" * 50_000)
 def test_clean_any_text(text):
     from parent.verdict import clean
     assert_clean(clean, text)
@@ -375,6 +382,7 @@ def assert_cell(cell, text):
     csv.writer(buf).writerow([out, "next"])
     assert list(csv.reader(io.StringIO(buf.getvalue()))) == [[out, "next"]]
     assert buf.getvalue().count("\n") == 1  # one line, too
+    assert len(out) <= 32_767  # a spreadsheet's cell
 
 
 @FUZZ
@@ -384,6 +392,7 @@ def assert_cell(cell, text):
 @example("\t=1")
 @example("a\nb\r\nc")
 @example("\ud800,\"\u2028")
+@example("=\n\ud800" * 50_000)
 def test_cell_any_text(text):
     from parent.batch import cell
     assert_cell(cell, text)
@@ -431,6 +440,12 @@ def consoles():
     return st.builds(make, st.sampled_from(["str", "ascii", "utf-8", "latin-1"]), st.sampled_from([60, 110]))
 
 
+def _console(encoding):
+    from rich.console import Console
+    return Console(file=io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict"), width=80,
+                   color_system=None)
+
+
 def printed(out) -> str:
     file = out.file
     if isinstance(file, io.StringIO):
@@ -447,8 +462,18 @@ def assert_scorecard(print_scorecard, results, out, hints, verbose, source):
     assert not results or "Total" in text
 
 
-@settings(FUZZ, max_examples=25)
+def _huge(piece: str, n: int = 20_000):
+    from parent.verdict import Check, LabResult
+    text = piece * n
+    check = Check(text, 1, text, message=text, trace=[text], traceback=text, hint=text, kind="exception",
+                  figures=[m.Figure("text", title=text, label=text, text=text), m.Figure("heatmap", title=text)])
+    return [LabResult("lab1", text, text, [check], notes=[text], output=text, internal=text, device=text)]
+
+
+@settings(FUZZ, max_examples=40)
 @given(st.lists(lab_results(), max_size=3), consoles(), st.booleans(), st.booleans(), wild)
+@example(_huge("\ud800"), _console("utf-8"), True, True, "\udfff")
+@example(_huge("é\x1b[2J\u202e\n", 2000), _console("ascii"), False, True, "\x07")
 def test_scorecard_prints_on_any_console(results, out, hints, verbose, source):
     from parent.report import print_scorecard
     assert_scorecard(print_scorecard, results, out, hints, verbose, source)
@@ -481,8 +506,10 @@ def assert_results_json(results_json, results, elapsed, error):
     assert all(isinstance(t["score"], int) for t in back["tests"])
 
 
-@settings(FUZZ, max_examples=30)
+@settings(FUZZ, max_examples=40)
 @given(st.lists(lab_results(), max_size=3), floats, st.none() | wild)
+@example(_huge("\ud800\x00\u2066"), float("nan"), "\ud800")
+@example([], float("inf"), None)
 def test_results_json_is_strict_json(results, elapsed, error):
     from parent.report import results_json
     assert_results_json(results_json, results, elapsed, error)
@@ -567,12 +594,6 @@ def nan_results_json(results, elapsed, error=None):  # the text as it came, and 
 
 def bare_row(name, results):  # the name as it came
     return {"submission": name, "score": 0, "max_score": 0}
-
-
-def _console(encoding):
-    from rich.console import Console
-    return Console(file=io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict"), width=80,
-                   color_system=None)
 
 
 def _result(**kw):
