@@ -10,6 +10,7 @@ with a leading apostrophe.
 """
 import csv
 import io
+import re
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 COLUMNS = ["submission", "score", "max_score"]
+CELL = 32_000  # characters in a cell: under a spreadsheet's limit (32767) and csv.field_size_limit() (131072)
+_BREAKS = re.compile("[\t\n\u2028\u2029]")  # what clean() keeps that would split a cell's line
 
 
 def columns(labs) -> list:
@@ -32,17 +35,19 @@ def done_already(path: Path) -> list:
 
 
 def cell(text: str, name: bool = False) -> str:
-    """A CSV cell a spreadsheet shows as text: no control characters, no leading formula sign; a submission's
-    name keeps every byte it had, escaped where it is not printable (see verdict.clean_name)."""
+    """A CSV cell a spreadsheet shows as text, on one line: no control characters (a tab or a line break is a space),
+    no leading formula sign, at most CELL characters (so csv's own reader reads the file back); a submission's name
+    keeps every byte it had, escaped where it is not printable (see verdict.clean_name)."""
     from parent.verdict import clean, clean_name
-    text = clean_name(text) if name else clean(text)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    text = clean_name(text) if name else _BREAKS.sub(" ", clean(text))
+    text = text[:CELL]
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 def row(name: str, results) -> dict:
     out = {"submission": cell(name, name=True), "score": sum(r.score for r in results), "max_score": sum(r.max_score for r in results)}
     for r in results:
-        out[f"{r.lab}_score"], out[f"{r.lab}_status"] = r.score, r.status
+        out[f"{r.lab}_score"], out[f"{r.lab}_status"] = r.score, cell(r.status)
         # why a lab was not graded or stopped (a TA reads it in the gradebook), and "fix lab N first" notes
         why = [r.detail[:300]] if r.detail and r.status not in ("passed", "failed") else []
         out[f"{r.lab}_notes"] = cell(" ".join([*why, *r.notes]))

@@ -1,4 +1,7 @@
-"""What the grader shows: a rich scorecard for people and a Gradescope-format results.json for machines."""
+"""What the grader shows: a rich scorecard for people and a Gradescope-format results.json for machines.
+
+Every text either one shows goes through verdict.clean (no control characters, nothing UTF-8 cannot encode), and
+the scorecard reaches a console that cannot encode a character as "?" rather than failing."""
 import json
 import math
 import os
@@ -12,6 +15,7 @@ from rich.text import Text
 
 from pack.hints import hint_text
 from pack.labs import LABS
+from parent.verdict import clean
 
 STYLE = {"passed": "bold green", "failed": "bold red", "not started": "bold yellow"}
 
@@ -70,7 +74,7 @@ def heatmap(fig) -> Group:
             pane.append(f" {number(total, 2)}\n", style="dim")
         panes.append(pane)
     grid.add_row(*panes)
-    return Group(Text(fig.title, style="italic"), grid,
+    return Group(Text(clean(fig.title), style="italic"), grid,
                  Text("· 0   ░ < .25   ▒ < .5   ▓ < .75   █ ≥ .75   ? NaN/inf   (row sums at the right)", style="dim"))
 
 
@@ -103,20 +107,20 @@ def figure_view(fig):
             v = fig.values
             return Text(f"loss {number(v[0])} → {number(v[-1])} over {len(v)} steps  {sparkline(v)}")
         if fig.kind == "text":
-            return Text(f"{fig.label or 'text'}: {fig.text!r}")
+            return Text(f"{clean(fig.label) or 'text'}: {fig.text!r}")
     except Exception as exc:  # a figure is an extra: the verdicts stand without it
         return Text(f"(this figure could not be drawn: {type(exc).__name__})", style="dim")
     return None
 
 
 def check_text(check, hints: bool, verbose: bool) -> Text:
-    text = Text(check.message or "")
+    text = Text(clean(check.message or ""))
     if not check.passed and check.hint:
         text.append(("\n" if text else "") + "Hint: " + hint_text(check.hint, deep=hints), style="cyan")
     if verbose and check.traceback:
-        text.append("\n" + check.traceback.rstrip(), style="dim")
+        text.append("\n" + clean(check.traceback).rstrip(), style="dim")
     elif check.trace and check.kind not in ("assert", "not_started"):
-        text.append("\nyour code, innermost last:\n  " + "\n  ".join(check.trace), style="dim")
+        text.append("\nyour code, innermost last:\n  " + "\n  ".join(map(clean, check.trace)), style="dim")
     return text
 
 
@@ -146,14 +150,14 @@ def lab_panel(result, hints: bool = False, verbose: bool = False, width: int = 1
         # not apply is dashed
         mark = Text("!", style="yellow") if c.blame and not c.passed else Text("✗", style="red") if not c.passed \
             else Text("–") if c.skipped or c.score != c.points else Text("✓", style="green")
-        message = check_text(c, hints, verbose) if not c.passed else Text(c.message, style="dim") if c.skipped \
-            else Text(c.doc, style="dim") if verbose else Text("")
+        message = check_text(c, hints, verbose) if not c.passed else Text(clean(c.message), style="dim") if c.skipped \
+            else Text(clean(c.doc), style="dim") if verbose else Text("")
         group = same.get(key(c), []) if not c.passed and c.trace else []
         if len(group) > 1 and group[0] is not c:
-            message = Text(f"the same error as in “{group[0].title}”", style="dim")
+            message = Text(f"the same error as in “{clean(group[0].title)}”", style="dim")
         elif len(group) > 1:
             message.append(f"\n(the same error in {len(group) - 1} more check{'s' if len(group) > 2 else ''})", style="dim")
-        title = c.title + (" (hidden)" if c.hidden else "")  # an instructor's copy: held back from students
+        title = clean(c.title) + (" (hidden)" if c.hidden else "")  # an instructor's copy: held back from students
         if narrow:
             name = Text(title, style="bold")
             if message:
@@ -169,35 +173,48 @@ def lab_panel(result, hints: bool = False, verbose: bool = False, width: int = 1
         drawn |= {f.kind for f in figures if f.kind == "heatmap"}
         views = [v for v in map(figure_view, figures) if v is not None]
         if views:
-            parts += [Text(f"{c.title}:", style="bold"), *views]
+            parts += [Text(f"{clean(c.title)}:", style="bold"), *views]
     if result.detail and result.status != "failed":
-        parts.insert(0, Text(result.detail, style=STYLE.get(result.status, "bold magenta")))
+        parts.insert(0, Text(clean(result.detail), style=STYLE.get(result.status, "bold magenta")))
     for note in result.notes:
-        parts.append(Text("→ " + note, style="yellow"))
+        parts.append(Text("→ " + clean(note), style="yellow"))
     count, worth = result.held_back
     if count:
         parts.append(Text(f"+ {count} more check{'s' if count > 1 else ''} ({worth} point{'s' if worth != 1 else ''}) "
                           "will run when you submit: the contract, on sizes and values these checks do not use.",
                           style="dim"))
     if result.output.strip() and (verbose or result.status in ("error", "crashed", "exited", "timeout", "out of memory")):
-        tail = "\n".join(result.output.strip().splitlines()[-15:])
+        tail = "\n".join(clean(result.output).strip().splitlines()[-15:])
         parts.append(Text("What your code printed (last lines):\n" + tail, style="dim"))
     if result.internal.strip() and verbose and result.status == "error":
-        tail = "\n".join(result.internal.strip().splitlines()[-15:])
+        tail = "\n".join(clean(result.internal).strip().splitlines()[-15:])
         parts.append(Text("The grader's own output (last lines):\n" + tail, style="dim"))
     title = f"Lab {LABS[result.lab].number} · {LABS[result.lab].title}"
-    subtitle = f"{result.status} · {result.score}/{result.max_score}"
+    subtitle = f"{clean(result.status)} · {result.score}/{result.max_score}"
     return Panel(Group(*parts), title=title, title_align="left", subtitle=subtitle, subtitle_align="right",
                  border_style=STYLE.get(result.status, "magenta"))
 
 
+def emit(out: Console, renderable):
+    """Print on `out`; where its file's encoding is not UTF (ascii, a Windows code page) a character it cannot encode
+    is written as "?" instead of failing the whole scorecard."""
+    encoding = out.encoding
+    if encoding.replace("-", "").replace("_", "").startswith("utf"):
+        out.print(renderable)
+        return
+    with out.capture() as captured:
+        out.print(renderable)
+    out.file.write(captured.get().encode(encoding, "replace").decode(encoding))
+    out.file.flush()
+
+
 def print_scorecard(results, out: Console, hints=False, verbose=False, source="", elapsed=0.0):
     for r in results:
-        out.print(lab_panel(r, hints, verbose, out.width))
+        emit(out, lab_panel(r, hints, verbose, out.width))
     total, best = sum(r.score for r in results), sum(r.max_score for r in results)
-    verdicts = ", ".join(f"lab {LABS[r.lab].number} {r.status}" for r in results)
-    device = results[0].device if results else ""
-    out.print(Text(f"Total {total}/{best}  ({verdicts})  [{source}, {device}, {elapsed:.1f} s]",
+    verdicts = ", ".join(f"lab {LABS[r.lab].number} {clean(r.status)}" for r in results)
+    device = clean(results[0].device) if results else ""
+    emit(out, Text(f"Total {total}/{best}  ({verdicts})  [{clean(source)}, {device}, {elapsed:.1f} s]",
                    style="bold green" if total == best and all(r.status == "passed" for r in results) else "bold"))
 
 
@@ -223,13 +240,27 @@ def results_json(results, elapsed: float, error: str = None, visibility: str = "
                + "".join(f"\n  {note}" for note in r.notes) for r in results]
     if error:
         summary.append(f"grading error: {error}")
-    return {"score": sum(r.score for r in results), "execution_time": round(elapsed, 2), "output": "\n".join(summary),
-            "output_format": "text", "visibility": visibility, "stdout_visibility": "hidden",
-            "extra_data": {"labs": {r.lab: {"status": r.status, "detail": r.detail, "score": r.score,
-                                            "max_score": r.max_score, "notes": r.notes, "seconds": round(r.seconds, 3),
-                                            "device": r.device}
-                                     for r in results}, "error": error},
-            "tests": tests}
+    return plain({"score": sum(r.score for r in results), "execution_time": round(elapsed, 2),
+                  "output": "\n".join(summary), "output_format": "text", "visibility": visibility,
+                  "stdout_visibility": "hidden",
+                  "extra_data": {"labs": {r.lab: {"status": r.status, "detail": r.detail, "score": r.score,
+                                                  "max_score": r.max_score, "notes": r.notes,
+                                                  "seconds": round(r.seconds, 3), "device": r.device}
+                                          for r in results}, "error": error},
+                  "tests": tests})
+
+
+def plain(value):
+    """`value` as strict JSON can carry it: every text through clean, every non-finite number (NaN, inf) as null."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {clean(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 def write_atomic(path, text: str):

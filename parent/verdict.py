@@ -15,11 +15,13 @@ from protocol.messages import Fault
 
 CHECKERS = Path(__file__).resolve().parent.parent / "checkers"
 
-# terminal control characters (C0 but tab and newline, DEL, C1) and the bidirectional overrides: a submission's
-# text must not drive a terminal or reorder what a TA reads
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_IN_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# terminal control characters (C0 but tab and newline, DEL, C1) and the bidirectional embeddings, overrides, isolates
+# and marks (text shown in an order other than its own): a submission's text must not drive a terminal or reorder
+# what a TA reads
+_BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI}]")
+_IN_NAME = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI}]")  # and line separators
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate (a name's non-UTF-8 byte, "\\ud800" in JSON)
 
 
 def _escaped(match) -> str:

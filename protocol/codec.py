@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import json
 import os
+import re
 import struct
 import typing
 
@@ -135,7 +136,10 @@ def _convert(value, kind, where: str):
     if kind is float:
         if type(value) not in (int, float):
             raise ProtocolError(f"{where}: expected a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer past a float's range (10**400)
+            raise ProtocolError(f"{where}: a number out of range") from None
     if kind in (str, int, bool):
         if type(value) is not kind:
             raise ProtocolError(f"{where}: expected {kind.__name__}, got {type(value).__name__}")
@@ -201,7 +205,7 @@ def check_blob(blob: bytes) -> dict:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if type(info) is not dict or info.get("dtype") not in SAFETENSORS_DTYPES:
+        if type(info) is not dict or type(info.get("dtype")) is not str or info["dtype"] not in SAFETENSORS_DTYPES:
             raise ProtocolError(f"tensor {name[:40]!r} has no dtype the protocol carries")
         shape, offsets = info.get("shape"), info.get("data_offsets")
         if type(shape) is not list or not all(type(s) is int and s >= 0 for s in shape) or type(offsets) is not list \
@@ -211,11 +215,17 @@ def check_blob(blob: bytes) -> dict:
     return found
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def files_blob(files: dict) -> bytes:
     """{name: bytes} as a safetensors blob of uint8 vectors (standard library only): a submission's lab files travel
-    as bytes beside a message, never inside its JSON."""
+    as bytes beside a message, never inside its JSON. A name is UTF-8 text, and "__metadata__" is safetensors' own
+    key, never a file's."""
     header, offset = {}, 0
     for name, data in files.items():
+        if name == "__metadata__" or _SURROGATE.search(name):  # one would be lost, the other changed, on the way back
+            raise ProtocolError(f"no file can travel as {name[:40]!r}")
         header[name] = {"dtype": "U8", "shape": [len(data)], "data_offsets": [offset, offset + len(data)]}
         offset += len(data)
     head = json.dumps(header).encode()
