@@ -7,6 +7,8 @@ boundary, in bounded time and memory.
     parent/batch.py     cell, row: that, on one line, with no leading formula sign, one CSV row read back
     parent/report.py    the scorecard prints on any console (StringIO, ascii, utf-8, strict) and results.json is
                         strict JSON whose every text UTF-8 can encode
+    parent/submission   a notebook's bytes give its lab text or a ValueError; an export's text its lab text or
+                        None; a folder of any name and bytes is read without raising; a name prints safely
 
 Each property is a plain `assert_*` function run by a Hypothesis test; test_the_properties_can_fail runs each one
 on a known-bad implementation (the code as it was before the fixes, or a plausible mistake) and expects it to fail.
@@ -660,3 +662,109 @@ def test_the_fuzz_strategies_reach_the_hard_cases():
             seen.add("non-finite")
     look()
     assert seen == {"surrogate", "control", "bidi", "past float", "non-finite"}
+
+
+# ---- parent/submission.py: a submission's bytes, its notebook, its export, its folder's name -------------------
+from parent.submission import json_nesting_ok, lab_source_from_export, lab_source_from_notebook, read_submission  # noqa: E402
+from parent.verdict import clean_name  # noqa: E402
+
+JSON_SOUP = st.lists(st.sampled_from([b"[", b"]", b"{", b"}", b'"', b"\\", b'\\"', b",", b":", b'"cells"',
+                                      b'"source"', b'"%%lab\\n"', b'"code"', b'"cell_type"', b"1e999", b"\xff"])
+                     | st.binary(max_size=6), max_size=60).map(b"".join)
+NOTEBOOK_CELLS = st.lists(st.fixed_dictionaries({"cell_type": st.sampled_from(["code", "markdown", 1, None]),
+                                                 "source": st.one_of(texts, st.lists(texts, max_size=3), json_values)}),
+                          max_size=4)
+
+
+def assert_notebook_refused_or_read(read, data):
+    """A notebook's bytes give its lab text, or ValueError with a reason; nothing else, in bounded time."""
+    start = time.monotonic()
+    try:
+        text = read(data)
+        assert isinstance(text, str) and text.endswith("\n")
+    except ValueError as exc:
+        assert str(exc)
+    assert time.monotonic() - start < SECONDS
+
+
+@FUZZ
+@given(JSON_SOUP | NOTEBOOK_CELLS.map(lambda cells: json.dumps({"cells": cells}).encode()) | st.binary(max_size=80))
+@example(b'{"cells": ' + b"[" * 200_000 + b"]" * 200_000 + b"}")  # json.loads raised RecursionError
+@example(b'{"cells": [{"cell_type": "code", "source": ["%%lab\\n", 1, null]}]}')
+@example(b'{"cells": {"cell_type": "code"}}')
+@example(b"[]")
+def test_notebook_any_bytes(data):
+    assert_notebook_refused_or_read(lab_source_from_notebook, data)
+    assert json_nesting_ok(data) in (True, False)
+
+
+def assert_export_read_or_none(read, text):
+    start = time.monotonic()
+    found = read(text)
+    assert found is None or (isinstance(found, str) and found.endswith("\n"))
+    assert time.monotonic() - start < SECONDS
+
+
+EXPORT_SOUP = st.lists(st.sampled_from(["get_ipython()", ".run_cell_magic(", "'lab'", "''", ", ", ")", "(", "\n",
+                                        "'''", '"', "\\", "1 + ", "#", "f'{x}'", "\t", "if x:\n", "  ", "\x00",
+                                        "'x = 1\\n'"]) | texts, max_size=40).map("".join)
+
+
+@FUZZ
+@given(EXPORT_SOUP)
+@example("run_cell_magic\nx = " + "1 + " * 100_000 + "1\n")  # ast.parse raised RecursionError
+@example("get_ipython().run_cell_magic('lab', '', 'x = 1\\n')\n" + "(" * 10_000)
+@example("get_ipython().run_cell_magic('lab', '', b'x')\n")
+def test_export_any_text(text):
+    assert_export_read_or_none(lab_source_from_export, text)
+
+
+NAMES = st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b"/", b"_").replace(b"\x00", b"_")).filter(
+    lambda b: b not in (b".", b".."))
+
+
+def assert_name_safe(clean_name, name: str):
+    shown = clean_name(name)
+    shown.encode("utf-8")  # any name prints, and goes into JSON and CSV
+    assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]", shown), repr(shown)
+
+
+@FUZZ
+@given(NAMES, st.dictionaries(st.sampled_from(["lab1_attention.py", "lab1_attention.ipynb", "lab2_multihead.py"]),
+                              JSON_SOUP | st.binary(max_size=60) | EXPORT_SOUP.map(lambda t: t.encode("utf-8",
+                                                                                                      "surrogatepass")),
+                              max_size=3))
+@example(b"caf\xe9\n\x1b[2J", {"lab1_attention.ipynb": b"[" * 100_000})
+def test_a_submission_folder_of_any_name_and_bytes(tmp_path_factory, name, files):
+    """read_submission never raises for what a folder holds: each lab is read, absent, or refused with a reason."""
+    folder = os.fsencode(tmp_path_factory.mktemp("sub")) + b"/" + name
+    os.mkdir(folder)
+    for file, data in files.items():
+        with open(folder + b"/" + file.encode(), "wb") as f:
+            f.write(data)
+    sources, refused = read_submission(os.fsdecode(folder))
+    assert all(type(v) is bytes for v in sources.values()) and all(type(v) is str and v for v in refused.values())
+    assert not set(sources) & set(refused)
+    assert_name_safe(clean_name, os.fsdecode(name))
+
+
+def test_the_submission_properties_can_fail():
+    """Each property above fails a reader with the old mistakes."""
+    def recursing(data):  # the old notebook reader: json.loads first, and RecursionError is not a ValueError
+        return json.loads(data.decode("utf-8", errors="replace")) and "x\n"
+    with pytest.raises((AssertionError, RecursionError)):
+        assert_notebook_refused_or_read(recursing, b"[" * 200_000)
+
+    def parsing(text):  # the old export reader: a syntax tree, whose construction recursed
+        import ast
+        ast.parse(text)
+        return None
+    with pytest.raises(RecursionError):
+        assert_export_read_or_none(parsing, "x = " + "1 + " * 200_000 + "1\n")
+
+    def old_clean(name):  # control characters dropped, tab, newline and surrogates kept
+        return re.sub("[\x00-\x08\x0b-\x1f\x7f-\x9f]", "", name)
+    with pytest.raises(AssertionError):
+        assert_name_safe(old_clean, os.fsdecode(b"a\nb"))
+    with pytest.raises(UnicodeEncodeError):
+        assert_name_safe(old_clean, os.fsdecode(b"caf\xe9"))
