@@ -215,7 +215,8 @@ def inside_counts(w, gpt, prompt, steps) -> str:
         result = w.run(Options(watch=Watch(gpt.id, name)), (LAB, "generate_cached"), gpt, prompt, steps, top_k=1)
         lengths = [shape[1] for shape, _ in result.watched or [] if type(shape) is list and len(shape) >= 2]
         if any(n > 1 for n in lengths[1:]):
-            return f" ({name} saw these numbers of tokens, call by call: {lengths[:12] + (['...'] if len(lengths) > 12 else [])})"
+            shown = lengths[:12] + (["..."] if len(lengths) > 12 else [])
+            return f" ({name} saw these numbers of tokens, call by call: {shown})"
     return ""
 
 
@@ -237,15 +238,17 @@ def test_one_token_per_step(w):
     if not torch.equal(out.long(), want):
         at = int((out.long() != want).any(0).nonzero()[0]) - 6 + 1
         said = (f"with the judge's weights changed before each call of the model's forward, generating {steps} tokens "
-                f"from a 6-token prompt gave tokens that no cached generation gives, from generated token {at} (of {steps}) on:\n"
+                f"from a 6-token prompt gave tokens that no cached generation gives, from generated token {at} "
+                f"(of {steps}) on:\n"
                 f"  expected {want[0].tolist()}\n  got      {out[0].tolist()}\n")
         shown = lengths[:12] + (["..."] if len(lengths) > 12 else [])
         if not lengths:
             fail(said + "generate_cached never called the model's forward: run the prompt and each step through "
                  "model(idx, cache=cache, start_pos=...) (or model.forward).", "cache_recompute")
         if lengths[0] != 6 or any(n != 1 for n in lengths[1:]) or len(lengths) not in (steps, steps + 1):
-            fail(said + f"it passed these numbers of tokens to the model's forward, call by call: {shown}; expected 6 "
-                 "once, then 1 per step: feed only the newest token and let the cache hold the rest.", "cache_recompute")
+            fail(said + f"it passed these numbers of tokens to the model's forward, call by call: {shown}; expected "
+                 "6 once, then 1 per step: feed only the newest token and let the cache hold the rest.",
+                 "cache_recompute")
         if torch.equal(out.long(), recomputed(states, prompt, steps)):
             fail(said + "each call passed one new token, but these are the tokens of re-running the whole sequence "
                  "at every step, each call's weights applied to every earlier position"
