@@ -2,22 +2,28 @@
 
 The judge drives the student's cached forward step by step with a KVCache the student's code built, and compares
 every step's logits with lab 5's full forward over the whole sequence (judge/oracles.py). Known mistakes are
-that forward with the positions or the mask a broken cache would use. Cost is counted in tokens, not seconds: the
-tokens generate_cached passes to the model's forward, and those that reach its embedding and first key projection.
+that forward with the positions or the mask a broken cache would use. Cost is proven by tokens, not seconds: the
+worker loads fresh judge-chosen weights into the model before each call of its forward, so only a generation that
+runs the prompt once and then one new token per call, each position computed once and read back from the cache,
+gives the tokens the judge predicts (judge/oracles.py's llama_steps). What the forward and its embedding and first
+key projection were given, counted in the worker, names the mistake; it never decides the verdict.
 """
+import secrets
+
 import torch
 
 from judge.client import NO_GRAD, On, Options, StudentError
-from protocol.messages import Watch
+from protocol.messages import Swap, Watch
 from judge.checks import fail, points
 from judge.compare import expect_close, expect_tensor, first_match
-from judge.shared import device_error, expect_device_discipline, expect_no_shortcuts, expect_own_chain
+from judge.shared import device_error, draw, expect_device_discipline, expect_no_shortcuts, expect_own_chain
 from checkers.check_lab5 import D, H, KV, L, build_gpt, tokens
-from judge.oracles import causal, greedy_of, llama_of
+from judge.oracles import causal, greedy_of, llama_of, llama_steps
 
 LAB = "lab6_kvcache"
 V, PROMPT_LEN, STEPS = 11, 5, 6
 ATOL = 1e-4  # a cached step's logits against the full forward's, float32 against float64
+TRIES, MARGIN = 20, 1e-3  # the step-cost check's draws of weights, and the gap it wants between the top two logits
 
 
 def build(w, **kwargs):
@@ -172,28 +178,90 @@ def test_cache_grows_one_position_per_step(w):
                 expect_tensor(entry, f"cache.{name}[{layer}] after {end} positions", (2, KV, end, D // H), "cache_update")
 
 
+def changing_weights(gpt, prompt: torch.Tensor, steps: int) -> tuple:
+    """(states, want): fresh judge-chosen weights for each call of the model's forward, drawn from a secret seed
+    (a generation cannot know them before they are loaded), and the greedy tokens of a cached generation under
+    them: call 0 on the prompt with states[0], then call s on the one token sampled last with states[s], each
+    position's keys and values computed once, with the weights of the call that fed it. Redrawn until every step's
+    top two logits are MARGIN apart, so float32 and float64 agree on every token."""
+    step = llama_steps(H, KV, L)
+    for _ in range(TRIES):
+        states = [draw(gpt, secrets.randbits(62)) for _ in range(steps + 1)]
+        idx, chunk, past, margin = prompt, prompt, None, float("inf")
+        for s in range(steps):
+            logits, past = step(states[s], chunk, past, idx.size(1) - chunk.size(1))
+            top = logits[:, -1].topk(2).values
+            margin = min(margin, float((top[:, 0] - top[:, 1]).min()))
+            chunk = logits[:, -1].argmax(-1, keepdim=True)
+            idx = torch.cat([idx, chunk], 1)
+        if margin >= MARGIN:
+            break
+    return states, idx
+
+
+def recomputed(states, prompt: torch.Tensor, steps: int) -> torch.Tensor:
+    """The greedy tokens of a generation that re-runs the whole sequence at every call, with that call's weights."""
+    idx = prompt
+    for s in range(steps):
+        nxt = llama_of(states[s], H, KV, L)(idx)[:, -1].argmax(-1, keepdim=True)
+        idx = torch.cat([idx, nxt], 1)
+    return idx
+
+
+def inside_counts(w, gpt, prompt, steps) -> str:
+    """What reached the embedding and the first key projection inside the forward, when that shows a step
+    recomputing earlier positions (a diagnosis only: code that reads the weights directly shows nothing here)."""
+    for name in ("tok_emb", "blocks.0.attn.wk"):
+        result = w.run(Options(watch=Watch(gpt.id, name)), (LAB, "generate_cached"), gpt, prompt, steps, top_k=1)
+        lengths = [shape[1] for shape, _ in result.watched or [] if type(shape) is list and len(shape) >= 2]
+        if any(n > 1 for n in lengths[1:]):
+            shown = lengths[:12] + (["..."] if len(lengths) > 12 else [])
+            return f" ({name} saw these numbers of tokens, call by call: {shown})"
+    return ""
+
+
 @points(2)
 def test_one_token_per_step(w):
-    """generate_cached embeds the prompt once and then one token per step: a step's cost does not grow with the tokens
-    generated (counted in tokens passed to the model, not in seconds), and no gradients are kept."""
-    gpt, _, _ = build(w)
-    prompt = tokens(2, 6)
-    # what the model's forward is given, and what reaches the embedding and the first key projection inside it (a
-    # forward that recomputes the whole sequence behind a one-token call shows there); the last two may be reached
-    # another way (F.embedding, say), so they count only when they see calls
-    for name, what in (("", "the model's forward"), ("tok_emb", "tok_emb"), ("blocks.0.attn.wk", "blocks.0.attn.wk")):
-        result = w.run(Options(watch=Watch(gpt.id, name)), (LAB, "generate_cached"), gpt, prompt, 10, top_k=1)
-        calls = [(shape, grad) for shape, grad in result.watched or [] if type(shape) is list and len(shape) >= 2]
-        if not calls and name:
-            continue
-        lengths = [shape[1] for shape, _ in calls]
-        if not lengths or lengths[0] != 6 or any(n != 1 for n in lengths[1:]) or len(lengths) not in (10, 11):
-            shown = lengths[:12] + (["..."] if len(lengths) > 12 else [])
-            fail(f"generating 10 tokens from a 6-token prompt passed these numbers of tokens to {what}, call by call: "
-                 f"{shown}; expected 6 once, then 1 per step: feed only the newest token and let the cache hold the "
-                 "rest.", "cache_recompute")
-        if any(grad for _, grad in calls):
-            fail("generate_cached ran the model with gradients enabled: decorate it with @torch.no_grad().", "sampling")
+    """generate_cached runs the prompt through the model's forward once and then one token per step, and each step
+    reads the earlier positions from the cache: proven by its tokens, with the judge's weights changed before every
+    call of the forward (a step that recomputes an earlier position computes it with the wrong weights), and no
+    gradients are kept."""
+    gpt, wts, _ = build(w)
+    prompt, steps = tokens(2, 6), 10
+    states, want = changing_weights(gpt, prompt, steps)
+    # the tokens are the proof; what the model's forward was given (counted in the worker) only names the mistake
+    result = w.run(Options(watch=Watch(gpt.id, ""), swap=Swap(gpt.id, states)), (LAB, "generate_cached"), gpt,
+                   prompt, steps, top_k=1)
+    out = expect_tensor(result.out, f"generate_cached(idx of shape (2, 6), {steps}, top_k=1)", (2, 6 + steps), "cache")
+    calls = [(shape, grad) for shape, grad in result.watched or [] if type(shape) is list and len(shape) >= 2]
+    lengths = [shape[1] for shape, _ in calls]
+    if not torch.equal(out.long(), want):
+        at = int((out.long() != want).any(0).nonzero()[0]) - 6 + 1
+        said = (f"with the judge's weights changed before each call of the model's forward, generating {steps} tokens "
+                f"from a 6-token prompt gave tokens that no cached generation gives, from generated token {at} "
+                f"(of {steps}) on:\n"
+                f"  expected {want[0].tolist()}\n  got      {out[0].tolist()}\n")
+        shown = lengths[:12] + (["..."] if len(lengths) > 12 else [])
+        if not lengths:
+            fail(said + "generate_cached never called the model's forward: run the prompt and each step through "
+                 "model(idx, cache=cache, start_pos=...) (or model.forward).", "cache_recompute")
+        if lengths[0] != 6 or any(n != 1 for n in lengths[1:]) or len(lengths) not in (steps, steps + 1):
+            fail(said + f"it passed these numbers of tokens to the model's forward, call by call: {shown}; expected "
+                 "6 once, then 1 per step: feed only the newest token and let the cache hold the rest.",
+                 "cache_recompute")
+        if torch.equal(out.long(), recomputed(states, prompt, steps)):
+            fail(said + "each call passed one new token, but these are the tokens of re-running the whole sequence "
+                 "at every step, each call's weights applied to every earlier position"
+                 f"{inside_counts(w, gpt, prompt, steps)}: a step must embed and project only its new token and read "
+                 "the earlier positions' keys and values from the cache.", "cache_inside")
+        if torch.equal(out.long(), greedy_of(llama_of(wts, H, KV, L), prompt, steps)):
+            fail(said + "these are the tokens of the model's first weights throughout: the logits were computed "
+                 "outside the model's forward (model(...) or model.forward(...)), which is what each step must call.",
+                 "cache_recompute")
+        fail(said + "each call passed one new token; a cached step whose logits are wrong gives other tokens too "
+             "(see the checks of the cached steps).", "cache")
+    if any(grad for _, grad in calls):
+        fail("generate_cached ran the model with gradients enabled: decorate it with @torch.no_grad().", "sampling")
 
 
 @points(2)

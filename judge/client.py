@@ -24,7 +24,7 @@ from pack.spawn import Kept, fresh_interpreter
 from protocol import messages as m
 from protocol.codec import ProtocolError, read_frame, write_frame
 from protocol.messages import SPEC
-from protocol.messages import WALL_FACTOR, Backward, Fault, Options, Usage, wait_fault
+from protocol.messages import WALL_FACTOR, Backward, Fault, Options, Swap, Usage, wait_fault
 from protocol.values import DTYPES, Packer, Unpacker, load_tensors, save_tensors
 
 NO_GRAD = Options(no_grad=True)
@@ -404,6 +404,8 @@ class Worker:
         packer = Packer()
         if opts.backward is not None and isinstance(opts.backward.grad_out, torch.Tensor):
             opts = dataclasses.replace(opts, backward=Backward(packer.tensor(opts.backward.grad_out), opts.backward.index))
+        if opts.swap is not None:  # the states' tensors travel in the frame's blob
+            opts = dataclasses.replace(opts, swap=Swap(opts.swap.handle, _encode(list(opts.swap.states), packer)))
         call = m.Call(self._target(target), _encode(list(args), packer), _encode(kwargs, packer),
                       dataclasses.replace(opts, timeout=None))
         answer = self.request(call, packer.tensors, opts.timeout)

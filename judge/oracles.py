@@ -251,3 +251,49 @@ def llama_of(wts: dict, n_heads: int, n_kv_heads: int, n_layers: int):
             x = llama_block(blk, x, n_heads, n_kv_heads, positions, mask, rope_on=rope_on)
         return F.linear(rms_norm(wts["norm.weight"], x), wts["lm_head.weight"])
     return forward
+
+
+# ---- lab 6: a forward over a key/value cache, with weights that may change from call to call ----------------------
+def gqa_step(wts: dict, x: Tensor, n_heads: int, n_kv_heads: int, past: tuple, start: int,
+             theta: float = 10000.0) -> tuple:
+    """Lab 5's grouped-query attention for the new positions start.. of x (B, T, D), whose queries see `past` (the
+    earlier positions' keys and values as lab 6's cache holds them, rows repeated for each query head of a group,
+    keys turned by rope; None before the first call) and their own keys up to themselves. Returns (out, past
+    extended by the new positions)."""
+    wts, x = _double(wts), x.to(torch.float64)
+    T, D = x.size(1), x.size(-1)
+    d_head, group = D // n_heads, n_heads // n_kv_heads
+    positions = torch.arange(start, start + T)
+    turn = lambda t: rope(t.unflatten(-1, (n_heads, d_head)), positions[:, None], theta).flatten(-2)  # noqa: E731
+    q = turn(F.linear(x, wts["wq.weight"]))
+    k = turn(F.linear(x, _grouped(wts["wk.weight"], n_kv_heads, group)))
+    v = F.linear(x, _grouped(wts["wv.weight"], n_kv_heads, group))
+    if past is not None:
+        k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)
+    seen = torch.arange(k.size(1))[None, :] <= positions[:, None]  # (T, start + T)
+    eye = torch.eye(D, dtype=torch.float64)
+    out, _ = F.multi_head_attention_forward(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), D, n_heads, None, None, None, None, False, 0.0,
+        wts["wo.weight"], None, training=False, need_weights=False, attn_mask=~seen, use_separate_proj_weight=True,
+        q_proj_weight=eye, k_proj_weight=eye, v_proj_weight=eye)
+    return out.transpose(0, 1), (k, v)
+
+
+def llama_steps(n_heads: int, n_kv_heads: int, n_layers: int):
+    """Lab 6's cached forward as a function step(wts, idx, past, start) -> (logits of idx (B, T, vocab), past): the
+    tokens idx sit at positions start.., computed with lab 5's weights `wts`, and each layer's queries see the
+    keys and values `past` holds (what earlier calls computed, with the weights those calls had; None at first).
+    With the same weights on every call, the steps give lab 5's full forward (llama_of)."""
+    def step(wts: dict, idx: Tensor, past, start: int) -> tuple:
+        wts = _double(wts)
+        past = list(past) if past is not None else [None] * n_layers
+        x = F.embedding(idx, wts["tok_emb.weight"])
+        for i in range(n_layers):
+            blk = {n[len(f"blocks.{i}."):]: t for n, t in wts.items() if n.startswith(f"blocks.{i}.")}
+            attn = {n[5:]: t for n, t in blk.items() if n.startswith("attn.")}
+            ffn = {n[4:]: t for n, t in blk.items() if n.startswith("ffn.")}
+            out, past[i] = gqa_step(attn, rms_norm(blk["norm1.weight"], x), n_heads, n_kv_heads, past[i], start)
+            x = x + out
+            x = x + swiglu(ffn, rms_norm(blk["norm2.weight"], x))
+        return F.linear(rms_norm(wts["norm.weight"], x), wts["lm_head.weight"]), past
+    return step

@@ -42,6 +42,13 @@ def fill(h: Handle, seed: int = 1234, style: str = "check") -> dict:
     style "check": LayerNorm weights U(0.5, 1.5) and biases N(0, 0.3), so identity initialisation hides nothing;
     style "default": PyTorch's own initialisation (what a model trains from).
     """
+    values = draw(h, seed, style)
+    h.load(values)
+    return values
+
+
+def draw(h: Handle, seed: int = 1234, style: str = "check") -> dict:
+    """fill's values for h's parameters, without loading them."""
     g = torch.Generator().manual_seed(seed)
     values, ties = {}, h.ties
     for name, (shape, dtype) in h.params.items():
@@ -63,7 +70,6 @@ def fill(h: Handle, seed: int = 1234, style: str = "check") -> dict:
         else:
             v = torch.rand(shape, generator=g) + 0.5 if style == "check" else torch.ones(shape)
         values[name] = v
-    h.load(values)
     return values
 
 

@@ -144,6 +144,10 @@ HINTS = {
     "cache_recompute": ("After the prompt, pass only the newest token (idx[:, -1:]) to forward, with the cache.",
                         "Recomputing the whole sequence each step costs O(T) per token; the cache makes it O(1) in the "
                         "model's matmuls."),
+    "cache_inside": ("At a step, forward embeds and projects only its new tokens (idx); the earlier positions' keys "
+                     "and values come from the cache (what update returns).",
+                     "Recomputing the whole sequence inside forward, behind a one-token call, costs as much as no "
+                     "cache at all."),
     "cache_mask": ("The mask for T new tokens at start_pos is (T, start_pos + T): query i may see positions "
                    "0..start_pos+i.", "causal_mask(T) only fits when start_pos is 0; with no mask a chunk's early tokens "
                    "see its later ones."),

@@ -120,6 +120,15 @@ class Capture:
     function: str
 
 
+@message("swap")
+class Swap:
+    """Weights that change call by call: before each forward of held module `handle` (the outermost one, however it
+    is reached: `m(x)`, `m.forward(x)`), the worker copies the next of `states` ({parameter name: tensor}, tagged
+    values) into its parameters; calls past the last state keep it. The module's own values come back afterwards."""
+    handle: str
+    states: Value = ()
+
+
 @message("options")
 class Options:
     """The grader's own options for one call; the student function's arguments travel apart from these."""
@@ -130,6 +139,7 @@ class Options:
     watch: Optional[Watch] = None
     resets: Optional[Watch] = None
     capture: Optional[Capture] = None
+    swap: Optional[Swap] = None
     guard: bool = False  # the runtime shortcut guard
     device_guard: bool = False  # one device per op
     timeout: Optional[float] = None  # the judge's limit for this call (never sent on)

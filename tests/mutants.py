@@ -46,6 +46,49 @@ L6_MASK = "mask = keys[None, :] <= positions[:, None]  # (T, start_pos + T): que
 L6_ROPE = "q, k = rope(q, positions, attn.theta), rope(k, positions, attn.theta)"
 L6_STEP = "logits = model(next_id, cache=cache, start_pos=idx.size(1) - 1)  # (B, 1, vocab): one token per step"
 L6_NEW_CACHE = "cache = KVCache(len(model.blocks))"
+L6_GENERATE = """    cache = KVCache(len(model.blocks))
+    logits = model(idx, cache=cache, start_pos=0)  # (B, T, vocab)
+    for _ in range(max_new_tokens):
+        last = logits[:, -1, :] / temperature  # (B, vocab)
+        if top_k is not None:
+            kth = torch.topk(last, min(top_k, last.size(-1))).values[:, [-1]]
+            last = last.masked_fill(last < kth, float("-inf"))
+        next_id = torch.multinomial(torch.softmax(last, dim=-1), num_samples=1)  # (B, 1)
+        idx = torch.cat([idx, next_id], dim=1)
+        logits = model(next_id, cache=cache, start_pos=idx.size(1) - 1)  # (B, 1, vocab): one token per step
+    return idx
+"""
+# the same sampler written another way: feed, then sample (no call after the last token), top_k by scatter, the
+# temperature after it, self(...) with positional arguments
+L6_FEED_THEN_SAMPLE = """    cache, x, pos = KVCache(len(model.blocks)), idx, 0
+    for _ in range(max_new_tokens):
+        logits = model(x, cache, pos)[:, -1]
+        pos += x.size(1)
+        if top_k is not None:
+            values, where = logits.topk(min(top_k, logits.size(-1)))
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, where, values)
+        x = torch.multinomial(F.softmax(logits / temperature, dim=-1), 1)
+        idx = torch.cat([idx, x], 1)
+    return idx
+"""
+# no cache at all behind one-token calls: each step re-embeds the whole sequence with F.embedding and projects it
+# with the weights read directly (no tok_emb or wk call to count), filling the cache only to keep its length right
+L6_RECOMPUTE = [
+    ("    q = attn.wq(x).view(B, T, attn.n_heads, attn.d_head).transpose(1, 2)  # (B, H, T, d_head)\n"
+     "    k = attn.wk(x).view(B, T, attn.n_kv_heads, attn.d_head).transpose(1, 2)  # (B, H_kv, T, d_head)\n"
+     "    v = attn.wv(x).view(B, T, attn.n_kv_heads, attn.d_head).transpose(1, 2)\n"
+     "    positions = torch.arange(start_pos, start_pos + T, device=x.device)\n",
+     "    q = F.linear(x, attn.wq.weight).view(B, T, attn.n_heads, attn.d_head).transpose(1, 2)\n"
+     "    k = F.linear(x, attn.wk.weight).view(B, T, attn.n_kv_heads, attn.d_head).transpose(1, 2)\n"
+     "    v = F.linear(x, attn.wv.weight).view(B, T, attn.n_kv_heads, attn.d_head).transpose(1, 2)\n"
+     "    positions = torch.arange(T, device=x.device)\n"),
+    (L6_UPDATE, "cache.update(layer, k[:, :, start_pos:], v[:, :, start_pos:])  # its length only: never read"),
+    ("        x = self.tok_emb(idx)  # (B, T, D)\n        for layer",
+     "        cache.seen = torch.cat([cache.seen, idx], 1) if start_pos else idx\n"
+     "        x = F.embedding(cache.seen, self.tok_emb.weight)  # the whole sequence again\n        for layer"),
+    ("        return self.lm_head(self.norm(x))  # (B, T, vocab_size)\n        # END SOLUTION\n\n\n@torch.no_grad()",
+     "        return self.lm_head(self.norm(x))[:, start_pos:]\n        # END SOLUTION\n\n\n@torch.no_grad()"),
+    ("import torch\n", "import torch\nimport torch.nn.functional as F\n")]
 
 MUTANTS = [
     # ---- lab 1
@@ -283,7 +326,8 @@ MUTANTS = [
         ("        if cache is None:\n            return super().forward(idx)\n",
          "        if cache is None:\n            return super().forward(idx)\n"
          "        cache.seen = torch.cat([cache.seen, idx], 1) if start_pos else idx\n"
-         "        return super().forward(cache.seen)[:, -idx.size(1):]\n")], {"test_one_token_per_step"}, "cache_recompute"),
+         "        return super().forward(cache.seen)[:, -idx.size(1):]\n")], {"test_one_token_per_step"}, "cache_inside"),
+    Mutant("lab6-recompute-by-function", "lab6", L6_RECOMPUTE, {"test_one_token_per_step"}, "cache_inside"),
     Mutant("lab6-cache-in-class-attributes", "lab6", [("class KVCache:\n", "class KVCache:\n    keys, values = [None] * 4, [None] * 4\n\n"),
                                                       (L6_INIT, "pass")],
            {"test_each_cache_is_its_own"}, "cache_stale"),
@@ -375,6 +419,12 @@ VARIANTS = [
     Mutant("lab6-embedding-by-function", "lab6", [("x = self.tok_emb(idx)  # (B, T, D)\n        for layer",
                                                     "x = F.embedding(idx, self.tok_emb.weight)\n        for layer"),
                                                    ("import torch\n", "import torch\nimport torch.nn.functional as F\n")],
+           set(), status="passed"),
+    Mutant("lab6-forward-called-directly", "lab6", [
+        ("logits = model(idx, cache=cache, start_pos=0)", "logits = model.forward(idx, cache, 0)"),
+        (L6_STEP, "logits = model.forward(next_id, cache, idx.size(1) - 1)")], set(), status="passed"),
+    Mutant("lab6-feed-then-sample-scatter-top-k", "lab6", [(L6_GENERATE, L6_FEED_THEN_SAMPLE),
+                                                          ("import torch\n", "import torch\nimport torch.nn.functional as F\n")],
            set(), status="passed"),
     Mutant("lab6-rotate-keys-when-read", "lab6", [
         (L6_ROPE, "q = rope(q, positions, attn.theta)"),
