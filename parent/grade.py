@@ -105,7 +105,7 @@ def preload(isolation: str):
     for name in STDLIB:
         importlib.import_module(name)
     import gc
-    import worker.serve  # noqa: F401  (the workers' code, loaded before the zygote forks)
+    importlib.import_module("worker.serve")  # the workers' code, loaded before the zygote forks
     from worker import zygote
     gc.freeze()  # workers' garbage collections skip torch's heap (and do not copy its pages)
     ZYGOTE["socket"] = zygote.start()
