@@ -169,12 +169,12 @@ class Worker:
     `deadline`; `budget` (CPU seconds) bounds what the lab's workers use in all (siblings share it)."""
 
     def __init__(self, sources: dict, device: str = "cpu", memory: float = 4.0, timeout: float = 30.0,
-                 zygote: socket.socket = None, hide=(), deadline: float = None, trusted=(), budget: float = None):
+                 zygote: socket.socket = None, hide=(), deadline: float = None, standins=(), budget: float = None):
         self.sources, self.device, self.memory, self.timeout = sources, device, memory, timeout
         self.zygote, self.hide, self.deadline = zygote, list(hide), deadline
         self.budget = [budget]  # CPU seconds left to the lab (None: no budget), one list shared with siblings
         self.cpu_file = None  # the worker's cgroup's CPU counter, when the zygote made one
-        self.trusted = list(trusted)  # modules among `sources` that are the pack's stand-ins (imported first)
+        self.standins = list(standins)  # the pack's stand-ins (m.StandIn, compiled): sent, never written as files
         self.proc = self.pid = None
         self.kept = Kept()
         self.starts, self.hits = 0, []
@@ -183,9 +183,9 @@ class Worker:
         # what the judge tells its checks: the lab, the submission's own files, and whether it is graded on them
         self.lab, self.submission, self.own_labs = None, dict(sources), True
 
-    def sibling(self, sources: dict, trusted=()) -> "Worker":
+    def sibling(self, sources: dict, standins=()) -> "Worker":
         """Another worker like this one on other files (closed with this one)."""
-        other = Worker(sources, self.device, self.memory, self.timeout, self.zygote, self.hide, self.deadline, trusted)
+        other = Worker(sources, self.device, self.memory, self.timeout, self.zygote, self.hide, self.deadline, standins)
         other.budget = self.budget
         other.lab, other.submission, other.own_labs = self.lab, self.submission, self.own_labs
         self.siblings.append(other)
@@ -193,6 +193,7 @@ class Worker:
 
     # ---- lifecycle ----
     def _copy(self) -> str:
+        """The worker's private folder, holding the submission's files only (the stand-ins travel in the spec)."""
         folder = tempfile.mkdtemp(prefix="labgrade-")
         for name, data in self.sources.items():
             with open(os.path.join(folder, name), "wb") as f:
@@ -207,13 +208,11 @@ class Worker:
         self.resp_r, resp_w = os.pipe()
         self.out_r, out_w = os.pipe()
         spec = m.WorkerSpec(lab_dir=self.folder, device=self.device, memory=self.memory, judge=os.getpid(),
-                            cpu_seconds=int(self.timeout * 4) + 10, hide=self.hide, trusted=self.trusted)
+                            cpu_seconds=int(self.timeout * 4) + 10, hide=self.hide, standins=self.standins)
+        spec_fd = spec_file(spec)  # a spec of any size: one frame in a file no folder holds
         if self.zygote is not None:
             ctl_r, ctl_w = os.pipe()
-            spec_fd = os.memfd_create("worker-spec", os.MFD_CLOEXEC)  # a spec of any size: one frame in a file
             try:
-                write_frame(spec_fd, spec)
-                os.lseek(spec_fd, 0, os.SEEK_SET)
                 socket.send_fds(self.zygote, [SPEC], [spec_fd, req_r, resp_w, out_w, ctl_w])
             finally:
                 os.close(spec_fd)
@@ -226,8 +225,12 @@ class Worker:
             self.pid = int(words[1])
             self.cpu_file = words[3] if len(words) > 3 and words[3] != "-" else None
         else:  # a fresh interpreter (isolation "spawn", or plain pytest)
-            self.proc = fresh_interpreter("worker.serve", [req_r, resp_w, self.folder, self.device, *self.trusted],
-                                          out_w, (req_r, resp_w), cwd=self.folder, new_session=True)
+            os.set_inheritable(spec_fd, True)
+            try:
+                self.proc = fresh_interpreter("worker.serve", [req_r, resp_w, spec_fd], out_w, (req_r, resp_w, spec_fd),
+                                              cwd=self.folder, new_session=True)
+            finally:
+                os.close(spec_fd)
             self.pid, self.ctl, self.cpu_file = self.proc.pid, None, None
         for fd in (req_r, resp_w, out_w):
             os.close(fd)
@@ -434,6 +437,22 @@ class Worker:
     def audit(self) -> dict:
         value = self.request(m.Audit(), timeout=10).value
         return value if type(value) is dict else {}
+
+
+def spec_file(spec: m.WorkerSpec) -> int:
+    """A descriptor of an anonymous file (no name in any folder) holding `spec` as one frame, at offset 0."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("worker-spec", os.MFD_CLOEXEC)
+    else:  # an unlinked temporary file
+        with tempfile.TemporaryFile() as f:
+            fd = os.dup(f.fileno())
+    try:
+        write_frame(fd, spec)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _tree(pid: int) -> list:

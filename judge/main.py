@@ -53,9 +53,9 @@ def run(spec: m.JudgeSpec, fd: int, nonce: str, zygote=None, sources: dict = Non
         hits = scan_source(sources.get(LABS[lab].file, b""), LABS[lab].file)
         if hits:
             emit(m.RuleBroken("forbidden: " + "; ".join(hits[:5])))
-        files, trusted = files_for(lab, sources, None if spec.own_labs else ())
+        files, standins = files_for(lab, sources, None if spec.own_labs else ())
         worker = Worker(files, device=spec.device, memory=spec.memory, timeout=spec.check_timeout, zygote=zygote,
-                        hide=spec.hide, deadline=spec.deadline, trusted=trusted, budget=spec.cpu_budget)
+                        hide=spec.hide, deadline=spec.deadline, standins=standins, budget=spec.cpu_budget)
         worker.lab, worker.submission, worker.own_labs = lab, dict(sources), spec.own_labs
         try:
             worker.request(m.Import(LABS[lab].module))

@@ -3,10 +3,14 @@
 `checks_of(lab)` lists a lab's checks in file order; `run_check` runs one against a worker and turns whatever
 happened into a CheckDone record: passed (with the figures the check returned), skipped, or failed with a Failure
 that names its Fault, message, hint and the student's frames; a check that timed out on a busy machine runs once
-more on a fresh worker. `files_for` decides which files a lab's worker holds.
+more on a fresh worker. `files_for` decides which files a lab's worker holds, and which stand-ins it installs.
 """
+import ast
+import base64
 import dataclasses
+import functools
 import importlib
+import marshal
 import time
 import traceback
 from pathlib import Path
@@ -21,7 +25,8 @@ from protocol import messages as m
 from protocol.messages import Fault, machine_busy
 
 MAX_MESSAGE = 4000
-STANDINS = Path(__file__).resolve().parent.parent / "worker" / "standins"  # read as files: run by the worker only
+STANDINS = Path(__file__).resolve().parent.parent / "worker" / "standins"  # read here, compiled, run by the worker only
+STANDIN_FILE = "<stand-in {}>"  # the file name a stand-in's code carries: no file of that name exists anywhere
 
 
 def checks_of(lab: str) -> dict:
@@ -30,23 +35,47 @@ def checks_of(lab: str) -> dict:
     return {n: f for n, f in vars(checker).items() if n.startswith("test_") and callable(f)}
 
 
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    """The module's tree with every docstring (module, class, function) taken out: text the code does not need."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.fix_missing_locations(tree)
+
+
+@functools.lru_cache(maxsize=None)
+def standin(name: str):
+    """The pack's stand-in for lab `name`, compiled here (an m.StandIn), or None when this copy of the pack has none
+    (the student release has no lab 4 stand-in). The worker gets the code object only: never the source, never a
+    file, and the code names a file that does not exist, so nothing in the worker can read its lines back."""
+    path = STANDINS / FILES[name]
+    if not path.is_file():
+        return None
+    module = LABS[name].module
+    tree = _without_docstrings(ast.parse(path.read_bytes(), filename=STANDIN_FILE.format(module)))
+    code = compile(tree, STANDIN_FILE.format(module), "exec", dont_inherit=True)
+    return m.StandIn(module, base64.b64encode(marshal.dumps(code)).decode("ascii"))
+
+
 def files_for(lab: str, submission: dict, own=None) -> tuple:
-    """(files, stand-in modules) for a worker that runs `lab`: the submission's file for `lab` and for every lab in
-    `own` (None: every lab the submission has, stand-ins for none), the pack's stand-in for each other lab before it
-    (the submission's own file where the pack has none). Later labs' files are left out."""
+    """(files, stand-ins) for a worker that runs `lab`: the submission's file for `lab` and for every lab in `own`
+    (None: every lab the submission has, stand-ins for none), the pack's stand-in (an m.StandIn, compiled) for each
+    other lab before it (the submission's own file where the pack has none). Later labs' files are left out. Only
+    the submission's files are written into the worker's folder."""
     if own is None:
         return dict(submission), []
-    files, trusted = {}, []
+    files, standins = {}, []
     for name in earlier(lab):
-        standin = STANDINS / FILES[name]
-        if FILES[name] in submission and (name in own or not standin.is_file()):
+        compiled = standin(name)
+        if FILES[name] in submission and (name in own or compiled is None):
             files[FILES[name]] = submission[FILES[name]]
-        elif standin.is_file():
-            files[FILES[name]] = standin.read_bytes()
-            trusted.append(LABS[name].module)
+        elif compiled is not None:
+            standins.append(compiled)
     if FILES[lab] in submission:
         files[FILES[lab]] = submission[FILES[lab]]
-    return files, trusted
+    return files, standins
 
 
 def describe(exc: BaseException, lab: str, display_dir: str) -> m.Failure:

@@ -218,26 +218,47 @@ def print_scorecard(results, out: Console, hints=False, verbose=False, source=""
                    style="bold green" if total == best and all(r.status == "passed" for r in results) else "bold"))
 
 
+WHEN = {"after_due_date": "after the due date", "after_published": "once grades are published",
+        "hidden": "to the course staff only", "visible": "with the others"}
+
+
 def results_json(results, elapsed: float, error: str = None, visibility: str = "visible",
                  hidden_visibility: str = "after_due_date") -> dict:
     """Gradescope's results.json: one test per check, tagged with its lab; checks held back for submission get
-    `hidden_visibility`. A lab's notes (fix an earlier lab first) go in the summary and in its checks' output."""
+    `hidden_visibility`. A lab's notes (fix an earlier lab first) go in the summary and in its checks' output.
+
+    When the held-back checks are not shown with the others (`hidden_visibility` is not `visibility`), what shows
+    with the others (the summary, `output`, and every visible test) is the lab as its visible checks alone have it
+    (LabResult.shown): their status, points, detail and notes, so nothing there tells how a held-back check did.
+    The total `score` counts every check (it is the grade): keep it from students until the due date with
+    Gradescope's own setting (README, Gradescope)."""
+    apart = hidden_visibility != visibility
     tests = []
     for r in results:
+        view = r.shown if apart and r.shown is not None else r
         for i, c in enumerate(r.checks, 1):
+            lab = r if c.hidden else view
             output = c.message if not c.passed else ""
             if not c.passed and c.hint:
                 output += f"\nHint: {hint_text(c.hint)}"
             if c.skipped:
                 output = c.message
-            if r.status not in ("passed", "failed"):
-                output = f"[lab {r.status}: {r.detail}]\n{output}".strip()
+            if lab.status not in ("passed", "failed"):
+                output = f"[lab {lab.status}: {lab.detail}]\n{output}".strip()
             tests.append({"name": f"{r.lab} · {c.title}", "number": f"{LABS[r.lab].number}.{i}", "score": c.score,
                           "max_score": c.points, "status": "passed" if c.passed and c.score == c.points else "failed",
                           "output": output.strip(), "output_format": "text", "tags": [r.lab],
                           "visibility": hidden_visibility if c.hidden else visibility})
-    summary = [f"{r.lab}: {r.status} {r.score}/{r.max_score}" + (f" ({r.detail})" if r.detail else "")
-               + "".join(f"\n  {note}" for note in r.notes) for r in results]
+    summary = []
+    for r in results:
+        view = r.shown if apart and r.shown is not None else r
+        line = f"{r.lab}: {view.status} {view.score}/{view.max_score}"
+        if view is not r:
+            held = [c for c in r.checks if c.hidden]
+            points = sum(c.points for c in held)
+            line += (f" (visible checks; {len(held)} held-back check{'s' if len(held) > 1 else ''}, {points} "
+                     f"point{'s' if points != 1 else ''}, shown {WHEN.get(hidden_visibility, 'later')})")
+        summary.append(line + (f" ({view.detail})" if view.detail else "") + "".join(f"\n  {note}" for note in view.notes))
     if error:
         summary.append(f"grading error: {error}")
     return plain({"score": sum(r.score for r in results), "execution_time": round(elapsed, 2),

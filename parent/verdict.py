@@ -84,6 +84,9 @@ class LabResult:
     internal: str = ""  # what the grader's own judge printed: shown only when grading itself failed
     seconds: float = 0.0
     device: str = ""
+    # the lab as its visible checks alone have it (a LabResult of those checks: their status, detail and notes),
+    # for what students see before the held-back checks are shown; None when the lab has no held-back check here
+    shown: "LabResult" = None
 
     @property
     def score(self) -> int:
@@ -170,9 +173,56 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
                 c.trace, c.traceback = [clean(t) for t in f.trace], clean(f.traceback)
             if r.rerun is not None:
                 c.rerun = rerun_note(r.rerun.usage)
+    limit = f"{task.timeout * m.WALL_FACTOR:g} s"
+    status, detail = _status(outcome, checks, imported, forbidden, end, lab_source, limit)
+
+    missing = "not finished: the lab was stopped after " + limit if status == "timeout" else "not run"
+    for c in checks:
+        if c.name not in by_name:
+            c.message = "not run" if imported and not imported.ok else missing
+        if status == "not started" and c.kind in ("not_started", None):
+            c.message, c.hint = "not started", None
+        c.score = c.points if c.passed and status not in UNAWARDED else 0
+
+    output = end.output if end else ""
+    result = LabResult(task.lab, status, clean(detail), checks, output=clean(output), internal=clean(outcome.output),
+                       seconds=outcome.seconds, device=start.device if start else task.device,
+                       held_back=held_back(task.lab) if task.select is None else (0, 0))
+    failures = [by_name[c.name].failure for c in checks if c.name in by_name and by_name[c.name].failure]
+    failures += [imported.failure] if imported and imported.failure else []
+    result.notes = _notes(task.lab, checks, failures)
+    if any(c.hidden for c in checks):  # the same lab as its visible checks alone say it, for students before the due date
+        shown = [c for c in checks if not c.hidden]
+        status, detail = _status(outcome, shown, imported, forbidden, end, lab_source, limit)
+        failures = [by_name[c.name].failure for c in shown if c.name in by_name and by_name[c.name].failure]
+        failures += [imported.failure] if imported and imported.failure else []
+        result.shown = LabResult(task.lab, status, clean(detail), shown, _notes(task.lab, shown, failures),
+                                 result.held_back, result.output, seconds=result.seconds, device=result.device)
+    return result
+
+
+def _notes(lab: str, checks: list, failures: list) -> list:
+    """A lab's notes from these checks and failures: an earlier lab to fix first, a check that ran twice."""
+    notes, number = [], LABS[lab].number
+    for c in checks:
+        if c.blame and not c.passed:
+            notes.append(f"Lab {number} passes with the pack's own lab {LABS[c.blame].number}, but not with your "
+                         f"{LABS[c.blame].file}: fix lab {LABS[c.blame].number} first (python grader.py {c.blame}).")
+    for c in checks:
+        if c.rerun:
+            notes.append(f"“{c.title}” was re-run once: {c.rerun}; the second run counts.")
+    blockers = sorted({f.origin for f in failures if f.fault is Fault.BLOCKED and f.origin in LABS}, key=order)
+    for blocker in blockers:
+        notes.append(f"Some failures come from {LABS[blocker].file}: fix lab {LABS[blocker].number} first "
+                     f"(python grader.py {blocker}).")
+    return notes
+
+
+def _status(outcome, checks: list, imported, forbidden: list, end, lab_source, limit: str) -> tuple:
+    """(status, detail) of a lab from its judge's outcome and these checks' results (decide: every check, or the
+    visible ones alone: what the lab-wide records say, a rule broken included, holds for both)."""
     faults = [c for c in checks if c.fault is not None and c.fault.of_worker]
 
-    limit = f"{task.timeout * m.WALL_FACTOR:g} s"
     if outcome.error:
         status, detail = "error", outcome.error
     elif forbidden:
@@ -202,34 +252,7 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
         status, detail = "not started", f"every check reached a TODO (NotImplementedError). First TODO: {first}"
     else:
         status, detail = "failed", ""
-
-    missing = "not finished: the lab was stopped after " + limit if status == "timeout" else "not run"
-    for c in checks:
-        if c.name not in by_name:
-            c.message = "not run" if imported and not imported.ok else missing
-        if status == "not started" and c.kind in ("not_started", None):
-            c.message, c.hint = "not started", None
-        c.score = c.points if c.passed and status not in UNAWARDED else 0
-
-    output = end.output if end else ""
-    result = LabResult(task.lab, status, clean(detail), checks, output=clean(output), internal=clean(outcome.output),
-                       seconds=outcome.seconds, device=start.device if start else task.device,
-                       held_back=held_back(task.lab) if task.select is None else (0, 0))
-    number = LABS[task.lab].number
-    for c in checks:
-        if c.blame and not c.passed:
-            result.notes.append(f"Lab {number} passes with the pack's own lab {LABS[c.blame].number}, but not with your "
-                                f"{LABS[c.blame].file}: fix lab {LABS[c.blame].number} first (python grader.py {c.blame}).")
-    for c in checks:
-        if c.rerun:
-            result.notes.append(f"“{c.title}” was re-run once: {c.rerun}; the second run counts.")
-    failures = [r.failure for r in by_name.values() if r.failure]
-    failures += [imported.failure] if imported and imported.failure else []
-    blockers = sorted({f.origin for f in failures if f.fault is Fault.BLOCKED and f.origin in LABS}, key=order)
-    for lab in blockers:
-        result.notes.append(f"Some failures come from {LABS[lab].file}: fix lab {LABS[lab].number} first "
-                            f"(python grader.py {lab}).")
-    return result
+    return status, detail
 
 
 def rerun_note(usage) -> str:
@@ -241,9 +264,15 @@ def rerun_note(usage) -> str:
 
 
 def note_dependencies(results: list):
-    """A lab that fails while an earlier lab it builds on fails says so (never changes any verdict)."""
-    failing = [r.lab for r in results if r.status != "passed"]
-    for r in results:
+    """A lab that fails while an earlier lab it builds on fails says so (never changes any verdict); the labs' visible
+    views (LabResult.shown) are noted from the visible views alone."""
+    _note_dependencies(results, results)
+    _note_dependencies([r.shown for r in results if r.shown is not None], [r.shown or r for r in results])
+
+
+def _note_dependencies(targets: list, views: list):
+    failing = [r.lab for r in views if r.status != "passed"]
+    for r in targets:
         before = [lab for lab in failing if order(lab) < order(r.lab)]
         if r.status != "passed" and before and not [n for n in r.notes if "was re-run once" not in n]:
             first = LABS[before[0]].number

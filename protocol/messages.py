@@ -274,6 +274,16 @@ class Answer:
 SPEC = b"spec"
 
 
+@message("stand_in")
+class StandIn:
+    """One of the pack's stand-ins for an earlier lab, compiled by the judge: `code` is the module's code object
+    (marshal, then base64), compiled under a name that is no file (`<stand-in lab4_gpt>`) with its docstrings
+    dropped. The worker installs it as the module `module` before any student code runs; its source never leaves
+    the judge, and no file of it is ever written where a worker can see it."""
+    module: str
+    code: str
+
+
 @message("worker_spec")
 class WorkerSpec:
     lab_dir: str
@@ -282,7 +292,7 @@ class WorkerSpec:
     judge: int  # the judge's pid: the worker dies with it
     cpu_seconds: int
     hide: list[str] = field(default_factory=list)
-    trusted: list[str] = field(default_factory=list)  # modules in lab_dir that are the pack's stand-ins
+    standins: list[StandIn] = field(default_factory=list)  # the pack's stand-ins, installed in this order
 
 
 # ---- parent -> judge ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 
 from pack.labs import BONUS, CORE
 from parent.verdict import expected_checks
-from tests.helpers import PY, ROOT, TOTAL, run_grader
+from tests.helpers import PY, ROOT, TOTAL, run_grader, submission
 from tools.make_stubs import expected_stubs, solution_regions, stub_source
 
 
@@ -48,6 +48,42 @@ def test_json_follows_the_gradescope_schema(tmp_path):
     for test in results["tests"]:
         assert {"name", "score", "max_score", "status", "output", "tags"} <= test.keys()
         assert test["status"] in ("passed", "failed") and test["tags"] == ["lab2"]
+
+
+L1_SOFTMAX = "weights = torch.softmax(scores, dim=-1)"
+NAIVE_SOFTMAX = "weights = scores.exp() / scores.exp().sum(-1, keepdim=True)"  # fails the held-back check only
+
+
+def test_a_held_back_check_shows_nothing_before_its_time(tmp_path):
+    """A lab 1 failing only its held-back check: the summary and every visible test count the visible checks alone
+    (no failure, no 14), the held-back test itself is there with its own visibility; shown with the others
+    (--hidden-visibility visible), the summary counts it; a visible failure always shows."""
+    checks = expected_checks("lab1")
+    held = [c for c in checks if c.hidden]
+    everything, visible = sum(c.points for c in checks), sum(c.points for c in checks if not c.hidden)
+    assert held and visible < everything
+
+    def graded(name, edit, *extra):
+        folder = submission(tmp_path / name, "lab1", [edit])
+        run_grader("lab1", "--submission", folder, "--json", tmp_path / f"{name}.json", *extra)
+        return json.loads((tmp_path / f"{name}.json").read_text())
+
+    results = graded("naive", (L1_SOFTMAX, NAIVE_SOFTMAX))
+    shown = [t for t in results["tests"] if t["visibility"] == "visible"]
+    (hidden,) = [t for t in results["tests"] if t["visibility"] != "visible"]
+    assert hidden["visibility"] == "after_due_date" and hidden["status"] == "failed" and hidden["score"] == 0
+    assert len(shown) == len(checks) - 1 and all(t["status"] == "passed" for t in shown), shown
+    assert results["output"].startswith(f"lab1: passed {visible}/{visible} (visible checks"), results["output"]
+    for text in [results["output"]] + [t["output"] for t in shown]:
+        assert "fail" not in text and str(everything) not in text, text
+    assert results["score"] == visible  # the grade itself counts every check (Gradescope's setting hides it)
+
+    together = graded("together", (L1_SOFTMAX, NAIVE_SOFTMAX), "--hidden-visibility", "visible")
+    assert together["output"].startswith(f"lab1: failed {visible}/{everything}"), together["output"]
+
+    broken = graded("no-scale", ("/ math.sqrt(d_k)", ""))
+    assert broken["output"].startswith("lab1: failed ") and "(visible checks" in broken["output"], broken["output"]
+    assert any(t["status"] == "failed" and t["output"] for t in broken["tests"] if t["visibility"] == "visible")
 
 
 def test_usage_errors_exit_2():

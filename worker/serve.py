@@ -5,8 +5,10 @@ and an unknown one is refused by the codec. Objects the student's code builds st
 judge refers to them by id. An exception in student code becomes data (ErrorInfo): its type name, message and
 the frames from the lab files. A call's grader options (Options) never mix with the student's arguments.
 """
+import base64
 import dataclasses
 import importlib
+import marshal
 import os
 import sys
 import traceback
@@ -31,17 +33,45 @@ class Missing(Exception):
     """The contract names something the lab module does not define."""
 
 
+def install_standin(name: str, code: str) -> types.ModuleType:
+    """The stand-in module `name`, made from its compiled code (marshal, base64: protocol.messages.StandIn) and
+    registered in sys.modules, as an import would: no file, no loader, no spec, so `inspect.getsource`, linecache and
+    tracebacks find no line of it, and `__file__` is not set."""
+    compiled = marshal.loads(base64.b64decode(code))
+    if not isinstance(compiled, types.CodeType):
+        raise TypeError(f"the stand-in {name} is not code")
+    module = types.ModuleType(name)
+    module.__package__ = ""
+    sys.modules[name] = module
+    try:
+        exec(compiled, module.__dict__)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _pairs(standins) -> list:
+    """(module, code) of each stand-in: m.StandIn messages, or the dicts the zygote's spec holds."""
+    pairs = []
+    for s in standins or ():
+        name, code = (s.get("module"), s.get("code")) if isinstance(s, dict) else (s.module, s.code)
+        if type(name) is str and type(code) is str:
+            pairs.append((name, code))
+    return pairs
+
+
 class Server:
-    def __init__(self, rfd: int, wfd: int, lab_dir: str, device: str, trusted=()):
+    def __init__(self, rfd: int, wfd: int, lab_dir: str, device: str, standins=()):
         self.rfd, self.wfd, self.lab_dir, self.device = rfd, wfd, lab_dir, torch.device(device)
         self.objects, self.hits = {}, []
         self.snapshot = Snapshot()
-        # the pack's stand-ins for earlier labs, imported before any student code: their frames are the grader's
-        self.trusted, self.trusted_files, self.kept_codes = set(), set(), []
-        for name in trusted:
-            module = importlib.import_module(name)
+        # the pack's stand-ins for earlier labs, installed before any student code: their frames are the grader's
+        self.kept_codes, self.standin_files = [], set()
+        for name, code in _pairs(standins):
+            module = install_standin(name, code)
             self.kept_codes += code_objects(module)  # held here, so no id of theirs is ever reused
-            self.trusted_files.add(os.path.realpath(module.__file__))
+            self.standin_files |= {c.co_filename for c in self.kept_codes}
         self.trusted = {id(c) for c in self.kept_codes}
 
     # ---- the loop ----
@@ -71,8 +101,10 @@ class Server:
         return key
 
     def describe_error(self, exc: BaseException) -> m.ErrorInfo:
+        # the student's own frames only: a stand-in's frames (code named after no file, `<stand-in lab4_gpt>`) are
+        # the pack's, and neither they nor any line of theirs is reported
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(self.lab_dir)
-                  and os.path.realpath(f.filename) not in self.trusted_files]  # a stand-in's lines are not the student's
+                  and f.filename not in self.standin_files]
         if isinstance(exc, SyntaxError) and (exc.filename or "").startswith(self.lab_dir):
             frames.append(traceback.FrameSummary(exc.filename, exc.lineno or 0, "<module>", line=(exc.text or "")))
         try:
@@ -320,9 +352,10 @@ def capture(module: str, function: str, captured: list) -> list:
     return restore
 
 
-def serve(rfd: int, wfd: int, lab_dir: str, device: str, trusted=()):
+def serve(rfd: int, wfd: int, lab_dir: str, device: str, standins=()):
     """Run the worker loop on a private copy of the lab files; the grader's own folders are not on sys.path.
-    `trusted`: the modules in lab_dir that are the pack's stand-ins for earlier labs (imported first)."""
+    `standins`: the pack's compiled stand-ins for earlier labs (protocol.messages.StandIn, or the zygote's dicts of
+    them), installed as modules before any student code runs; the folder holds the submission's files only."""
     for name in [n for n in sys.modules if n.split(".")[0] in ("grader", "parent", "judge", "checkers", "tests")]:
         del sys.modules[name]  # the command line's own module, when this process was forked from it
     sys.modules["__main__"] = types.ModuleType("__main__")
@@ -331,8 +364,11 @@ def serve(rfd: int, wfd: int, lab_dir: str, device: str, trusted=()):
     sys.dont_write_bytecode = True
     os.chdir(lab_dir)
     torch.set_num_threads(1)  # tiny tensors: threads only cost here (and fork + OpenMP pools do not mix)
-    Server(rfd, wfd, lab_dir, device, [str(t) for t in trusted if type(t) is str]).loop()
+    Server(rfd, wfd, lab_dir, device, standins).loop()
 
 
-if __name__ == "__main__":  # a fresh interpreter (isolation "spawn", plain pytest): requests fd, answers fd, folder
-    serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:])
+if __name__ == "__main__":  # a fresh interpreter (isolation "spawn", plain pytest): requests fd, answers fd, spec fd
+    spec_fd = int(sys.argv[3])  # an anonymous file holding the WorkerSpec as one frame
+    spec, _ = read_frame(spec_fd, (m.WorkerSpec,))
+    os.close(spec_fd)
+    serve(int(sys.argv[1]), int(sys.argv[2]), spec.lab_dir, spec.device, spec.standins)

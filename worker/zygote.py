@@ -370,7 +370,7 @@ def _worker(spec: dict, fds: list, sock: socket.socket):
         if os.getppid() != parent:  # the outer process died before that: nobody would end us
             os._exit(72)
         from worker.serve import serve
-        serve(req_r, resp_w, spec["lab_dir"], spec.get("device", "cpu"), spec.get("trusted") or [])
+        serve(req_r, resp_w, spec["lab_dir"], spec.get("device", "cpu"), spec.get("standins") or [])
         os._exit(0)
     except BaseException:
         try:
