@@ -38,7 +38,7 @@ CASES = {
     "os-exit-in-forward": ("lab3", [("    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        # BEGIN SOLUTION: pre-norm",
                                      "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        import os; os._exit(0)\n        # BEGIN SOLUTION: pre-norm")],
                            "exited", "code 0"),
-    "segfault": ("lab2", [(L2_FORWARD, L2_FORWARD + "        import ctypes; ctypes.string_at(0)\n")], "crashed", "SIGSEGV"),
+    "segfault": ("lab2", [(L2_FORWARD, L2_FORWARD + "        import os, signal; os.kill(os.getpid(), signal.SIGSEGV)\n")], "crashed", "SIGSEGV"),
     "allocate-16-gib": ("lab2", [(L2_FORWARD, L2_FORWARD + "        torch.ones(4 * 2 ** 30)\n")], "out of memory", "memory"),
     "flood-output": ("lab1", [("import torch\n", "import torch\nprint('x' * 5_000_000)\n"),
                               (L1_SCORES, "scores = q @ k.transpose(-2, -1)")], "failed", ""),
