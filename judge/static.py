@@ -41,7 +41,7 @@ TORCH_PACKAGES = ("torch.nn.modules.", "torch.nn.utils.", "torch.optim.", "torch
                   "torch.backends.", "torch.autograd.", "torch.cuda.", "torch.amp.")
 STD_MODULES = {"math", "typing", "dataclasses", "functools", "itertools", "collections", "collections.abc",
                "__future__", "abc", "enum", "copy", "random", "time", "json", "warnings", "contextlib", "re",
-               "statistics", "numbers", "os", "os.path", "sys", "signal", "atexit", "rich"}
+               "statistics", "numbers", "os", "os.path", "posixpath", "sys", "signal", "atexit", "rich"}
 STD_PACKAGES = ("rich.",)
 ALLOWED = sorted(TORCH_MODULES | STD_MODULES | set(BY_MODULE))  # what README lists
 # within allowed modules: what is not available (process control stays; running other programs does not)
