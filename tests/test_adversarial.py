@@ -38,7 +38,7 @@ CASES = {
     "os-exit-in-forward": ("lab3", [("    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        # BEGIN SOLUTION: pre-norm",
                                      "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        import os; os._exit(0)\n        # BEGIN SOLUTION: pre-norm")],
                            "exited", "code 0"),
-    "segfault": ("lab2", [(L2_FORWARD, L2_FORWARD + "        import ctypes; ctypes.string_at(0)\n")], "crashed", "SIGSEGV"),
+    "segfault": ("lab2", [(L2_FORWARD, L2_FORWARD + "        import os; os.abort()\n")], "crashed", "SIGSEGV"),
     "allocate-16-gib": ("lab2", [(L2_FORWARD, L2_FORWARD + "        torch.ones(4 * 2 ** 30)\n")], "out of memory", "memory"),
     "flood-output": ("lab1", [("import torch\n", "import torch\nprint('x' * 5_000_000)\n"),
                               (L1_SCORES, "scores = q @ k.transpose(-2, -1)")], "failed", ""),
@@ -49,7 +49,7 @@ CASES = {
     "patched-test-report": ("lab4", [("import torch\n", "import torch\n" + PATCH_REPORTS),
                                      ("data[i + 1:i + seq_len + 1]", "data[i:i + seq_len]")], "forbidden", "TestReport"),
     "syntax-error": ("lab2", [("B, T, D = x.shape", "B, T, D = x.shape)")], "error", "lab2_multihead.py:"),
-    "missing-import": ("lab3", [("import torch\n", "import torch\nimport tensorflow_transformer_magic\n")], "error",
+    "missing-import": ("lab3", [("import torch\n", "import torch\nimport tensorflow_transformer_magic\n")], "forbidden",
                        "tensorflow_transformer_magic"),
     "untouched-stub": ("lab4", None, "not started", "TODO"),
 }

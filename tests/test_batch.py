@@ -15,7 +15,7 @@ def test_batch_grades_records_and_resumes(tmp_path):
     submission(subs / "good")
     submission(subs / "broken", "lab3", [("nn.GELU()", "nn.ReLU()")])
     submission(subs / "hanging", "lab4", [("    seq_len = seq_len or model.max_seq_len\n", "    while True:\n        pass\n")])
-    submission(subs / "crashing", "lab2", [("        B, T, D = x.shape\n", "        B, T, D = x.shape\n        import ctypes; ctypes.string_at(0)\n")])
+    submission(subs / "crashing", "lab2", [("        B, T, D = x.shape\n", "        B, T, D = x.shape\n        import os; os.abort()\n")])
     (subs / "empty").mkdir()
     out = tmp_path / "grades.csv"
     proc = run_grader("all", "--batch", subs, "--csv", out, "--timeout", "10", "--jobs", "2")

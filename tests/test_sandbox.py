@@ -191,7 +191,7 @@ def test_an_attacker_gains_nothing(batch, attacker):
     graded = rows(batch["csv"])
     mine = graded[attacker]
     if attacker == "steal":  # a stub that ran a classmate's code would pass lab 1
-        assert mine["lab1_score"] == "0" and mine["lab1_status"] in ("not started", "failed"), mine
+        assert mine["lab1_score"] == "0" and mine["lab1_status"] in ("not started", "failed", "forbidden"), mine
     else:  # its own labs are correct: what it tried must not change its grade either way, nor anyone's
         assert mine["score"] == str(TOTAL), mine
 
