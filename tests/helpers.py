@@ -68,7 +68,15 @@ def grade_many(specs: dict, timeout: float = 30, memory: float = 4, jobs: int = 
     return json.loads(marker[-1][2:])
 
 
-def run_grader(*args, timeout=300, env=None, cwd=ROOT):
+# Defence in depth: the tests of confinement and of what a worker can see run code the static rules refuse (exec,
+# ctypes, inspect), so they grade with the scan switched off in the grading process, and show that each runtime
+# defence holds on its own. (A student cannot do this: the scan runs in the judge, on the source the parent read.)
+WITHOUT_SCAN = "import judge.static as _static; _static.scan_source = lambda source, filename='<lab>': []"
+
+
+def run_grader(*args, timeout=300, env=None, cwd=ROOT, patch: str = None):
+    """grader.py with `args`; with `patch`, Python run in the grading process first (see WITHOUT_SCAN)."""
     env = {**os.environ, **env} if env else None
-    return subprocess.run([PY, str(ROOT / "grader.py"), *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env=env)
+    start = [PY, str(ROOT / "grader.py")] if patch is None else [
+        PY, "-c", f"{patch}\nimport sys; sys.path.insert(0, {str(ROOT)!r}); import grader; sys.exit(grader.main())"]
+    return subprocess.run([*start, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)

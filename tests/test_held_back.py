@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from parent.verdict import expected_checks
-from tests.helpers import LAB_FILES, ROOT, run_grader, submission
+from tests.helpers import LAB_FILES, ROOT, WITHOUT_SCAN, run_grader, submission
 
 STANDIN = ROOT / "worker" / "standins" / LAB_FILES["lab4"]
 HALF = "test_rmsnorm_keeps_half_precision"  # the one check that runs RMSNorm on float16: the probe fires there only
@@ -122,7 +122,7 @@ def test_lab5_reads_nothing_of_the_held_back_stand_in(tmp_path):
     assert len(distinctive_lines()) >= 10  # enough of the file to recognise
     folder = probing_lab5(tmp_path / "sub")
     labs = list(LAB_FILES)
-    proc = run_grader(*labs, "--submission", folder, "--json", tmp_path / "r.json", "--verbose")
+    proc = run_grader(*labs, "--submission", folder, "--json", tmp_path / "r.json", "--verbose", patch=WITHOUT_SCAN)
     results = json.loads((tmp_path / "r.json").read_text())
     found = probe_message(results)
     assert "folder=" + LAB_FILES["lab5"] in found, found  # the worker's folder holds the submission's file alone
@@ -142,8 +142,17 @@ def test_the_probe_finds_a_copy_planted_where_the_worker_can_see_it(tmp_path):
     """The control: the same probe, with a copy of the stand-in in the worker's folder (the submission's own lab 4,
     graded on the submission's own labs), brings its lines back in the feedback."""
     folder = probing_lab5(tmp_path / "sub", plant=True)
-    run_grader("lab5", "--submission", folder, "--own-labs", "--json", tmp_path / "r.json")
+    run_grader("lab5", "--submission", folder, "--own-labs", "--json", tmp_path / "r.json", patch=WITHOUT_SCAN)
     results = json.loads((tmp_path / "r.json").read_text())
     found = probe_message(results)
     assert LAB_FILES["lab4"] in found.split(" | ")[0], found
     assert len(leaked(results)) >= 3, found
+
+
+def test_the_static_rules_refuse_the_probe_first(tmp_path):
+    """With the scan on (as in real grading), the probe never runs: the test above switches it off to show the
+    worker's view holds on its own."""
+    from judge.static import scan_source
+    folder = probing_lab5(tmp_path / "sub")
+    hits = scan_source((folder / LAB_FILES["lab5"]).read_bytes(), LAB_FILES["lab5"])
+    assert hits and any("inspect" in h or "linecache" in h or "import" in h for h in hits), hits

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PY, ROOT, run_grader, submission
+from tests.helpers import PY, ROOT, WITHOUT_SCAN, run_grader, submission
 from worker import zygote
 
 pytestmark = pytest.mark.skipif(not zygote.confinement(), reason="workers cannot be confined here")
@@ -233,8 +233,10 @@ def plant_and_seek(base: Path, shared_folder, honest=True):
 
 
 def grade_batch(subs: Path, csv_path: Path, patch: str = "") -> dict:
-    """`grader.py lab1 --batch subs --jobs 1` in a process that first runs `patch` (with the zygote's module as z)."""
-    code = f"import sys; from worker import zygote as z\n{patch}\nimport grader; sys.exit(grader.main(sys.argv[1:]))"
+    """`grader.py lab1 --batch subs --jobs 1` in a process that first runs `patch` (with the zygote's module as z),
+    the static scan off (helpers.WITHOUT_SCAN: what is tested is the worker's view, not the scan)."""
+    code = (f"import sys; from worker import zygote as z\n{WITHOUT_SCAN}\n{patch}\n"
+            "import grader; sys.exit(grader.main(sys.argv[1:]))")
     proc = subprocess.run([PY, "-c", code, "lab1", "--batch", str(subs), "--csv", str(csv_path), "--jobs", "1",
                            "--timeout", "30"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -324,7 +326,7 @@ def test_hide_hides_a_folder(tmp_path):
         scores = {}
         for label, extra in (("seen", []), ("hidden", ["--hide", str(secret)])):
             out = tmp_path / f"{label}.json"
-            run_grader("lab1", "--submission", folder, "--json", out, *extra, timeout=300)
+            run_grader("lab1", "--submission", folder, "--json", out, *extra, timeout=300, patch=WITHOUT_SCAN)
             import json
             scores[label] = json.loads(out.read_text())["score"]
     finally:
