@@ -95,9 +95,12 @@ def _is_forbidden(obj) -> bool:
 
 @lru_cache(maxsize=None)
 def lab_names(module: str) -> frozenset:
-    """What a lab's module defines (functions, classes, constants: not what it imports), from the pack's files."""
+    """What a lab's module defines (functions, classes, constants: not what it imports), from the pack's files: the
+    lab's stub (its contract, in every copy of the pack: the student release holds no solution and no held-back
+    stand-in), its stand-in and its solution where present."""
     root, names = Path(__file__).resolve().parent.parent, set()
-    for path in (root / "worker" / "standins" / f"{module}.py", root / "solutions" / f"{module}.py"):
+    for path in (root / "labs" / f"{module}.py", root / "worker" / "standins" / f"{module}.py",
+                 root / "solutions" / f"{module}.py"):
         try:
             tree = ast.parse(path.read_text())
         except (OSError, SyntaxError):
