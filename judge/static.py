@@ -17,6 +17,9 @@ rules on that origin, not on how it is spelled:
   lab's module (which gives only what that lab defines), `getattr` with a literal name, a string annotation;
 - no assignment that patches a module or one of torch's classes (torch.backends settings excepted).
 
+A lab that reproduces code the pack ships beside it (a stand-in's or an oracle's function) is refused as copied
+from the pack (judge/copied.py): its hits join these.
+
 The main guard is exactly `if __name__ == "__main__":` at module level: its body is not read, its `else` is.
 Code built from strings at run time is refused at its door (exec, eval, ...), not followed.
 """
@@ -28,6 +31,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+from judge.copied import copied
 from pack.labs import BY_MODULE, FORBIDDEN, FRAGMENTS
 
 FORBIDDEN_NAMES = set(FORBIDDEN)  # the registry's forbidden built-ins (pack/labs.py), as the worker's guard has them
@@ -563,6 +567,7 @@ def scan_source(source, filename: str = "<lab>") -> list:
         scanner.visit(tree, Scope("module"))
         scanner.called = {id(n.func) for n in scanner.nodes if isinstance(n, ast.Call)}
         scanner.check()
+        scanner.hits += copied(source, filename)
     except (RecursionError, MemoryError):
         return [_TOO_DEEP]
     return [f"line {line}: {what}" for line, what in sorted(set(scanner.hits), key=lambda h: h[0])]

@@ -18,7 +18,10 @@ class MLP(nn.Module):
         self.proj = nn.Linear(expansion * d_model, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x)))
+        # torch's fused multiply-add on the rows (bias + rows @ weight.T) for both layers, the exact GELU between
+        rows = x.reshape(-1, x.size(-1))
+        hidden = F.gelu(torch.addmm(self.fc.bias, rows, self.fc.weight.t()), approximate="none")
+        return torch.addmm(self.proj.bias, hidden, self.proj.weight.t()).view(*x.shape[:-1], self.proj.out_features)
 
 
 class TransformerBlock(nn.Module):

@@ -27,7 +27,9 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(d_ff, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        # one product for the gate and the value it gates (w1's rows, then w3's), split on the last dimension
+        gate, value = F.linear(x, torch.cat([self.w1.weight, self.w3.weight], dim=0)).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * value, self.w2.weight)
 
 
 def rope(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
