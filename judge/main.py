@@ -15,10 +15,12 @@ import torch
 
 from judge.client import StudentError, Worker, WorkerGone
 from judge.runner import checks_of, describe, files_for, run_check
-from judge.static import scan_source
+from judge.static import scan_source, warm
 from pack.labs import LABS
 from protocol import messages as m
 from protocol.codec import blob_files, encode, read_frame
+
+warm()  # at import: the parent preloads this module, and every judge forks with the caches filled
 
 
 class Channel:

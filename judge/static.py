@@ -554,6 +554,16 @@ class Scanner:
             self.hit(node, f"{ast.unparse(target)} = ... (patches {root.id})")
 
 
+def warm():
+    """Fill what the scan caches (the pack's fingerprints, the forbidden objects, the labs' names) in the process
+    judges fork from, so no judge pays for it again (about 0.1 s each)."""
+    from judge.copied import fingerprinted
+    fingerprinted()
+    _forbidden_objects()
+    for module in BY_MODULE:
+        lab_names(module)
+
+
 def scan_source(source, filename: str = "<lab>") -> list:
     """Rule breaks in the code, each as 'line N: what'; [] when the source does not parse (the import will say)."""
     try:
