@@ -248,8 +248,8 @@ def copied(source, filename="<lab>") -> list:
     """[(line, what)] for each submitted unit that copies a fingerprinted pack unit; [] when it does not parse."""
     try:
         submitted = units(source, filename)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return []
+    except (SyntaxError, ValueError, RecursionError):
+        return []  # MemoryError goes up: the scan refuses the file (static.scan_source)
     hits = []
     for label, line, prints in submitted:
         for f, pack_label, pack_prints in fingerprinted():

@@ -17,6 +17,7 @@ from judge.client import StudentError, Worker, WorkerGone
 from judge.runner import checks_of, describe, files_for, run_check
 from judge.static import scan_source, warm
 from pack.labs import LABS
+from pack.memory import capped
 from protocol import messages as m
 from protocol.codec import blob_files, encode, read_frame
 
@@ -52,7 +53,8 @@ def run(spec: m.JudgeSpec, fd: int, nonce: str, zygote=None, sources: dict = Non
         if spec.select:
             checks = {n: f for n, f in checks.items() if n in spec.select}
         emit(m.Start(spec.device, os.getpid()))
-        hits = scan_source(sources.get(LABS[lab].file, b""), LABS[lab].file)
+        with capped(spec.memory):  # the judge's own work on the text, under --memory too (a MemoryError: refused)
+            hits = scan_source(sources.get(LABS[lab].file, b""), LABS[lab].file)
         if hits:
             emit(m.RuleBroken("forbidden: " + "; ".join(hits[:5])))
         files, standins = files_for(lab, sources, None if spec.own_labs else ())

@@ -570,18 +570,24 @@ def scan_source(source, filename: str = "<lab>") -> list:
         tree = ast.parse(source, filename)
     except (SyntaxError, ValueError):
         return []
-    except (RecursionError, MemoryError):  # Python's own bound on nesting: never read past it, so never skipped
+    except RecursionError:  # Python's own bound on nesting: never read past it, so never skipped
         return [_TOO_DEEP]
+    except MemoryError:  # past the memory the judge's work on a text may take (pack/memory.py), or the parser's own
+        return [_TOO_BIG]
     scanner = Scanner()
     try:
         scanner.visit(tree, Scope("module"))
         scanner.called = {id(n.func) for n in scanner.nodes if isinstance(n, ast.Call)}
         scanner.check()
         scanner.hits += copied(source, filename)
-    except (RecursionError, MemoryError):
+    except RecursionError:
         return [_TOO_DEEP]
+    except MemoryError:
+        return [_TOO_BIG]
     return [f"line {line}: {what}" for line, what in sorted(set(scanner.hits), key=lambda h: h[0])]
 
 
 _TOO_DEEP = ("the file nests too deeply for the grader to read it (a very long chain of operators or brackets);"
              " write it as plain statements")
+_TOO_BIG = ("the file needs more memory than the grader gives a lab's text (--memory) to read it; write it as plain "
+            "statements, without huge literals")

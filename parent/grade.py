@@ -26,7 +26,7 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=
     for key, source, display in submissions:
         display = clean_name(display)
         try:  # one submission's boundary: whatever its files do to the reader, it gets its own reason
-            sources, refused = read_submission(Path(source))
+            sources, refused = read_submission(Path(source), args.memory)
         except Exception as exc:  # noqa: BLE001
             sources, refused = {}, {FILES[lab]: f"the grader could not read this submission ({type(exc).__name__})"
                                     for lab in labs}

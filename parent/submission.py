@@ -18,6 +18,7 @@ import tokenize
 from pathlib import Path
 
 from pack.labs import REGISTRY
+from pack.memory import capped as memory_cap
 
 MAX_BYTES = 1 << 20  # a lab's text, from a file, a notebook or an export
 MAX_NOTEBOOK = 20 << 20
@@ -49,15 +50,19 @@ def read_lab_file(path: str, limit: int = MAX_BYTES) -> bytes:
     return data
 
 
-def read_submission(source: Path) -> tuple:
+def read_submission(source: Path, memory: float = 4.0) -> tuple:
     """({file: bytes}, {file: why it was refused}) for the lab files: nothing else of a submission is read; every
-    judge and worker works from these bytes. Never raises for what a submission holds: each lab's reason is its own."""
+    judge and worker works from these bytes. Never raises for what a submission holds: each lab's reason is its own.
+    Each read may use at most `memory` GiB (--memory) beyond what this process already holds."""
     sources, refused = {}, {}
     for lab in REGISTRY:
         try:
-            sources[lab.file] = read_lab(source, lab)
+            with memory_cap(memory):
+                sources[lab.file] = read_lab(source, lab)
         except FileNotFoundError:
             pass
+        except MemoryError:
+            refused[lab.file] = f"it needs more than --memory ({memory:g} GiB) for the grader to read it"
         except (OSError, ValueError) as exc:
             refused[lab.file] = str(getattr(exc, "strerror", None) or exc)
         except Exception as exc:  # noqa: BLE001  (a bug of the reader's: this lab's reason, not the batch's end)

@@ -1,9 +1,11 @@
 """Bounded edges: whatever one submission holds or is called, it gets its own row with a reason, and its honest
 classmates keep exact full marks. Each hostile input below once ended a whole batch (or wrote no results.json)."""
 import csv
+import importlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -221,3 +223,41 @@ def test_a_worker_spec_of_any_size_reaches_the_zygote():
                                                                             [True, True, True]]
     finally:
         worker.close()
+
+
+# ---- the grader's own work on a text, under --memory too ------------------------------------------------------
+def test_the_judges_scan_runs_under_the_memory_cap():
+    """A 1 MB text built to make the parse grow is refused within the cap, a lab file of real size is not, and the
+    process has its memory back afterwards."""
+    importlib.import_module("numpy")  # native libraries start before the cap, as in a judge forked from the parent
+    from judge.static import scan_source, warm
+    from pack.memory import capped
+    warm()
+    heavy = ("x = [" + "1," * 500_000 + "]\n").encode()  # about 0.4 GB of syntax tree from 1 MB
+    assert len(heavy) <= MAX_BYTES
+    with capped(0.1):
+        hits = scan_source(heavy, LAB1)
+    assert hits and "more memory" in hits[0], hits
+    with capped(0.1):
+        assert scan_source(SOLUTION.encode(), LAB1) == []
+    assert len(bytearray(300 << 20)) == 300 << 20  # the cap is gone
+    assert scan_source(heavy, LAB1) == []  # without the cap the same text is read (a plain assignment)
+
+
+def test_the_parents_read_runs_under_the_memory_cap(tmp_path):
+    page = json.loads(notebook(["%%lab\nx = 1\n"]))
+    page["metadata"]["numbers"] = list(range(1_000_000, 3_000_000))  # 16 MB of JSON, about 0.1 GB parsed
+    (tmp_path / NOTEBOOK).write_text(json.dumps(page))
+    assert (tmp_path / NOTEBOOK).stat().st_size < 20 << 20
+    def read(memory):  # in a fresh process, as the parent reads it: the cap is on memory beyond what it holds
+        code = ("import json, sys; from pathlib import Path; from parent.submission import read_submission\n"
+                "sources, refused = read_submission(Path(sys.argv[1]), float(sys.argv[2]))\n"
+                "print(json.dumps([{k: v.decode() for k, v in sources.items()}, refused]))")
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(memory)], capture_output=True,
+                              text=True, cwd=ROOT, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout)
+    sources, refused = read(0.05)
+    assert LAB1 not in sources and "--memory" in refused[LAB1], refused
+    sources, refused = read(4)
+    assert sources[LAB1] == "x = 1\n" and not refused
