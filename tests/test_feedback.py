@@ -74,8 +74,10 @@ def test_watch_mode_grades_again_when_a_lab_file_is_saved(tmp_path):
     import time
     from tests.helpers import ROOT
     folder = submission(tmp_path / "w")
+    # Ctrl-C as at a terminal, however the tests were started (a background job inherits SIGINT ignored)
     proc = subprocess.Popen([sys.executable, str(ROOT / "grader.py"), "lab1", "--submission", str(folder), "--watch"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         def next_total():
             deadline = time.monotonic() + 60

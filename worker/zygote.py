@@ -2,9 +2,10 @@
 
 The parent forks it right after importing torch (before any checker, oracle or expected value exists in its
 memory), so a worker forked from it has nothing of the grader to read or call. A judge asks for a worker by
-sending, over the zygote's socket, a spec and four pipe ends: requests in, answers out, the worker's output, and
-a control pipe on which the zygote writes the worker's pid, uid and the file counting its CPU time
-(`pid N UID FILE`, `-` for none) and, once it is gone, its wait status (`exit STATUS`). A worker whose judge dies is killed; when every holder of the socket is gone, the zygote kills
+sending, over the zygote's socket, the datagram SPEC with a file holding its WorkerSpec and four pipe ends:
+requests in, answers out, the worker's output, and a control pipe on which the zygote writes the worker's pid,
+uid and the file counting its CPU time (`pid N UID FILE`, `-` for none) and, once it is gone, its wait status
+(`exit STATUS`). A worker whose judge dies is killed; when every holder of the socket is gone, the zygote kills
 its workers and exits.
 
 A worker is confined as far as the machine allows: its own session, resource limits, a pid namespace with its
@@ -389,12 +390,12 @@ def _chown_tree(path: str, uid: int):
 
 def run(sock: socket.socket):
     """The zygote's loop. Never returns."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's (first: the search below is slow)
     prctl(PR_SET_DUMPABLE, 0)
     KEEP[:] = _keep()
     SHARED[:] = _world_writable()
     _sweep()
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # what a worker leaves behind is reparented here, and reaped
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     workers = {}  # pid -> {"ctl": fd, "judge": pidfd or None, "uid": uid, "lock": fd, "cgroups": [folder]}
 
     def kill_all(*_):
