@@ -40,14 +40,12 @@ for _ in range(6):
 def test_a_cpu_hog_leaves_the_other_job_slot_its_marks(tmp_path):
     hog = submission(tmp_path / "hog", "lab4", [(L4_IMPORT, L4_IMPORT + HOG)])
     alice = submission(tmp_path / "alice")
-    started = time.monotonic()
     results = grade_many({"hog": (hog, ["lab4"]), "alice": (alice, ["lab4"])}, timeout=10, jobs=2)
-    took = time.monotonic() - started
     mine = results["alice"]["lab4"]
+    # what the hog itself scores depends on how much CPU its children got: only the classmate's marks are asserted
+    # (that the children's CPU time counts against their own worker is shown, machine-independently, below)
     assert mine["status"] == "passed" and mine["score"] == mine["max"], (mine["detail"], {
-        n: c["message"] for n, c in mine["checks"].items() if not c["passed"]})
-    assert results["hog"]["lab4"]["score"] < results["hog"]["lab4"]["max"]  # its children count against itself
-    assert took < 120, took
+        n: c["message"] for n, c in mine["checks"].items() if not c["passed"]}, results["hog"]["lab4"]["status"])
 
 
 def test_the_hogs_children_are_counted_in_its_cgroup():
