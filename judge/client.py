@@ -22,7 +22,7 @@ import torch
 
 from pack.spawn import Kept, fresh_interpreter
 from protocol import messages as m
-from protocol.codec import ProtocolError, read_frame, write_frame
+from protocol.codec import ProtocolError, frame_file, read_frame, write_frame
 from protocol.messages import SPEC
 from protocol.messages import WALL_FACTOR, Backward, Fault, Options, Swap, Usage, wait_fault
 from protocol.values import DTYPES, Packer, Unpacker, load_tensors, save_tensors
@@ -209,7 +209,7 @@ class Worker:
         self.out_r, out_w = os.pipe()
         spec = m.WorkerSpec(lab_dir=self.folder, device=self.device, memory=self.memory, judge=os.getpid(),
                             cpu_seconds=int(self.timeout * 4) + 10, hide=self.hide, standins=self.standins)
-        spec_fd = spec_file(spec)  # a spec of any size: one frame in a file no folder holds
+        spec_fd = frame_file(spec)  # a spec of any size: one frame in a file no folder holds
         if self.zygote is not None:
             ctl_r, ctl_w = os.pipe()
             try:
@@ -437,22 +437,6 @@ class Worker:
     def audit(self) -> dict:
         value = self.request(m.Audit(), timeout=10).value
         return value if type(value) is dict else {}
-
-
-def spec_file(spec: m.WorkerSpec) -> int:
-    """A descriptor of an anonymous file (no name in any folder) holding `spec` as one frame, at offset 0."""
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("worker-spec", os.MFD_CLOEXEC)
-    else:  # an unlinked temporary file
-        with tempfile.TemporaryFile() as f:
-            fd = os.dup(f.fileno())
-    try:
-        write_frame(fd, spec)
-        os.lseek(fd, 0, os.SEEK_SET)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _tree(pid: int) -> list:

@@ -3,11 +3,11 @@ and turn the judges' records into verdicts. The parent never runs student code a
 (its checks are listed from their source, parent/verdict.py); it only preloads the judge's module, by name, so
 judges fork from a warm heap.
 """
-import os
 import sys
 from pathlib import Path
 
 from pack.labs import FILES, LABS, earlier, order
+from pack.paths import covering
 from parent.submission import read_submission
 from parent.supervise import JUDGE, Task, run_tasks
 from parent.verdict import LabResult, clean, clean_name, decide, expected_checks, note_dependencies
@@ -69,16 +69,6 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=
         for labs_done in results.values():
             note_dependencies([labs_done[lab] for lab in LABS if lab in labs_done])
     return {key: [labs_done[lab] for lab in labs] for key, labs_done in results.items()}
-
-
-def covering(paths) -> tuple:
-    """The fewest folders that hide all of `paths`: one inside another is dropped (a class's 5,000 folders inside
-    the batch folder cost one entry in every worker's spec and one mount in its namespace, not 5,000)."""
-    kept = []
-    for path in sorted({os.path.normpath(p) for p in paths}, key=lambda p: p.split(os.sep)):
-        if not kept or not (path == kept[-1] or path.startswith(kept[-1].rstrip(os.sep) + os.sep)):
-            kept.append(path)
-    return tuple(kept)
 
 
 ZYGOTE = {}

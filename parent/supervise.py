@@ -13,14 +13,13 @@ import resource
 import secrets
 import selectors
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pack.spawn import Kept, fork_child, fresh_interpreter
 from protocol import messages as m
-from protocol.codec import ProtocolError, decode, files_blob, write_frame
+from protocol.codec import ProtocolError, decode, files_blob, frame_file
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_CHANNEL = 8 * 1024 * 1024
@@ -99,12 +98,13 @@ def _start(child: _Child, isolation: str, keep_closed: set, zygote):
         child.pid = fork_child(run, out_w, keep_closed | {chan_r, out_r}, lambda: _limits(task))
     else:  # the spec goes as one frame in an unlinked file, never on the command line (a lab file can be 1 MB)
         spec = dataclasses.replace(spec, fd=chan_w)
-        with tempfile.TemporaryFile() as held:
-            write_frame(held.fileno(), spec, files_blob(task.sources))
-            os.lseek(held.fileno(), 0, os.SEEK_SET)
-            child.popen = fresh_interpreter(JUDGE, [held.fileno()], out_w, (chan_w, held.fileno()),
+        held = frame_file(spec, files_blob(task.sources))
+        try:
+            child.popen = fresh_interpreter(JUDGE, [held], out_w, (chan_w, held),
                                             env={"GRADER_NONCE": child.nonce, "PYTHONDONTWRITEBYTECODE": "1",
                                                  "OMP_NUM_THREADS": "1"}, setup=lambda: _limits(task))
+        finally:
+            os.close(held)
         child.pid = child.popen.pid
     os.close(chan_w)
     os.close(out_w)

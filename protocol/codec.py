@@ -17,6 +17,7 @@ import json
 import os
 import re
 import struct
+import tempfile
 import typing
 
 MAX_FRAME = 64 << 20  # bytes in one frame
@@ -256,6 +257,24 @@ def write_frame(fd: int, msg, blob: bytes = b""):
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def frame_file(msg, blob: bytes = b"") -> int:
+    """A descriptor of an anonymous file (no name in any folder: a memfd, else an unlinked temporary file) holding
+    `msg` and `blob` as one frame, at offset 0: how a spec of any size reaches another process, never on a command
+    line or in a datagram. The caller passes it on and closes it."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("frame", os.MFD_CLOEXEC)
+    else:
+        with tempfile.TemporaryFile() as f:
+            fd = os.dup(f.fileno())
+    try:
+        write_frame(fd, msg, blob)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _read_exact(fd: int, n: int, reader) -> bytearray:

@@ -33,6 +33,7 @@ import struct
 import sys
 import time
 
+from pack.paths import covering
 from protocol.codec import ProtocolError, read_frame
 from protocol.messages import SPEC, WorkerSpec
 
@@ -138,8 +139,7 @@ def _world_writable(top: str = "/", depth: int = SCAN_DEPTH, count: int = SCAN_C
         skipped = any(path == s or path.startswith(s + "/") for s in skip)
         if seen < count and path != top and not skipped and path not in found:
             look(path)
-    found = sorted(set(found), key=lambda p: (p.count("/"), p))
-    return [p for i, p in enumerate(found) if not any(p.startswith(q.rstrip("/") + "/") for q in found[:i])]
+    return list(covering(found))
 
 
 def _mount_points(limit: int = 1000) -> list:
