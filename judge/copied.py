@@ -9,8 +9,9 @@ sequence of tokens from its syntax tree, normalised so that what a copy can chan
   them changes nothing;
 - what the code reaches in torch, math and the other modules it imports is written out by where it comes from
   (`F.silu`, `torch.nn.functional.silu` and `G.silu` after `import torch.nn.functional as G` are one token),
-  and the attributes that are not the file's own (tensor methods: `.unflatten`, `.to`), Python's built-ins and the
-  constants are kept: they carry the algorithm;
+  and attribute names that belong to torch, math or Python's types (tensor methods: `.unflatten`, `.to`; `.encode`),
+  whatever else the file binds, Python's built-ins and the constants are kept: they carry the algorithm, and a unit
+  reads the same in the file it was pasted into;
 - docstrings, comments, annotations and layout are not in the tree or are dropped; top-level definitions are units
   on their own, so their order does not count, and a class is the set of its methods' fingerprints.
 
@@ -115,8 +116,10 @@ class _Unit:
                 return
             self.tokens.append("Attribute")
             self.emit(node.value)
-            own = node.attr in self.own or node.attr not in _api_attrs()
-            self.tokens.append(self.place("." + node.attr) if own else "." + node.attr)
+            # torch's, math's and Python's own attribute names are kept whoever else binds them, so that a unit
+            # reads the same in any file (`tokenizer.encode` is str's name even where the file defines `encode`)
+            api = node.attr in _api_attrs()
+            self.tokens.append("." + node.attr if api else self.place("." + node.attr))
             return
         if isinstance(node, ast.Name):
             if node.id in self.imports and node.id not in self.own:

@@ -212,3 +212,79 @@ def test_the_solutions_exclude_only_held_back_code():
     kept = {(f, label) for f, label, _ in copied.fingerprinted()}
     large = {(f, label) for f, label, p in copied.pack_units() if len(p) >= copied.MIN_FINGERPRINTS}
     assert {f for f, _ in large - kept} <= {"worker/standins/lab4_gpt.py"}
+
+
+# ---- every definition the pack ships beside student code is accounted for -------------------------------------
+# A top-level definition of a stand-in or of the oracles, pasted into a lab, is refused (copied, or a forbidden
+# built-in), unless it is one of these: code that is no answer, each with its reason. A new pack definition that
+# a paste would get through with fails test_every_pack_definition_pasted_is_refused until it is refused or listed.
+NOT_AN_ANSWER = {
+    ("lab1_attention.py", "causal_mask"): "torch.tril of a ones matrix: the contract's one line, stated in the stub",
+    ("lab4_gpt.py", "CharTokenizer"): "the contract's two dictionaries (and the file is held back from the release)",
+    ("lab5_llama.py", "LlamaBlock"): "the contract's two residual lines, which the stub states",
+    ("lab5_llama.py", "LlamaGPT"): "the contract's embedding, blocks, norm and head in order; generate is lab 4's",
+    ("oracles.py", "causal"): "torch.tril of a ones matrix: lab 1's causal_mask as the stub states it",
+    ("oracles.py", "_double"): "a cast of weights to float64",
+    ("oracles.py", "layer_norm"): "torch's F.layer_norm: lab 3's nn.LayerNorm, which the lab uses anyway",
+    ("oracles.py", "_activation"): "chooses torch's gelu or relu",
+    ("oracles.py", "gpt"): "calls gpt_of, refused on its own",
+    ("oracles.py", "next_token_loss"): "calls gpt_of and loss_of, each refused on its own",
+    ("oracles.py", "greedy"): "calls gpt_of and greedy_of, each refused on its own",
+    ("oracles.py", "_grouped"): "one repeat_interleave of wk's rows: the contract's 'query head h reads head h // group'",
+}
+PASTE_HEAD = ("import functools\nimport math\nimport torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n"
+              "Tensor = torch.Tensor\n\n")
+
+
+def pack_definitions():
+    """(file name, definition name, a lab 5 file that pastes it with what it needs from its file)."""
+    found = []
+    for name in copied.PACK_FILES:
+        source = (ROOT / name).read_text()
+        helpers = segment(source, "_double") + "\n\n" if name.endswith("oracles.py") else ""
+        for node in ast.parse(source).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                own = helpers if node.name != "_double" else ""
+                found.append((name.split("/")[-1], node.name, PASTE_HEAD + own + segment(source, node.name) + "\n"))
+    return found
+
+
+def unaccounted(definitions):
+    """(definitions a paste gets through with that are not listed, listed ones that a paste is refused for)."""
+    let_through, refused_listed = [], []
+    for file, name, text in definitions:
+        hits = scan_source(text, "lab5_llama.py")
+        refused = any("copied from the pack" in h or "which the labs ask you to write yourself" in h for h in hits)
+        if not refused and (file, name) not in NOT_AN_ANSWER:
+            let_through.append((file, name, hits))
+        if refused and (file, name) in NOT_AN_ANSWER:
+            refused_listed.append((file, name))
+    return let_through, refused_listed
+
+
+def test_every_pack_definition_pasted_is_refused():
+    let_through, refused_listed = unaccounted(pack_definitions())
+    assert not let_through, "pasted, these pass the scan: refuse them, or list them with a reason"
+    assert not refused_listed, "listed as no answer but refused: take them off the list"
+    assert set(NOT_AN_ANSWER) <= {(f, n) for f, n, _ in pack_definitions()}, "a listed definition no longer exists"
+
+
+OLD_SWIGLU = """def swiglu(wts: dict, x: Tensor, act=F.silu) -> Tensor:
+    wts, x = _double(wts), x.to(torch.float64)
+    return F.linear(act(F.linear(x, wts["w1.weight"])) * F.linear(x, wts["w3.weight"]), wts["w2.weight"])
+"""
+
+
+def test_an_oracle_that_is_the_formula_is_reported():
+    """Control: the oracle's SwiGLU as it was (the formula in F.linear, below the size bar) gets through a paste."""
+    text = PASTE_HEAD + segment((ROOT / "judge" / "oracles.py").read_text(), "_double") + "\n\n" + OLD_SWIGLU
+    assert unaccounted([("oracles.py", "swiglu", text)])[0]
+    listed = next(d for d in pack_definitions() if d[1] == "gpt_of")  # refused: listing it is reported too
+    assert unaccounted([(listed[0], "causal", listed[2])])[1]
+
+
+def test_a_paste_of_a_small_oracle_renamed_is_refused():
+    """The oracles below the size bar as written before (SwiGLU's formula in F.linear) are now large enough."""
+    for file, name, text in pack_definitions():
+        if (file, name) in {("oracles.py", "swiglu"), ("lab4_gpt.py", "sample")}:
+            assert copy_hits(renamed(text)), (name, renamed(text))
