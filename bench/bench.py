@@ -52,6 +52,8 @@ def parse_args():
     p.add_argument("--batch-size", type=int, default=20, help="generated submissions in the batch (default 20)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="passed to every grader.py")
     p.add_argument("--skip-batch", action="store_true", help="time the single-submission commands only")
+    p.add_argument("--mutation", action="store_true",
+                   help="also grade every generated mutant (tools/mutate.py) and report the mutation score per lab")
     p.add_argument("--out", metavar="PATH", help="also write the results as a markdown section to PATH")
     p.add_argument("--against", metavar="REV", help="also time all and bonus at commit REV, side by side")
     args = p.parse_args()
@@ -160,6 +162,22 @@ def regrade_seconds(py, lab: str, folder: Path, device: list, runs: int) -> floa
         proc.wait()
 
 
+def mutation_rows(py, path: Path) -> list:
+    """One row per lab: generated mutants killed, of those not on the reviewed equivalent list."""
+    start = time.monotonic()
+    subprocess.run([py, str(ROOT / "tools" / "mutate.py"), "--json", str(path)], cwd=ROOT, stdout=subprocess.DEVNULL)
+    seconds = time.monotonic() - start
+    labs = json.loads(path.read_text())["labs"]
+    rows = []
+    for lab, r in labs.items():
+        killable = r["mutants"] - r["equivalent"]
+        rows.append((f"mutation score, {lab}", "", f"{r['killed']}/{killable} killed ({r['equivalent']} equivalent)",
+                     f"100%: {verdict(r['killed'] >= killable)}"))
+    total = sum(r["mutants"] for r in labs.values())
+    rows.append((f"mutation run, {total} mutants", f"{seconds:.2f}", f"{total / seconds:.1f} mutants/s", ""))
+    return rows
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -222,6 +240,8 @@ def main():
             scaling = grading1 / grading2
             rows.append(("batch scaling, jobs 1 -> 2", "", f"{scaling:.3f}x throughput ({wall1 / wall2:.3f}x "
                          "whole command)", f">= 1.7x: {verdict(scaling >= 1.7)}"))
+        if args.mutation:
+            rows += mutation_rows(py, tmp / "mutants.json")
     if sys.stdout.isatty():
         table = Table(title=f"Grading speed (--device {args.device}, median of {args.runs})")
         for name in HEADER:
