@@ -65,3 +65,23 @@ def test_a_sample_is_killed_and_the_equivalent_ones_survive():
     killed = [m.id for m in listed if outcome[m.id][0]]
     assert not killed, f"listed as equivalent, but the checks kill them: {killed}"
     assert not outcome[control.id][0], outcome[control.id]  # the solution is not killed: a kill means a failure
+
+
+def test_the_same_verdicts_under_two_hash_seeds(tmp_path):
+    """A sample of every lab's mutants graded in two fresh processes (PYTHONHASHSEED 1 and 2): identical verdicts."""
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "twice.json"
+    proc = subprocess.run([sys.executable, "tools/mutate.py", "--sample", "3", "--twice", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    report = json.loads(out.read_text())
+    assert report["graded"] >= 3 * len(FILES), proc.stdout
+    assert proc.returncode == 0 and not report["differ"], proc.stdout
+
+
+def test_a_verdict_that_changes_is_reported():
+    first = {"a": ("passed", 5, []), "b": ("failed", 3, ["test_x"])}
+    assert mutate.differing(first, dict(first)) == []
+    assert mutate.differing(first, {**first, "b": ("failed", 3, ["test_y"])}) == ["b"]
+    assert mutate.differing(first, {"a": first["a"]}) == ["b"]

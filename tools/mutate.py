@@ -4,6 +4,7 @@
     python tools/mutate.py lab1 lab5 --list    # print the mutants, grade nothing
     python tools/mutate.py --sample 6          # a fixed sample per lab (what CI runs)
     python tools/mutate.py --json PATH         # also write each mutant's outcome
+    python tools/mutate.py --sample 6 --twice  # grade twice, under two hash seeds, and compare the verdicts
 
 Only the code a student writes is mutated: the regions between `# BEGIN SOLUTION` and `# END SOLUTION`. Each mutant
 is one edit of one node there, made in the source text (the rest of the file is untouched):
@@ -18,14 +19,18 @@ is one edit of one node there, made in the source text (the rest of the file is 
 A mutant is killed when its lab does not pass with full marks (a failed check, an error, a refusal, a timeout).
 Every mutant is graded in one preloaded grader (the zygote, as `--watch` uses), each lab on the pack's stand-ins.
 The survivors that are equivalent to the solution are reviewed in tools/equivalent_mutants.py, each with its
-reason; every other survivor is a gap in the checks. The exit status is 1 when a survivor is not on that list.
+reason; every other survivor is a gap in the checks. The exit status is 1 when a survivor is not on that list, or
+with --twice when the two gradings (PYTHONHASHSEED 1 and 2, each a fresh process) differ in any mutant's status,
+score or failed checks: a verdict must not depend on the order of a dict or a set.
 """
 import argparse
 import ast
 import json
+import os
 import random
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -237,7 +242,10 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=30, help="CPU seconds per lab (default 30)")
     parser.add_argument("--json", metavar="PATH", help="write every mutant's outcome to PATH")
+    parser.add_argument("--twice", action="store_true", help="grade twice under two hash seeds and compare")
     args = parser.parse_args(argv)
+    if args.twice:
+        return twice(args)
     labs = args.labs or [lab.name for lab in REGISTRY]
     unknown = set(labs) - set(FILES)
     if unknown:
@@ -273,8 +281,33 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps({
             "labs": {lab: {"mutants": n, "killed": k, "equivalent": e, "score": s} for lab, n, k, e, s in rows},
             "mutants": [{"id": m.id, "line": m.line, "killed": outcome[m.id][0], "status": outcome[m.id][1],
-                         "failed": outcome[m.id][4]} for m in found]}, indent=1))
+                         "score": outcome[m.id][2], "failed": outcome[m.id][4]} for m in found]}, indent=1))
     return 1 if unexplained else 0
+
+
+def differing(first: dict, second: dict) -> list:
+    """The mutant ids whose verdicts (status, score, failed checks) are not the same in both gradings."""
+    return sorted(k for k in set(first) | set(second) if first.get(k) != second.get(k))
+
+
+def twice(args) -> int:
+    """Grade the same mutants in two fresh processes under PYTHONHASHSEED 1 and 2; 1 when any verdict differs."""
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="mutants-twice-") as tmp:
+        for seed in ("1", "2"):
+            out = Path(tmp, f"seed-{seed}.json")
+            argv = [sys.executable, str(Path(__file__).resolve()), *args.labs, "--json", str(out),
+                    "--jobs", str(args.jobs), "--timeout", str(args.timeout)]
+            argv += ["--sample", str(args.sample)] if args.sample else []
+            subprocess.run(argv, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed}, stdout=subprocess.DEVNULL)
+            runs.append({m["id"]: (m["status"], m["score"], m["failed"]) for m in json.loads(out.read_text())["mutants"]})
+    differ = differing(*runs)
+    for key in differ:
+        print(f"DIFFERS  {key}: {runs[0][key]} / {runs[1].get(key)}")
+    print(f"{len(runs[0])} mutants graded twice (PYTHONHASHSEED 1 and 2): {len(differ)} verdicts differ")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"differ": differ, "graded": len(runs[0])}, indent=1))
+    return 1 if differ else 0
 
 
 if __name__ == "__main__":
