@@ -14,6 +14,8 @@ is one edit of one node there, made in the source text (the rest of the file is 
 - a number changed (0 <-> 1, -1 -> -2, n -> n + 1, a float doubled), True <-> False, "-inf" -> "inf";
 - a keyword argument dropped from a call, two positional arguments of a call swapped (not `transpose`'s two
   dimensions nor the built-in `min`'s and `max`'s arguments, which mean the same either way);
+- a name swapped for a sibling one character apart, among the function's own names or the class's attributes
+  (`q` `k` `v`, `B` `T` `D`, `self.w1` `self.w3`, `self.norm1` `self.norm2`; upper case with upper case);
 - a statement replaced by `pass` (an assignment, an augmented assignment, an expression statement).
 
 A mutant is killed when its lab does not pass with full marks (a failed check, an error, a refusal, a timeout).
@@ -150,6 +152,30 @@ def _edits(node):
                 yield "swap arguments", ast.Call(node.func, args, node.keywords)
 
 
+def _siblings(name: str, names) -> list:
+    """The names one character apart from `name`, of its length (q k v, w1 w3, wq wk, norm1 norm2): the ones a slip
+    of the keyboard or of attention swaps."""
+    return sorted(n for n in names if len(n) == len(name) and n != name and "_" not in (n, name)
+                  and sum(a != b for a, b in zip(n, name)) == 1 and n.isupper() == name.isupper())
+
+
+def _bound(fn) -> set:
+    """The names a function binds: its parameters and what it assigns (self excepted)."""
+    names = {a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs}
+    names |= {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    return names - {"self"}
+
+
+def _name_edits(node, local: set, attrs: set):
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in local:
+        for other in _siblings(node.id, local):
+            yield "swap name", ast.Name(other, ast.Load())
+    elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load) and isinstance(node.value, ast.Name) \
+            and node.value.id == "self" and node.attr in attrs:
+        for other in _siblings(node.attr, attrs):
+            yield "swap name", ast.Attribute(node.value, other, ast.Load())
+
+
 def _statement_edits(node):
     if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr)) and not (
             isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):  # a docstring is not code
@@ -162,17 +188,26 @@ def mutants(lab: str, source: str = None) -> list:
     tree = ast.parse(source)
     lines, starts, found, seen = solution_lines(source), _offsets(source), [], {source}
 
-    def visit(node, where):
+    attrs_of = {c.name: {n.attr for n in ast.walk(c) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)
+                         and isinstance(n.value, ast.Name) and n.value.id == "self"}
+                for c in ast.walk(tree) if isinstance(c, ast.ClassDef)}
+
+    def visit(node, where, local=frozenset(), attrs=frozenset()):
         for child in ast.iter_child_nodes(node):
             if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(child, ast.Constant):
                 continue  # `-1` is one number, changed as such
-            name = where
+            name, inner, own = where, local, attrs
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 name = f"{where}.{child.name}" if where else child.name
-            visit(child, name)
+            if isinstance(child, ast.ClassDef):
+                own = attrs_of.get(child.name, frozenset())
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inner = frozenset(_bound(child))
+            visit(child, name, inner, own)
             if getattr(child, "lineno", None) not in lines or getattr(child, "end_lineno", None) not in lines:
                 continue
-            edits = list(_edits(child)) + (list(_statement_edits(child)) if isinstance(child, ast.stmt) else [])
+            edits = list(_edits(child)) + list(_name_edits(child, local, attrs)) + (
+                list(_statement_edits(child)) if isinstance(child, ast.stmt) else [])
             for op, new in edits:
                 text = new if isinstance(new, str) else ast.unparse(new)
                 if isinstance(new, ast.AST) and isinstance(child, ast.expr) and not isinstance(new, (ast.Name, ast.Constant, ast.Call, ast.Attribute, ast.Subscript)):
