@@ -15,7 +15,8 @@ is one edit of one node there, made in the source text (the rest of the file is 
 - a keyword argument dropped from a call, two positional arguments of a call swapped (not `transpose`'s two
   dimensions nor the built-in `min`'s and `max`'s arguments, which mean the same either way);
 - a name swapped for a sibling one character apart, among the function's own names or the class's attributes
-  (`q` `k` `v`, `B` `T` `D`, `self.w1` `self.w3`, `self.norm1` `self.norm2`; upper case with upper case);
+  (`q` `k` `v`, `B` `T` `D`, `self.w1` `self.w3`, `self.norm1` `self.norm2`; upper case with upper case;
+  not a name read for its `.device`: the contract puts every tensor of a call on one device);
 - a statement replaced by `pass` (an assignment, an augmented assignment, an expression statement).
 
 A mutant is killed when its lab does not pass with full marks (a failed check, an error, a refusal, a timeout).
@@ -206,7 +207,8 @@ def mutants(lab: str, source: str = None) -> list:
             visit(child, name, inner, own)
             if getattr(child, "lineno", None) not in lines or getattr(child, "end_lineno", None) not in lines:
                 continue
-            edits = list(_edits(child)) + list(_name_edits(child, local, attrs)) + (
+            device_only = isinstance(node, ast.Attribute) and node.attr == "device"  # one device per call
+            edits = list(_edits(child)) + ([] if device_only else list(_name_edits(child, local, attrs))) + (
                 list(_statement_edits(child)) if isinstance(child, ast.stmt) else [])
             for op, new in edits:
                 text = new if isinstance(new, str) else ast.unparse(new)
