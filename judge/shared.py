@@ -74,8 +74,11 @@ def draw(h: Handle, seed: int = 1234, style: str = "check") -> dict:
 
 
 def zeroed(values: dict, *prefixes) -> dict:
-    """A copy of values with every parameter under the given prefixes set to zero."""
-    return {n: torch.zeros_like(v) if n.startswith(prefixes) else v for n, v in values.items()}
+    """A copy of values with every parameter under the given prefixes set to zero, under each of its names: a
+    parameter the module also reaches by another name (an `nn.Sequential` of its own layers, tied weights) has one
+    value object under all of them in fill's values, and is zeroed under all of them."""
+    hit = {id(v) for n, v in values.items() if n.startswith(prefixes)}
+    return {n: torch.zeros_like(v) if id(v) in hit else v for n, v in values.items()}
 
 
 def sub(values: dict, prefix: str) -> dict:

@@ -221,12 +221,7 @@ class Server:
                        params=packer({name: p.grad for name, p in params.items()}))
 
     def handle_load(self, req: m.Load, tensors, packer) -> m.Answer:
-        module = self.objects[req.handle]
-        own = dict(module.named_parameters(remove_duplicate=False))
-        own.update(dict(module.named_buffers(remove_duplicate=False)))
-        with torch.no_grad():
-            for name, value in tensors.items():
-                own[name].copy_(value)
+        load_values(self.objects[req.handle], tensors)
         return m.Answer(ok=True)
 
     def handle_state(self, req: m.State, tensors, packer) -> m.Answer:
@@ -263,6 +258,24 @@ def describe(module: nn.Module) -> m.ModuleInfo:
                         [names for names in owners.values() if len(names) > 1], modules, attrs)
 
 
+def load_values(module: nn.Module, values: dict):
+    """Copy {name: tensor} into module's parameters and buffers, each tensor once: a parameter reachable under two
+    names (an `nn.Sequential` of the module's own layers, tied weights) takes the value of its first name in the
+    module's own order (named_parameters' order) that `values` holds, whatever order `values` came in (the blob's
+    order is not fixed), so a load is the same on every run. A name the module does not have is a KeyError."""
+    own = list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers(remove_duplicate=False))
+    known = {name for name, _ in own}
+    unknown = sorted(name for name in values if name not in known)
+    if unknown:
+        raise KeyError(f"no parameter or buffer named {unknown[0]!r}")
+    done = set()
+    with torch.no_grad():
+        for name, tensor in own:
+            if name in values and id(tensor) not in done:
+                done.add(id(tensor))
+                tensor.copy_(values[name])
+
+
 def watch_forward(module: nn.Module, name: str, watched: list):
     """Record [input shape, grad enabled] for each forward of module.get_submodule(name), through its instance's
     own `forward`: `m(x)` and `m.forward(x)` both pass there. Returns the undo."""
@@ -295,10 +308,9 @@ def swap_forward(module: nn.Module, states) -> callable:
 
     def forward(*args, **kwargs):
         if depth[0] == 0 and states:
-            with torch.no_grad():
-                for name, value in states[min(calls[0], len(states) - 1)].items():
-                    if name in params and isinstance(value, torch.Tensor):
-                        params[name].copy_(value)
+            state = states[min(calls[0], len(states) - 1)]
+            load_values(module, {name: value for name, value in state.items()
+                                 if name in params and isinstance(value, torch.Tensor)})
             calls[0] += 1
         depth[0] += 1
         try:
@@ -309,9 +321,7 @@ def swap_forward(module: nn.Module, states) -> callable:
 
     def undo():
         setattr(module, "forward", original) if own else vars(module).pop("forward", None)
-        with torch.no_grad():
-            for name, value in saved.items():
-                params[name].copy_(value)
+        load_values(module, saved)
     return undo
 
 
