@@ -17,12 +17,13 @@ import types
 import torch
 import torch._dynamo  # noqa: F401  (AdamW and dispatch modes import it lazily, rebinding torch functions)
 import torch.nn as nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from pack.labs import ATTRS, BY_MODULE
 from protocol import messages as m
 from protocol.codec import ProtocolError, read_frame, write_frame
 from protocol.values import Packer, load_tensors, save_tensors
-from worker.guards import FORBIDDEN_MODULES, DeviceGuard, ForbiddenShortcut, ShortcutGuard, Snapshot, code_objects
+from worker.guards import FORBIDDEN_MODULES, ForbiddenShortcut, MetaShadow, ShortcutGuard, Snapshot, code_objects
 
 KINDS = {"Linear": nn.Linear, "Embedding": nn.Embedding, "LayerNorm": nn.LayerNorm, "ModuleList": nn.ModuleList,
          "Dropout": nn.Dropout}
@@ -65,6 +66,7 @@ class Server:
     def __init__(self, rfd: int, wfd: int, lab_dir: str, device: str, standins=()):
         self.rfd, self.wfd, self.lab_dir, self.device = rfd, wfd, lab_dir, torch.device(device)
         self.objects, self.hits = {}, []
+        self.shadows = WeakIdKeyDictionary()  # meta tensor -> its CPU values (worker.guards.MetaShadow)
         self.snapshot = Snapshot()
         # the pack's stand-ins for earlier labs, installed before any student code: their frames are the grader's
         self.kept_codes, self.standin_files = [], set()
@@ -131,7 +133,10 @@ class Server:
         if "$tuple" in value:
             return tuple(self.arg(v, tensors) for v in value["$tuple"])
         if "$t" in value:
-            t = tensors[value["$t"]].to(value.get("to") or self.device)
+            host = tensors[value["$t"]]
+            t = host.to(value.get("to") or self.device)
+            if t.device.type == "meta":
+                self.shadows[t] = host
             return t.requires_grad_() if value.get("grad") else t
         if "$h" in value:
             return self.objects[value["$h"]]
@@ -182,7 +187,7 @@ class Server:
             removers += capture(opts.capture.module, opts.capture.function, captured)
         modes = [ShortcutGuard(self.hits, self.trusted, self.lab_dir)] if opts.guard else []
         if opts.device_guard:
-            modes.append(DeviceGuard())
+            modes.append(MetaShadow(self.shadows))
         try:
             for mode in modes:
                 mode.__enter__()
@@ -229,7 +234,16 @@ class Server:
         return m.Answer(ok=True, value=packer({name: p for name, p in module.named_parameters(remove_duplicate=False)}))
 
     def handle_to(self, req: m.To, tensors, packer) -> m.Answer:
-        self.objects[req.handle].to(req.device)
+        module = self.objects[req.handle]
+        own = lambda: list(module.named_parameters(remove_duplicate=False)) + list(  # noqa: E731
+            module.named_buffers(remove_duplicate=False))
+        with torch.no_grad():
+            values = {name: t.detach().to("cpu", copy=True) for name, t in own() if t.device.type != "meta"}
+        module.to(req.device)
+        if torch.device(req.device).type == "meta":  # meta keeps no values: each tensor's CPU values go beside it
+            for name, t in own():
+                if name in values and t.device.type == "meta":
+                    self.shadows[t] = values[name]
         return m.Answer(ok=True)
 
     def handle_audit(self, req: m.Audit, tensors, packer) -> m.Answer:
