@@ -9,7 +9,7 @@ import math
 import torch
 
 from judge.checks import CheckFailure, Skipped, fail
-from judge.client import NO_GRAD, ContractMissing, Handle, On, Options, StudentError, Worker, WorkerGone
+from judge.client import NO_GRAD, ContractMissing, Handle, On, Options, StudentError, Worker, WorkerGone, meta_message
 from judge.compare import expect_close, expect_tensor, randn
 from judge.static import Forbidden
 from pack.labs import FILES, LABS, earlier as labs_before
@@ -266,9 +266,9 @@ def expect_no_shortcuts(w: Worker, run, module: Handle = None):
 
 
 def device_error(exc: StudentError) -> bool:
-    """The error is about devices (tensors on two of them, or an op the meta device cannot run), not a plain bug."""
-    return exc.type == "DeviceMixError" or exc.type in ("RuntimeError", "NotImplementedError") and any(
-        word in exc.message.lower() for word in ("device", "meta", "cuda", "cpu"))
+    """The error is about devices (tensors on two of them), not a plain bug nor the meta device's lack of values."""
+    return exc.type == "DeviceMixError" or exc.type in ("RuntimeError", "NotImplementedError") and not meta_message(
+        exc) and any(word in exc.message.lower() for word in ("device", "meta", "cuda", "cpu"))
 
 
 def expect_dropout_only_in_training(h: Handle, x: Tensor, what: str):

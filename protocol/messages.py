@@ -205,6 +205,7 @@ class ErrorInfo:
     traceback: str = ""
     memory: bool = False
     shortcut: bool = False
+    undecided: bool = False  # the grader's own probe could not run it (the meta device has no values): not the code's
 
 
 @message("param")

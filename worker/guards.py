@@ -104,6 +104,10 @@ class DeviceGuard(TorchDispatchMode):
                 raise DeviceMixError(f"`{func.__name__.split('.')[0]}` got tensors on {sorted(map(str, devices))}")
 
 
+class MetaValueError(RuntimeError):
+    """An op of the device probe needed values the meta device does not have: the probe's limit, not the code's."""
+
+
 _NO_SHADOW = object()
 META = torch.device("meta")
 
@@ -138,7 +142,13 @@ class MetaShadow(DeviceGuard):
             return torch.device("cpu") if isinstance(t, torch.device) and t == META else t
         s_args, s_kwargs = tree_map(shadow, (args, kwargs))
         if missing[0]:
-            return func(*args, **kwargs)
+            try:
+                return func(*args, **kwargs)
+            except (NotImplementedError, RuntimeError) as exc:
+                if "meta" not in str(exc).lower():
+                    raise
+                raise MetaValueError(f"`{func.__name__.split('.')[0]}` needs the values of a tensor that the "
+                                     "grader's device probe (on the meta device) holds none for") from None
         try:
             s_out = func(*s_args, **s_kwargs)
         except Exception:  # noqa: BLE001: the shadow is a help; the run on meta decides

@@ -23,7 +23,7 @@ from pack.labs import ATTRS, BY_MODULE
 from protocol import messages as m
 from protocol.codec import ProtocolError, read_frame, write_frame
 from protocol.values import Packer, load_tensors, save_tensors
-from worker.guards import FORBIDDEN_MODULES, ForbiddenShortcut, MetaShadow, ShortcutGuard, Snapshot, code_objects
+from worker.guards import FORBIDDEN_MODULES, ForbiddenShortcut, MetaShadow, MetaValueError, ShortcutGuard, Snapshot, code_objects
 
 KINDS = {"Linear": nn.Linear, "Embedding": nn.Embedding, "LayerNorm": nn.LayerNorm, "ModuleList": nn.ModuleList,
          "Dropout": nn.Dropout}
@@ -122,7 +122,7 @@ class Server:
             traceback="\n".join(["Traceback (most recent call last), your files only:"] + lines
                                 + [f"{type(exc).__name__}: {message}"])[-4000:],
             memory=isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in message,
-            shortcut=isinstance(exc, ForbiddenShortcut))
+            shortcut=isinstance(exc, ForbiddenShortcut), undecided=isinstance(exc, MetaValueError))
 
     # ---- arguments ----
     def arg(self, value, tensors: dict):
