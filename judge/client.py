@@ -188,6 +188,7 @@ class Worker:
         self.proc = self.pid = None
         self.kept = Kept()
         self.starts, self.hits = 0, []
+        self.errors = []  # the StudentErrors its answers carried, caught by a check or not (the last 50)
         self.folder = None
         self.siblings = []
         # what the judge tells its checks: the lab, the submission's own files, and whether it is graded on them
@@ -392,6 +393,7 @@ class Worker:
         self.hits += [h[:100] for h in answer.hits if h[:100] not in self.hits]
         if not answer.ok:
             error = StudentError(answer.error or m.ErrorInfo("Exception", "the worker gave no reason"))
+            self.errors = [*self.errors[-49:], error]
             raise ContractMissing(error.message) if error.type == "Missing" else error
         unpack = Unpacker(got, handle=lambda key: Handle(self, str(key), m.ModuleInfo("?", "?")))
         try:

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import importlib
 import marshal
+import re
 import time
 import traceback
 from pathlib import Path
@@ -76,6 +77,48 @@ def files_for(lab: str, submission: dict, own=None) -> tuple:
     if FILES[lab] in submission:
         files[FILES[lab]] = submission[FILES[lab]]
     return files, standins
+
+
+@functools.lru_cache(maxsize=None)
+def standin_names(name: str) -> frozenset:
+    """The functions and classes the pack's stand-in for lab `name` defines at its top level."""
+    path = STANDINS / FILES[name]
+    if not path.is_file():
+        return frozenset()
+    return frozenset(node.name for node in ast.parse(path.read_bytes()).body
+                     if isinstance(node, (ast.FunctionDef, ast.ClassDef)))
+
+
+_MISSING_NAME = ("cannot import name '(?P<name>\\w+)' from '(?P<module>\\w+)'",
+                 "module '(?P<module>\\w+)' has no attribute '(?P<name>\\w+)'")
+_REFUSED_CALL = re.compile(r"(?P<owner>\w+)(\.__init__)?\(\) (got an unexpected keyword argument '(?P<kw>\w+)'|takes "
+                           r"(from \d+ to )?\d+ positional arguments? but \d+ (were|was) given)")
+
+
+def beyond_contract(exc, lab: str, submission: dict, own) -> tuple:
+    """(earlier lab, why) when the submission's code, run beside the pack's stand-ins, asked an earlier lab's
+    stand-in for more than its contract: a name the stand-in does not define, or a call the stand-in's signature
+    refuses (a TypeError for an unexpected keyword or too many arguments). The lab is then graded on the
+    submission's own file for that earlier lab (judge/main.py). None otherwise, or when the submission has no such
+    file, or the lab already runs on it."""
+    if not isinstance(exc, StudentError):
+        return None
+    open_labs = [name for name in earlier(lab) if name not in own and FILES[name] in submission
+                 and standin(name) is not None]
+    if exc.type in ("ImportError", "AttributeError"):
+        for pattern in _MISSING_NAME:
+            found = re.search(pattern, exc.message)
+            if found:
+                name = next((n for n in open_labs if LABS[n].module == found["module"]), None)
+                if name and found["name"] not in standin_names(name):
+                    return name, f"it uses `{found['name']}`, which the contract does not name"
+    if exc.type == "TypeError":
+        found = _REFUSED_CALL.search(exc.message)
+        name = next((n for n in open_labs if found and found["owner"] in standin_names(n)), None)
+        if name:
+            what = f"with `{found['kw']}=`" if found["kw"] else "with more arguments"
+            return name, f"it calls `{found['owner']}` {what}, which the contract does not name"
+    return None
 
 
 def describe(exc: BaseException, lab: str, display_dir: str) -> m.Failure:

@@ -71,7 +71,7 @@ def grade_many(specs: dict, timeout: float = 30, memory: float = 4, jobs: int = 
 # Defence in depth: the tests of confinement and of what a worker can see run code the static rules refuse (exec,
 # ctypes, inspect), so they grade with the scan switched off in the grading process, and show that each runtime
 # defence holds on its own. (A student cannot do this: the scan runs in the judge, on the source the parent read.)
-WITHOUT_SCAN = "import judge.static as _static; _static.scan_source = lambda source, filename='<lab>': []"
+WITHOUT_SCAN = "import judge.static as _static; _static.scan_source = lambda source, filename='<lab>', own=None: []"
 
 
 def run_grader(*args, timeout=300, env=None, cwd=ROOT, patch: str = None):
