@@ -281,12 +281,17 @@ def load_values(module: nn.Module, values: dict):
     known = {name for name, _ in own}
     unknown = sorted(name for name in values if name not in known)
     if unknown:
-        raise KeyError(f"no parameter or buffer named {unknown[0]!r}")
+        raise KeyError(f"the grader's weights name `{unknown[0]}`, which the module no longer has: keep the "
+                       "parameters and buffers __init__ made (do not add, remove or rename them later)")
     done = set()
     with torch.no_grad():
         for name, tensor in own:
             if name in values and id(tensor) not in done:
                 done.add(id(tensor))
+                if tuple(tensor.shape) != tuple(values[name].shape):
+                    raise RuntimeError(f"the grader could not load its weights into `{name}`: it is "
+                                       f"{tuple(tensor.shape)} now, {tuple(values[name].shape)} when the module was "
+                                       "built (do not replace parameters after __init__)")
                 tensor.copy_(values[name])
 
 
