@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from tests.helpers import LAB_FILES, grade_many, submission
-from tests.mutants import L2_MERGE, L3_MLP, MUTANTS, VARIANTS
+from tests.mutants import L2_MERGE, MUTANTS, VARIANTS
 
 BY_ID = {m.id: m for m in MUTANTS + VARIANTS}
 
