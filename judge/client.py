@@ -51,7 +51,17 @@ class StudentError(Exception):
         self.frames = list(info.frames)[-8:]  # protocol Frames: file, line, function, text
         self.traceback = info.traceback[-4000:]
         self.memory, self.shortcut = info.memory, info.shortcut
+        self.undecided = info.undecided is True  # the worker's meta-device probe had no values for an op
         super().__init__(f"{self.type}: {self.message}")
+
+
+def meta_message(exc: StudentError) -> bool:
+    """The error is the grader's meta device speaking (a value asked of a tensor that has none: the worker's probe
+    said so, or torch's words say it), not a mistake of the code's."""
+    text = exc.message.lower()
+    return exc.undecided or exc.type in ("RuntimeError", "NotImplementedError") and any(
+        words in text for words in ("meta tensor", "cannot be called on meta", "register_meta", "meta_nonzero",
+                                    "data-dependent", "data dependent"))
 
 
 class ContractMissing(Exception):
@@ -178,6 +188,7 @@ class Worker:
         self.proc = self.pid = None
         self.kept = Kept()
         self.starts, self.hits = 0, []
+        self.errors = []  # the StudentErrors its answers carried, caught by a check or not (the last 50)
         self.folder = None
         self.siblings = []
         # what the judge tells its checks: the lab, the submission's own files, and whether it is graded on them
@@ -382,6 +393,7 @@ class Worker:
         self.hits += [h[:100] for h in answer.hits if h[:100] not in self.hits]
         if not answer.ok:
             error = StudentError(answer.error or m.ErrorInfo("Exception", "the worker gave no reason"))
+            self.errors = [*self.errors[-49:], error]
             raise ContractMissing(error.message) if error.type == "Missing" else error
         unpack = Unpacker(got, handle=lambda key: Handle(self, str(key), m.ModuleInfo("?", "?")))
         try:

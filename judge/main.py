@@ -14,9 +14,9 @@ import traceback
 import torch
 
 from judge.client import StudentError, Worker, WorkerGone
-from judge.runner import checks_of, describe, files_for, run_check
-from judge.static import scan_source, warm
-from pack.labs import LABS
+from judge.runner import beyond_contract, checks_of, describe, files_for, run_check
+from judge.static import BEYOND_CONTRACT, own_names, scan_source, warm
+from pack.labs import LABS, earlier
 from pack.memory import capped
 from protocol import messages as m
 from protocol.codec import blob_files, encode, read_frame
@@ -55,21 +55,49 @@ def run(spec: m.JudgeSpec, fd: int, nonce: str, zygote=None, sources: dict = Non
         emit(m.Start(spec.device, os.getpid()))
         with capped(spec.memory):  # the judge's own work on the text, under --memory too (a MemoryError: refused)
             hits = scan_source(sources.get(LABS[lab].file, b""), LABS[lab].file)
+            if any(BEYOND_CONTRACT in h for h in hits):  # names of its own earlier labs beyond their contract
+                own_defs = {LABS[e].module: own_names(sources[LABS[e].file]) for e in earlier(lab)
+                            if LABS[e].file in sources}
+                hits = scan_source(sources.get(LABS[lab].file, b""), LABS[lab].file, own_defs)
         if hits:
             emit(m.RuleBroken("forbidden: " + "; ".join(hits[:5])))
-        files, standins = files_for(lab, sources, None if spec.own_labs else ())
-        worker = Worker(files, device=spec.device, memory=spec.memory, timeout=spec.check_timeout, zygote=zygote,
-                        hide=spec.hide, deadline=spec.deadline, standins=standins, budget=spec.cpu_budget)
-        worker.lab, worker.submission, worker.own_labs = lab, dict(sources), spec.own_labs
-        try:
-            worker.request(m.Import(LABS[lab].module))
-        except (StudentError, WorkerGone) as exc:
-            emit(m.Imported(False, describe(exc, lab, spec.display_dir)))
-            emit(m.End(worker.output()))
-            return
-        emit(m.Imported(True))
-        for name, check in checks.items():
-            emit(run_check(name, check, worker, lab, spec.display_dir))
+        own, budget = [], None  # the earlier labs graded on the submission's own files: none, unless asked for
+        while True:
+            files, standins = files_for(lab, sources, None if spec.own_labs else own)
+            worker = Worker(files, device=spec.device, memory=spec.memory, timeout=spec.check_timeout, zygote=zygote,
+                            hide=spec.hide, deadline=spec.deadline, standins=standins, budget=spec.cpu_budget)
+            if budget is not None:
+                worker.budget = budget  # a lab that starts over keeps what is left of its CPU seconds
+            budget = worker.budget
+            worker.lab, worker.submission, worker.own_labs = lab, dict(sources), spec.own_labs
+            need = None
+            try:
+                worker.request(m.Import(LABS[lab].module))
+            except (StudentError, WorkerGone) as exc:
+                need = None if spec.own_labs else beyond_contract(exc, lab, sources, own)
+                if need is None:
+                    emit(m.Imported(False, describe(exc, lab, spec.display_dir)))
+                    emit(m.End(worker.output()))
+                    return
+            if need is None:
+                emit(m.Imported(True))
+                for name, check in checks.items():
+                    seen = len(worker.errors)
+                    done = run_check(name, check, worker, lab, spec.display_dir)
+                    if done.outcome == "failed" and not spec.own_labs:
+                        need = next(filter(None, (beyond_contract(e, lab, sources, own)
+                                                  for e in worker.errors[seen:])), None)
+                        if need is not None:
+                            break
+                    emit(done)
+            if need is None:
+                break
+            earlier_lab, why = need  # the code asked a stand-in for more than the contract: start over on its own lab
+            own.append(earlier_lab)
+            number = LABS[earlier_lab].number
+            emit(m.Regraded(list(own), f"Graded on your own lab {number} ({LABS[earlier_lab].file}) instead of the "
+                                       f"pack's: {why}."))
+            worker.close()
         try:
             audit = worker.audit()
         except (StudentError, WorkerGone):

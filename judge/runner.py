@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import importlib
 import marshal
+import re
 import time
 import traceback
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from judge.checks import CheckFailure, Skipped, known_hint
-from judge.client import ContractMissing, StudentError, WorkerGone
+from judge.client import ContractMissing, StudentError, WorkerGone, meta_message
 from judge.static import Forbidden
 from pack.labs import BY_MODULE, FILES, LABS, earlier, lab_of_module
 from protocol import messages as m
@@ -78,6 +79,48 @@ def files_for(lab: str, submission: dict, own=None) -> tuple:
     return files, standins
 
 
+@functools.lru_cache(maxsize=None)
+def standin_names(name: str) -> frozenset:
+    """The functions and classes the pack's stand-in for lab `name` defines at its top level."""
+    path = STANDINS / FILES[name]
+    if not path.is_file():
+        return frozenset()
+    return frozenset(node.name for node in ast.parse(path.read_bytes()).body
+                     if isinstance(node, (ast.FunctionDef, ast.ClassDef)))
+
+
+_MISSING_NAME = ("cannot import name '(?P<name>\\w+)' from '(?P<module>\\w+)'",
+                 "module '(?P<module>\\w+)' has no attribute '(?P<name>\\w+)'")
+_REFUSED_CALL = re.compile(r"(?P<owner>\w+)(\.__init__)?\(\) (got an unexpected keyword argument '(?P<kw>\w+)'|takes "
+                           r"(from \d+ to )?\d+ positional arguments? but \d+ (were|was) given)")
+
+
+def beyond_contract(exc, lab: str, submission: dict, own) -> tuple:
+    """(earlier lab, why) when the submission's code, run beside the pack's stand-ins, asked an earlier lab's
+    stand-in for more than its contract: a name the stand-in does not define, or a call the stand-in's signature
+    refuses (a TypeError for an unexpected keyword or too many arguments). The lab is then graded on the
+    submission's own file for that earlier lab (judge/main.py). None otherwise, or when the submission has no such
+    file, or the lab already runs on it."""
+    if not isinstance(exc, StudentError):
+        return None
+    open_labs = [name for name in earlier(lab) if name not in own and FILES[name] in submission
+                 and standin(name) is not None]
+    if exc.type in ("ImportError", "AttributeError"):
+        for pattern in _MISSING_NAME:
+            found = re.search(pattern, exc.message)
+            if found:
+                name = next((n for n in open_labs if LABS[n].module == found["module"]), None)
+                if name and found["name"] not in standin_names(name):
+                    return name, f"it uses `{found['name']}`, which the contract does not name"
+    if exc.type == "TypeError":
+        found = _REFUSED_CALL.search(exc.message)
+        name = next((n for n in open_labs if found and found["owner"] in standin_names(n)), None)
+        if name:
+            what = f"with `{found['kw']}=`" if found["kw"] else "with more arguments"
+            return name, f"it calls `{found['owner']}` {what}, which the contract does not name"
+    return None
+
+
 def describe(exc: BaseException, lab: str, display_dir: str) -> m.Failure:
     """What went wrong, in words, with the student frame it came from and its Fault."""
     hint, trace, full, origin_lab, blame, usage = None, [], "", None, None, None
@@ -98,6 +141,9 @@ def describe(exc: BaseException, lab: str, display_dir: str) -> m.Failure:
         found = lab_of_module(origin.file) if origin else None
         origin_lab = found.name if found else None
         text = f"{exc.type}: {exc.message}"
+        if meta_message(exc):  # torch's words about the grader's meta device: what happened, in the student's terms
+            text = ("this check could not be decided: it runs your code on the meta device (shapes, no values), and "
+                    "an operation there asked for a tensor's values")
         if exc.type == "ImportError" and any(f"'{module}'" in exc.message for module in BY_MODULE):
             hint = "standalone"  # a name an earlier lab's contract does not define
         if exc.shortcut:
@@ -151,6 +197,15 @@ def _run_once(name: str, check, worker, lab: str, display_dir: str) -> m.CheckDo
         return m.CheckDone(name, "skipped", time.perf_counter() - start, message=str(exc)[:MAX_MESSAGE])
     except KeyboardInterrupt:
         raise
+    except StudentError as exc:
+        if not exc.undecided:
+            failure = describe(exc, lab, display_dir)
+            return m.CheckDone(name, "failed", time.perf_counter() - start, message=failure.message, failure=failure)
+        # the worker's device probe (meta device) had no values for an op: the grader's limit, so the check passes
+        where = f" at {exc.frames[-1].file}:{exc.frames[-1].line}" if exc.frames else ""
+        return m.CheckDone(name, "skipped", time.perf_counter() - start, message=(
+            f"not decided on this machine: the device probe runs on the meta device, which holds no values, and "
+            f"your code{where} reads one it could not provide; counted as passed")[:MAX_MESSAGE])
     except BaseException as exc:  # noqa: B036
         failure = describe(exc, lab, display_dir)
         return m.CheckDone(name, "failed", time.perf_counter() - start, message=failure.message, failure=failure,

@@ -9,7 +9,7 @@ import math
 import torch
 
 from judge.checks import CheckFailure, Skipped, fail
-from judge.client import NO_GRAD, ContractMissing, Handle, On, Options, StudentError, Worker, WorkerGone
+from judge.client import NO_GRAD, ContractMissing, Handle, On, Options, StudentError, Worker, WorkerGone, meta_message
 from judge.compare import expect_close, expect_tensor, randn
 from judge.static import Forbidden
 from pack.labs import FILES, LABS, earlier as labs_before
@@ -74,8 +74,11 @@ def draw(h: Handle, seed: int = 1234, style: str = "check") -> dict:
 
 
 def zeroed(values: dict, *prefixes) -> dict:
-    """A copy of values with every parameter under the given prefixes set to zero."""
-    return {n: torch.zeros_like(v) if n.startswith(prefixes) else v for n, v in values.items()}
+    """A copy of values with every parameter under the given prefixes set to zero, under each of its names: a
+    parameter the module also reaches by another name (an `nn.Sequential` of its own layers, tied weights) has one
+    value object under all of them in fill's values, and is zeroed under all of them."""
+    hit = {id(v) for n, v in values.items() if n.startswith(prefixes)}
+    return {n: torch.zeros_like(v) if id(v) in hit else v for n, v in values.items()}
 
 
 def sub(values: dict, prefix: str) -> dict:
@@ -263,9 +266,9 @@ def expect_no_shortcuts(w: Worker, run, module: Handle = None):
 
 
 def device_error(exc: StudentError) -> bool:
-    """The error is about devices (tensors on two of them, or an op the meta device cannot run), not a plain bug."""
-    return exc.type == "DeviceMixError" or exc.type in ("RuntimeError", "NotImplementedError") and any(
-        word in exc.message.lower() for word in ("device", "meta", "cuda", "cpu"))
+    """The error is about devices (tensors on two of them), not a plain bug nor the meta device's lack of values."""
+    return exc.type == "DeviceMixError" or exc.type in ("RuntimeError", "NotImplementedError") and not meta_message(
+        exc) and any(word in exc.message.lower() for word in ("device", "meta", "cuda", "cpu"))
 
 
 def expect_dropout_only_in_training(h: Handle, x: Tensor, what: str):

@@ -97,6 +97,9 @@ def _is_forbidden(obj) -> bool:
     return isinstance(name, str) and (name in FORBIDDEN_NAMES or any(f in name for f in FRAGMENTS))
 
 
+BEYOND_CONTRACT = "an earlier lab's module gives only what that lab defines"
+
+
 @lru_cache(maxsize=None)
 def lab_names(module: str) -> frozenset:
     """What a lab's module defines (functions, classes, constants: not what it imports), from the pack's files: the
@@ -198,9 +201,23 @@ def _key(how):
     return how if how[0] in ("import", "from") else how[:2]
 
 
+def own_names(source) -> frozenset:
+    """The functions and classes a submission's own lab file defines at its top level (not what it imports or
+    assigns), when that file breaks no rule itself; empty otherwise. A later lab of the same submission may import
+    them from it (it is then graded on that own file: judge/main.py)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return frozenset()
+    names = frozenset(node.name for node in tree.body
+                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
+    return names if names and not scan_source(source) else frozenset()
+
+
 class Scanner:
-    def __init__(self):
+    def __init__(self, own=None):
         self.scope_of, self.nodes, self.hits, self.special = {}, [], [], set()
+        self.own = own or {}  # {earlier lab's module: names the submission's own file of it defines}
 
     # ---- pass 1: scopes and bindings, and the nodes that are read (the main guard's body is not) -------------
     def visit(self, node, scope):
@@ -470,8 +487,8 @@ class Scanner:
         if attr in INTROSPECTION:
             return self.hit(node, f"`{text}`: reading frames or code objects is not allowed")
         if isinstance(base, Mod) and base.kind == "lab":
-            if attr not in lab_names(base.name) and not attr.startswith("__"):
-                self.hit(node, f"`{text}`: an earlier lab's module gives only what that lab defines; import "
+            if attr not in lab_names(base.name) and attr not in self.own.get(base.name, ()) and not attr.startswith("__"):
+                self.hit(node, f"`{text}`: {BEYOND_CONTRACT}; import "
                                f"`{attr}` from where it comes from")
             return
         if isinstance(base, Mod) and base.kind in ("torch", "std"):
@@ -564,8 +581,10 @@ def warm():
         lab_names(module)
 
 
-def scan_source(source, filename: str = "<lab>") -> list:
-    """Rule breaks in the code, each as 'line N: what'; [] when the source does not parse (the import will say)."""
+def scan_source(source, filename: str = "<lab>", own=None) -> list:
+    """Rule breaks in the code, each as 'line N: what'; [] when the source does not parse (the import will say).
+    `own`: {earlier lab's module: the names the submission's own file of it defines} (own_names), which the code may
+    import from it beside the contract's."""
     try:
         tree = ast.parse(source, filename)
     except (SyntaxError, ValueError):
@@ -574,7 +593,7 @@ def scan_source(source, filename: str = "<lab>") -> list:
         return [_TOO_DEEP]
     except MemoryError:  # past the memory the judge's work on a text may take (pack/memory.py), or the parser's own
         return [_TOO_BIG]
-    scanner = Scanner()
+    scanner = Scanner(own)
     try:
         scanner.visit(tree, Scope("module"))
         scanner.called = {id(n.func) for n in scanner.nodes if isinstance(n, ast.Call)}

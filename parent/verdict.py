@@ -149,6 +149,10 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
     """
     task = outcome.task
     records, names = outcome.records, {c.name for c in checks}
+    regraded = [r for r in records if isinstance(r, m.Regraded)]
+    if regraded:  # the lab started over on the submission's own earlier labs: only the last run's checks count
+        last = max(i for i, r in enumerate(records) if isinstance(r, m.Regraded))
+        records = [r for i, r in enumerate(records) if i > last or not isinstance(r, (m.Imported, m.CheckDone))]
     by_name = {}
     for r in records:
         if isinstance(r, m.CheckDone) and r.name in names:
@@ -190,13 +194,14 @@ def decide(outcome, checks: list, lab_source: str = None) -> LabResult:
                        held_back=held_back(task.lab) if task.select is None else (0, 0))
     failures = [by_name[c.name].failure for c in checks if c.name in by_name and by_name[c.name].failure]
     failures += [imported.failure] if imported and imported.failure else []
-    result.notes = _notes(task.lab, checks, failures)
+    regraded_notes = [clean(r.note) for r in regraded]
+    result.notes = regraded_notes + _notes(task.lab, checks, failures)
     if any(c.hidden for c in checks):  # the same lab as its visible checks alone say it, for students before the due date
         shown = [c for c in checks if not c.hidden]
         status, detail = _status(outcome, shown, imported, forbidden, end, lab_source, limit)
         failures = [by_name[c.name].failure for c in shown if c.name in by_name and by_name[c.name].failure]
         failures += [imported.failure] if imported and imported.failure else []
-        result.shown = LabResult(task.lab, status, clean(detail), shown, _notes(task.lab, shown, failures),
+        result.shown = LabResult(task.lab, status, clean(detail), shown, regraded_notes + _notes(task.lab, shown, failures),
                                  result.held_back, result.output, seconds=result.seconds, device=result.device)
     return result
 

@@ -205,6 +205,7 @@ class ErrorInfo:
     traceback: str = ""
     memory: bool = False
     shortcut: bool = False
+    undecided: bool = False  # the grader's own probe could not run it (the meta device has no values): not the code's
 
 
 @message("param")
@@ -365,9 +366,17 @@ class RuleBroken:
     message: str
 
 
+@message("regraded")
+class Regraded:
+    """The lab starts over on the submission's own files for the earlier labs in `own` (its code asked their
+    stand-ins for more than the contract): the Imported and CheckDone records before this one no longer count."""
+    own: list[str]
+    note: str
+
+
 @message("end")
 class End:
     output: str = ""
 
 
-RECORDS = (Start, Imported, CheckDone, RuleBroken, End)
+RECORDS = (Start, Imported, CheckDone, RuleBroken, Regraded, End)

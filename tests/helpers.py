@@ -36,8 +36,9 @@ def submission(folder: Path, lab: str = None, edits=(), source=None) -> Path:
     return folder
 
 
-def grade_many(specs: dict, timeout: float = 30, memory: float = 4, jobs: int = 2, extra=()) -> dict:
-    """{key: (folder, [labs])} -> {key: {lab: result dict}}, graded by one `grader.py`-machinery process."""
+def grade_many(specs: dict, timeout: float = 30, memory: float = 4, jobs: int = 2, extra=(), env=None) -> dict:
+    """{key: (folder, [labs])} -> {key: {lab: result dict}}, graded by one `grader.py`-machinery process (`env`:
+    variables set for it, PYTHONHASHSEED say)."""
     request = {key: [str(folder), labs] for key, (folder, labs) in specs.items()}
     code = (
         "import json, sys; from types import SimpleNamespace; import grader; from parent import grade\n"
@@ -62,7 +63,7 @@ def grade_many(specs: dict, timeout: float = 30, memory: float = 4, jobs: int = 
         "print('@@' + json.dumps(out))\n")
     opts = json.dumps({"timeout": timeout, "memory": memory, "jobs": jobs})
     proc = subprocess.run([PY, "-c", code, opts, *extra], input=json.dumps(request), capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+                          cwd=ROOT, timeout=600, env={**os.environ, **env} if env else None)
     marker = [line for line in proc.stdout.splitlines() if line.startswith("@@")]
     assert marker, f"grading failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return json.loads(marker[-1][2:])
@@ -71,7 +72,7 @@ def grade_many(specs: dict, timeout: float = 30, memory: float = 4, jobs: int = 
 # Defence in depth: the tests of confinement and of what a worker can see run code the static rules refuse (exec,
 # ctypes, inspect), so they grade with the scan switched off in the grading process, and show that each runtime
 # defence holds on its own. (A student cannot do this: the scan runs in the judge, on the source the parent read.)
-WITHOUT_SCAN = "import judge.static as _static; _static.scan_source = lambda source, filename='<lab>': []"
+WITHOUT_SCAN = "import judge.static as _static; _static.scan_source = lambda source, filename='<lab>', own=None: []"
 
 
 def run_grader(*args, timeout=300, env=None, cwd=ROOT, patch: str = None):

@@ -431,3 +431,35 @@ VARIANTS = [
         (L6_UPDATE, L6_UPDATE + "\n    k = rope(k, torch.arange(k.size(2), device=x.device), attn.theta)"),
         (L6_LENGTH, "return 0 if self.keys[0] is None else int(self.keys[0].shape[-2])")], set(), status="passed"),
 ]
+
+# Correct styles that the grader's own machinery used to fail (tests/test_machinery.py grades them too):
+# code that reads a tensor's value (the device probe runs on the meta device, which has no values)
+L1_READS_VALUES = [("    if mask is not None:\n        scores = scores.masked_fill",
+                    "    if not torch.isfinite(q).all():\n        raise ValueError('non-finite queries')\n"
+                    "    if mask is not None and not bool(mask.all()):  # an all-True mask hides nothing\n"
+                    "        scores = scores.masked_fill")]
+# an MLP that also keeps an nn.Sequential of its own layers (each parameter reachable under two names), either order
+L3_MLP_LAYERS = ("        self.fc = nn.Linear(d_model, expansion * d_model)\n        self.act = nn.GELU()\n"
+                 "        self.proj = nn.Linear(expansion * d_model, d_model)\n")
+L3_MLP_FORWARD = "return self.proj(self.act(self.fc(x)))"
+L3_SEQUENTIAL_AFTER = [(L3_MLP_LAYERS, L3_MLP_LAYERS + "        self.net = nn.Sequential(self.fc, self.act, self.proj)\n"),
+                       (L3_MLP_FORWARD, "return self.net(x)")]
+L3_SEQUENTIAL_FIRST = [(L3_MLP_LAYERS, "        self.net = nn.Sequential(nn.Linear(d_model, expansion * d_model), nn.GELU(),\n"
+                                       "                                 nn.Linear(expansion * d_model, d_model))\n"
+                                       "        self.fc, self.proj = self.net[0], self.net[2]\n"),
+                       (L3_MLP_FORWARD, "return self.net(x)")]
+VARIANTS += [
+    Mutant("lab1-reads-values", "lab1", L1_READS_VALUES, set(), status="passed"),
+    Mutant("lab3-mlp-sequential-alias", "lab3", L3_SEQUENTIAL_AFTER, set(), status="passed"),
+    Mutant("lab3-mlp-sequential-first", "lab3", L3_SEQUENTIAL_FIRST, set(), status="passed"),
+]
+MUTANTS += [
+    # reads a value, then makes a tensor off the input's device: the probe still sees the second device
+    Mutant("lab1-reads-values-mask-off-device", "lab1", [
+        ("    if mask is not None:\n        scores = scores.masked_fill",
+         "    if mask is not None and mask.any():\n        mask = mask & torch.ones(scores.shape[-2:], dtype=torch.bool)\n"
+         "    if mask is not None:\n        scores = scores.masked_fill")], {"test_device_discipline"}, "device"),
+    # the aliased MLP without its residual: zeroing mlp.proj (under both its names) must still show it
+    Mutant("lab3-mlp-sequential-no-mlp-residual", "lab3", L3_SEQUENTIAL_AFTER + [(L3_MLP, "x = self.mlp(self.ln2(x))")],
+           {"test_residual_gradient"}, "residual"),
+]

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
 from pack.labs import FORBIDDEN, FRAGMENTS
 
@@ -92,12 +92,78 @@ class DeviceGuard(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        self.check(func, args, kwargs)
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def check(func, args, kwargs):
         if func.__name__.split(".")[0] not in _COPIES:
             devices = {t.device for t in tree_leaves((args, kwargs))
                        if isinstance(t, torch.Tensor) and not (t.device.type == "cpu" and t.dim() == 0)}
             if len(devices) > 1:
                 raise DeviceMixError(f"`{func.__name__.split('.')[0]}` got tensors on {sorted(map(str, devices))}")
-        return func(*args, **kwargs)
+
+
+class MetaValueError(RuntimeError):
+    """An op of the device probe needed values the meta device does not have: the probe's limit, not the code's."""
+
+
+_NO_SHADOW = object()
+META = torch.device("meta")
+
+
+class MetaShadow(DeviceGuard):
+    """The device guard for a run on the meta device, which has shapes but no values: every meta tensor carries a
+    CPU shadow holding its values (`shadows`, a weak dict filled when the grader moves a module or an input to
+    meta), and each op on meta tensors runs on their shadows too. So code that reads a value (`if mask.all():`,
+    `.item()`, `torch.nonzero`, `.tolist()`) gets the value it would get on a real device, while every op still
+    runs on meta, where a tensor made without the input's device shows up as a second device. An op whose
+    shadows are missing (a tensor the grader did not give) runs on meta alone, as before."""
+
+    def __init__(self, shadows):
+        super().__init__()
+        self.shadows = shadows
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.check(func, args, kwargs)
+        leaves = tree_leaves((args, kwargs))
+        on_meta = any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in leaves)
+        if not on_meta and kwargs.get("device") != META:
+            return func(*args, **kwargs)
+        missing = [False]
+
+        def shadow(t):
+            if isinstance(t, torch.Tensor) and t.device.type == "meta":
+                got = self.shadows.get(t, _NO_SHADOW)
+                if got is _NO_SHADOW:
+                    missing[0] = True
+                return got
+            return torch.device("cpu") if isinstance(t, torch.device) and t == META else t
+        s_args, s_kwargs = tree_map(shadow, (args, kwargs))
+        if missing[0]:
+            try:
+                return func(*args, **kwargs)
+            except (NotImplementedError, RuntimeError) as exc:
+                if "meta" not in str(exc).lower():
+                    raise
+                raise MetaValueError(f"`{func.__name__.split('.')[0]}` needs the values of a tensor that the "
+                                     "grader's device probe (on the meta device) holds none for") from None
+        try:
+            s_out = func(*s_args, **s_kwargs)
+        except Exception:  # noqa: BLE001: the shadow is a help; the run on meta decides
+            return func(*args, **kwargs)
+        try:
+            out = func(*args, **kwargs)
+        except (NotImplementedError, RuntimeError):  # meta has no value (item, nonzero, a copy out of meta)
+            to_host = func.__name__.split(".")[0] in _COPIES and kwargs.get("device") not in (None, META)
+            if to_host:
+                return s_out
+            out = tree_map(lambda t: torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t, s_out)
+        for a, b in zip(tree_leaves(out), tree_leaves(s_out)):
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.device.type == "meta":
+                self.shadows[a] = b
+        return out
 
 
 _MISSING = object()

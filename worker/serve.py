@@ -17,12 +17,13 @@ import types
 import torch
 import torch._dynamo  # noqa: F401  (AdamW and dispatch modes import it lazily, rebinding torch functions)
 import torch.nn as nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from pack.labs import ATTRS, BY_MODULE
 from protocol import messages as m
 from protocol.codec import ProtocolError, read_frame, write_frame
 from protocol.values import Packer, load_tensors, save_tensors
-from worker.guards import FORBIDDEN_MODULES, DeviceGuard, ForbiddenShortcut, ShortcutGuard, Snapshot, code_objects
+from worker.guards import FORBIDDEN_MODULES, ForbiddenShortcut, MetaShadow, MetaValueError, ShortcutGuard, Snapshot, code_objects
 
 KINDS = {"Linear": nn.Linear, "Embedding": nn.Embedding, "LayerNorm": nn.LayerNorm, "ModuleList": nn.ModuleList,
          "Dropout": nn.Dropout}
@@ -65,6 +66,7 @@ class Server:
     def __init__(self, rfd: int, wfd: int, lab_dir: str, device: str, standins=()):
         self.rfd, self.wfd, self.lab_dir, self.device = rfd, wfd, lab_dir, torch.device(device)
         self.objects, self.hits = {}, []
+        self.shadows = WeakIdKeyDictionary()  # meta tensor -> its CPU values (worker.guards.MetaShadow)
         self.snapshot = Snapshot()
         # the pack's stand-ins for earlier labs, installed before any student code: their frames are the grader's
         self.kept_codes, self.standin_files = [], set()
@@ -120,7 +122,7 @@ class Server:
             traceback="\n".join(["Traceback (most recent call last), your files only:"] + lines
                                 + [f"{type(exc).__name__}: {message}"])[-4000:],
             memory=isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in message,
-            shortcut=isinstance(exc, ForbiddenShortcut))
+            shortcut=isinstance(exc, ForbiddenShortcut), undecided=isinstance(exc, MetaValueError))
 
     # ---- arguments ----
     def arg(self, value, tensors: dict):
@@ -131,7 +133,10 @@ class Server:
         if "$tuple" in value:
             return tuple(self.arg(v, tensors) for v in value["$tuple"])
         if "$t" in value:
-            t = tensors[value["$t"]].to(value.get("to") or self.device)
+            host = tensors[value["$t"]]
+            t = host.to(value.get("to") or self.device)
+            if t.device.type == "meta":
+                self.shadows[t] = host
             return t.requires_grad_() if value.get("grad") else t
         if "$h" in value:
             return self.objects[value["$h"]]
@@ -182,7 +187,7 @@ class Server:
             removers += capture(opts.capture.module, opts.capture.function, captured)
         modes = [ShortcutGuard(self.hits, self.trusted, self.lab_dir)] if opts.guard else []
         if opts.device_guard:
-            modes.append(DeviceGuard())
+            modes.append(MetaShadow(self.shadows))
         try:
             for mode in modes:
                 mode.__enter__()
@@ -221,12 +226,7 @@ class Server:
                        params=packer({name: p.grad for name, p in params.items()}))
 
     def handle_load(self, req: m.Load, tensors, packer) -> m.Answer:
-        module = self.objects[req.handle]
-        own = dict(module.named_parameters(remove_duplicate=False))
-        own.update(dict(module.named_buffers(remove_duplicate=False)))
-        with torch.no_grad():
-            for name, value in tensors.items():
-                own[name].copy_(value)
+        load_values(self.objects[req.handle], tensors)
         return m.Answer(ok=True)
 
     def handle_state(self, req: m.State, tensors, packer) -> m.Answer:
@@ -234,7 +234,16 @@ class Server:
         return m.Answer(ok=True, value=packer({name: p for name, p in module.named_parameters(remove_duplicate=False)}))
 
     def handle_to(self, req: m.To, tensors, packer) -> m.Answer:
-        self.objects[req.handle].to(req.device)
+        module = self.objects[req.handle]
+        own = lambda: list(module.named_parameters(remove_duplicate=False)) + list(  # noqa: E731
+            module.named_buffers(remove_duplicate=False))
+        with torch.no_grad():
+            values = {name: t.detach().to("cpu", copy=True) for name, t in own() if t.device.type != "meta"}
+        module.to(req.device)
+        if torch.device(req.device).type == "meta":  # meta keeps no values: each tensor's CPU values go beside it
+            for name, t in own():
+                if name in values and t.device.type == "meta":
+                    self.shadows[t] = values[name]
         return m.Answer(ok=True)
 
     def handle_audit(self, req: m.Audit, tensors, packer) -> m.Answer:
@@ -261,6 +270,29 @@ def describe(module: nn.Module) -> m.ModuleInfo:
             attrs[key] = value
     return m.ModuleInfo(type(module).__name__, type(module).__module__, params,
                         [names for names in owners.values() if len(names) > 1], modules, attrs)
+
+
+def load_values(module: nn.Module, values: dict):
+    """Copy {name: tensor} into module's parameters and buffers, each tensor once: a parameter reachable under two
+    names (an `nn.Sequential` of the module's own layers, tied weights) takes the value of its first name in the
+    module's own order (named_parameters' order) that `values` holds, whatever order `values` came in (the blob's
+    order is not fixed), so a load is the same on every run. A name the module does not have is a KeyError."""
+    own = list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers(remove_duplicate=False))
+    known = {name for name, _ in own}
+    unknown = sorted(name for name in values if name not in known)
+    if unknown:
+        raise KeyError(f"the grader's weights name `{unknown[0]}`, which the module no longer has: keep the "
+                       "parameters and buffers __init__ made (do not add, remove or rename them later)")
+    done = set()
+    with torch.no_grad():
+        for name, tensor in own:
+            if name in values and id(tensor) not in done:
+                done.add(id(tensor))
+                if tuple(tensor.shape) != tuple(values[name].shape):
+                    raise RuntimeError(f"the grader could not load its weights into `{name}`: it is "
+                                       f"{tuple(tensor.shape)} now, {tuple(values[name].shape)} when the module was "
+                                       "built (do not replace parameters after __init__)")
+                tensor.copy_(values[name])
 
 
 def watch_forward(module: nn.Module, name: str, watched: list):
@@ -295,10 +327,9 @@ def swap_forward(module: nn.Module, states) -> callable:
 
     def forward(*args, **kwargs):
         if depth[0] == 0 and states:
-            with torch.no_grad():
-                for name, value in states[min(calls[0], len(states) - 1)].items():
-                    if name in params and isinstance(value, torch.Tensor):
-                        params[name].copy_(value)
+            state = states[min(calls[0], len(states) - 1)]
+            load_values(module, {name: value for name, value in state.items()
+                                 if name in params and isinstance(value, torch.Tensor)})
             calls[0] += 1
         depth[0] += 1
         try:
@@ -309,9 +340,7 @@ def swap_forward(module: nn.Module, states) -> callable:
 
     def undo():
         setattr(module, "forward", original) if own else vars(module).pop("forward", None)
-        with torch.no_grad():
-            for name, value in saved.items():
-                params[name].copy_(value)
+        load_values(module, saved)
     return undo
 
 
