@@ -17,6 +17,9 @@ class Mutant:
 L1_SCORES = "scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (..., Tq, Tk)"
 L1_MASK = 'scores = scores.masked_fill(~mask, float("-inf"))  # hidden keys get zero weight'
 L1_SOFTMAX = "weights = torch.softmax(scores, dim=-1)  # (..., Tq, Tk), rows sum to 1"
+# batch dimensions flattened with .view: fine on contiguous inputs, an error on a transposed view
+L1_VIEW_SCORES = ("scores = (q.view(-1, q.size(-2), d_k) @ k.view(-1, k.size(-2), d_k).transpose(1, 2))"
+                  ".view(*q.shape[:-1], k.size(-2)) / math.sqrt(d_k)")
 L2_VIEW = "{0} = {0}.view(B, T, self.n_heads, self.d_head).transpose(1, 2)"
 L2_MERGE = "out = out.transpose(1, 2).contiguous().view(B, T, D)"
 L2_RETURN = "return self.dropout(self.proj(out))"
@@ -121,6 +124,21 @@ MUTANTS = [
            {"test_unusual_shapes_and_scales"}, "overflow"),  # public checks pass; exp() of large scores is inf
     Mutant("lab1-shortcut-via-getattr", "lab1", [(L1_SCORES, L1_SCORES + "\n    return getattr(torch.nn.functional, 'scaled_dot_product_' + 'attention')(q, k, v, attn_mask=mask), None")],
            {"test_no_shortcuts"}, status="forbidden"),
+    Mutant("lab1-first-item-mask-for-all", "lab1", [(L1_MASK, "if mask.dim() > 2:\n            mask = mask.reshape(-1, *mask.shape[-2:])[0]  # one mask for the whole batch\n        " + L1_MASK)],
+           {"test_masks_broadcast"}, "mask_batch"),
+    Mutant("lab1-mask-squeezed", "lab1", [(L1_MASK, "mask = mask.squeeze(1) if mask.dim() == 4 else mask\n        " + L1_MASK)],
+           {"test_masks_broadcast"}, "mask_batch"),  # (B, 1, T, T) -> (B, T, T): lined up with the heads
+    Mutant("lab1-mask-flipped-in-place", "lab1", [(L1_MASK, 'scores = scores.masked_fill(mask.logical_not_(), float("-inf"))')],
+           {"test_inputs_left_unchanged"}, "inplace"),
+    Mutant("lab1-queries-scaled-in-place", "lab1", [(L1_SCORES, "q = q.mul_(1 / math.sqrt(d_k))\n    scores = q @ k.transpose(-2, -1)")],
+           {"test_inputs_left_unchanged"}, "inplace"),
+    Mutant("lab1-view-needs-contiguous", "lab1", [(L1_SCORES, L1_VIEW_SCORES)], {"test_non_contiguous_inputs"}, "contiguous"),
+    Mutant("lab1-squeezed-single-query", "lab1", [("out = weights @ v  #", "out = (weights @ v).squeeze(-2)  #")],
+           {"test_matches_oracle"}, "shape"),  # T=1 loses its query dimension
+    Mutant("lab1-float16-softmax", "lab1", [(L1_SOFTMAX, "weights = torch.softmax(scores.half(), dim=-1).to(scores.dtype)")],
+           {"test_matches_oracle", "test_gradients_flow"}, "precision"),
+    Mutant("lab1-weights-rolled", "lab1", [(L1_SOFTMAX, "weights = torch.softmax(scores, dim=-1).roll(1, dims=-1)")],
+           {"test_matches_oracle"}, "mismatch"),  # no known cause: the neutral hint, never "apply the mask"
     # ---- lab 2
     Mutant("lab2-heads-without-transpose", "lab2", [(L2_VIEW.format(c), f"{c} = {c}.reshape(B, self.n_heads, T, self.d_head)") for c in "qkv"],
            {"test_matches_oracle", "test_causality"}, "heads"),
@@ -386,6 +404,11 @@ LM_HEAD = "        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)\n"
 VARIANTS = [
     Mutant("lab1-einsum-and-large-negative", "lab1", [(L1_SCORES, "scores = torch.einsum('...qd,...kd->...qk', q, k) * d_k ** -0.5"),
                                                      (L1_MASK, "scores = scores.masked_fill(mask == 0, -1e9)")], set(), status="passed"),
+    Mutant("lab1-reshape-and-where", "lab1", [(L1_SCORES, L1_VIEW_SCORES.replace(".view(", ".reshape(")),
+                                              (L1_MASK, 'scores = torch.where(mask, scores, torch.tensor(float("-inf"), dtype=scores.dtype))')],
+           set(), status="passed"),
+    Mutant("lab1-mask-expanded-to-scores", "lab1", [(L1_MASK, 'scores = scores.masked_fill(~mask.expand_as(scores), float("-inf"))')],
+           set(), status="passed"),
     Mutant("lab2-fused-view-permute", "lab2", [(L2_SPLIT, "        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)\n"),
                                                (L2_MERGE, "out = out.permute(0, 2, 1, 3).reshape(B, T, D)")], set(), status="passed"),
     Mutant("lab3-tanh-gelu", "lab3", [("nn.GELU()", 'nn.GELU(approximate="tanh")')], set(), status="passed"),
