@@ -23,6 +23,7 @@ L1_VIEW_SCORES = ("scores = (q.view(-1, q.size(-2), d_k) @ k.view(-1, k.size(-2)
 L2_VIEW = "{0} = {0}.view(B, T, self.n_heads, self.d_head).transpose(1, 2)"
 L2_MERGE = "out = out.transpose(1, 2).contiguous().view(B, T, D)"
 L2_RETURN = "return self.dropout(self.proj(out))"
+L2_SPLIT_LINE = "q, k, v = self.qkv(x).split(D, dim=-1)  # each (B, T, D)"
 L3_ATTN = "x = x + self.attn(self.ln1(x))"
 L3_MLP = "x = x + self.dropout(self.mlp(self.ln2(x)))"
 L4_FORWARD_END = "return self.lm_head(self.ln_f(x))  # (B, T, vocab_size)"
@@ -168,6 +169,24 @@ MUTANTS = [
            {"test_other_sizes_and_lengths"}),  # public checks stop at T=8
     Mutant("lab2-builtin-mha", "lab2", [("self.dropout = nn.Dropout(dropout)", "self.dropout = nn.Dropout(dropout)\n        self.mha = nn.MultiheadAttention(d_model, n_heads, batch_first=True)")],
            {"test_no_shortcuts"}, status="forbidden"),
+    Mutant("lab2-keys-detached", "lab2", [(L2_SPLIT_LINE, L2_SPLIT_LINE + "\n        k = k.detach()")],
+           {"test_gradients_reach_every_parameter"}, "grad_partial"),  # qkv.weight still has some gradient
+    Mutant("lab2-values-no-grad", "lab2", [(L2_SPLIT_LINE, L2_SPLIT_LINE + "\n        v = v.data")],
+           {"test_gradients_reach_every_parameter"}, "grad_partial"),
+    Mutant("lab2-mha-with-dropout", "lab2", [("mha = MultiHeadAttention(d_model=16, n_heads=4)", "mha = MultiHeadAttention(d_model=16, n_heads=4, dropout=0.1)")],
+           {"test_mha_exists"}, "mha_spec"),
+    Mutant("lab2-mha-other-size", "lab2", [("mha = MultiHeadAttention(d_model=16, n_heads=4)", "mha = MultiHeadAttention(d_model=32, n_heads=8)")],
+           {"test_mha_exists"}, "mha_spec"),
+    Mutant("lab2-dropout-hard-coded", "lab2", [("self.dropout = nn.Dropout(dropout)", "self.dropout = nn.Dropout(0.1)")],
+           {"test_dropout_only_in_training"}, "dropout_rate"),
+    Mutant("lab2-dropout-all-or-nothing", "lab2", [("self.dropout = nn.Dropout(dropout)", "self.dropout = nn.Dropout(0.5 if dropout else 0.0)")],
+           {"test_dropout_only_in_training"}, "dropout_rate"),
+    Mutant("lab2-heads-on-the-class", "lab2", [("self.n_heads = n_heads", "MultiHeadAttention.n_heads = n_heads")],
+           {"test_instances_are_independent"}, "shared_state"),
+    Mutant("lab2-dropout-on-the-class", "lab2", [("self.dropout = nn.Dropout(dropout)", "MultiHeadAttention.dropout = nn.Dropout(dropout)")],
+           {"test_instances_are_independent"}, "shared_state"),
+    Mutant("lab2-output-slightly-scaled", "lab2", [(L2_RETURN, "return self.dropout(self.proj(out)) * 1.01")],
+           {"test_matches_oracle"}, "mismatch"),  # no known cause: the neutral hint, not "split the heads"
     # ---- lab 3
     Mutant("lab3-post-norm", "lab3", [(L3_ATTN, "x = self.ln1(x + self.attn(x))"), (L3_MLP, "x = self.ln2(x + self.mlp(x))")],
            {"test_matches_oracle", "test_residual_gradient"}, "prenorm"),
@@ -411,6 +430,13 @@ VARIANTS = [
            set(), status="passed"),
     Mutant("lab2-fused-view-permute", "lab2", [(L2_SPLIT, "        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)\n"),
                                                (L2_MERGE, "out = out.permute(0, 2, 1, 3).reshape(B, T, D)")], set(), status="passed"),
+    Mutant("lab2-reshape-and-4d-mask", "lab2", [*((L2_VIEW.format(c), f"{c} = {c}.reshape(B, T, self.n_heads, self.d_head).transpose(1, 2)") for c in "qkv"),
+                                                ("causal_mask(T, device=x.device))", "causal_mask(T, device=x.device).expand(B, 1, T, T))")],
+           set(), status="passed"),
+    Mutant("lab2-functional-dropout-before-proj", "lab2", [("self.dropout = nn.Dropout(dropout)", "self.p = dropout"),
+                                                          (L2_RETURN, "return self.proj(F.dropout(out, self.p, training=self.training))"),
+                                                          ("import torch.nn as nn\n", "import torch.nn as nn\nimport torch.nn.functional as F\n")],
+           set(), status="passed"),
     Mutant("lab3-tanh-gelu", "lab3", [("nn.GELU()", 'nn.GELU(approximate="tanh")')], set(), status="passed"),
     Mutant("lab4-nanogpt-init", "lab4", [(LM_HEAD, LM_HEAD + NANOGPT_INIT)], set(), status="passed"),
     Mutant("lab4-tied-with-bias-dropout-default", "lab4", [
