@@ -140,10 +140,11 @@ def random_mask(Tq, Tk):
 def test_causal_mask(w):
     """causal_mask(T) is a (T, T) bool tensor, True on and below the diagonal."""
     for T in (1, 5, 8):
-        mask = expect_tensor(w.call((LAB, "causal_mask"), T), f"causal_mask({T})", (T, T), hint="mask")
+        mask = expect_tensor(w.call((LAB, "causal_mask"), T), f"causal_mask({T})", (T, T), hint="causal")
         if mask.dtype != torch.bool:
-            fail(f"causal_mask({T}) must have dtype torch.bool, got {mask.dtype}.", "mask")
-        expect_close(mask.float(), torch.tril(torch.ones(T, T)), f"causal_mask({T}) (1 = may attend)", atol=0, hint="mask")
+            fail(f"causal_mask({T}) must have dtype torch.bool, got {mask.dtype}.", "causal")
+        expect_close(mask.float(), torch.tril(torch.ones(T, T)), f"causal_mask({T}) (1 = may attend)", atol=0,
+                     hint="causal")
 
 
 @points(1)

@@ -208,6 +208,11 @@ HINTS = {
                      "on part of the computation (one of q, k, v, a statistic such as a mean or a variance).",
                      "Every value forward uses must stay in the autograd graph, so that each parameter gets the "
                      "gradient the maths gives it."),
+    "layer_norm": ("LayerNorm: (x - mean) / sqrt(var + eps) * weight + bias over the last dimension, with the biased "
+                   "variance (unbiased=False), eps inside the square root and the eps the module holds; nn.LayerNorm "
+                   "does all of it.",
+                   "At inputs of scale 1e-3 the variance is close to eps, so where eps goes and which eps is used "
+                   "change the output."),
     "dropout_rate": ("Pass the `dropout` argument itself on to nn.Dropout(dropout): the probability must be the "
                      "caller's, with no dropout at all when it is 0.",
                      "With p = 0.9 far more values are dropped than with p = 0.1; a hard-coded probability gives both "

@@ -26,6 +26,10 @@ L2_RETURN = "return self.dropout(self.proj(out))"
 L2_SPLIT_LINE = "q, k, v = self.qkv(x).split(D, dim=-1)  # each (B, T, D)"
 L3_ATTN = "x = x + self.attn(self.ln1(x))"
 L3_MLP = "x = x + self.dropout(self.mlp(self.ln2(x)))"
+# a LayerNorm written out, as a subclass of nn.LayerNorm (its weight, bias and eps), its normalisation given
+L3_LN_CLASS = ("class LN(nn.LayerNorm):\n    def forward(self, x):\n        mu = x.mean(-1, keepdim=True)\n"
+               "        return {} * self.weight + self.bias\n\n\n")
+L3_USE_LN = [("self.ln1 = nn.LayerNorm(d_model)", "self.ln1 = LN(d_model)"), ("self.ln2 = nn.LayerNorm(d_model)", "self.ln2 = LN(d_model)")]
 L4_FORWARD_END = "return self.lm_head(self.ln_f(x))  # (B, T, vocab_size)"
 L4_EMB = "x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, D)"
 L5_RMS = "rms = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)"
@@ -118,7 +122,7 @@ MUTANTS = [
     Mutant("lab1-out-transposed", "lab1", [("out = weights @ v  #", "out = (weights @ v).transpose(-2, -1)  #")],
            {"test_output_shape", "test_matches_oracle"}),
     Mutant("lab1-mask-float-upper", "lab1", [("torch.tril(torch.ones(T, T, dtype=torch.bool, device=device))",
-                                              "torch.triu(torch.ones(T, T, device=device))")], {"test_causal_mask"}, "mask"),
+                                              "torch.triu(torch.ones(T, T, device=device))")], {"test_causal_mask"}, "causal"),
     Mutant("lab1-mask-ignores-device", "lab1", [("dtype=torch.bool, device=device))", "dtype=torch.bool))")],
            {"test_device_discipline"}, "device"),
     Mutant("lab1-naive-softmax-overflows", "lab1", [(L1_SOFTMAX, "weights = scores.exp() / scores.exp().sum(-1, keepdim=True)")],
@@ -212,8 +216,24 @@ MUTANTS = [
     Mutant("lab3-wrong-shape", "lab3", [("        return x\n", "        return x[:, -1]\n")], {"test_output_shape_preserved"}),
     Mutant("lab3-future-leak", "lab3", [(L3_ATTN, L3_ATTN + " + x.mean(1, keepdim=True)")], {"test_causality"}, "causal"),
     Mutant("lab3-cpu-tensor", "lab3", [(L3_ATTN, L3_ATTN + " + torch.zeros(x.size(-1))")], {"test_device_discipline"}, "device"),
-    Mutant("lab3-layernorm-eps-1e-6", "lab3", [("nn.LayerNorm(d_model)", "nn.LayerNorm(d_model, eps=1e-6)")],
-           {"test_extreme_inputs_and_sizes"}, "prenorm"),  # visible only when the inputs' variance is near eps
+    Mutant("lab3-layernorm-eps-outside-root", "lab3", [("class MLP(nn.Module):", L3_LN_CLASS.format(
+        "(x - mu) / ((x - mu).pow(2).mean(-1, keepdim=True).sqrt() + self.eps)") + "class MLP(nn.Module):"), *L3_USE_LN],
+           {"test_extreme_inputs_and_sizes"}, "layer_norm"),  # visible only when the inputs' variance is near eps
+    Mutant("lab3-layernorm-unbiased-variance", "lab3", [("class MLP(nn.Module):", L3_LN_CLASS.format(
+        "(x - mu) / (x.var(-1, keepdim=True) + self.eps).sqrt()") + "class MLP(nn.Module):"), *L3_USE_LN],
+           {"test_matches_oracle"}, "layer_norm"),
+    Mutant("lab3-layernorm-stats-detached", "lab3", [("class MLP(nn.Module):", L3_LN_CLASS.format(
+        "(x - mu.detach()) / ((x - mu).pow(2).mean(-1, keepdim=True).detach() + self.eps).sqrt()") + "class MLP(nn.Module):"), *L3_USE_LN],
+           {"test_gradients_reach_every_parameter"}, "grad_partial"),  # the same output, other gradients
+    Mutant("lab3-half-hidden-detached", "lab3", [("return self.proj(self.act(self.fc(x)))", "h = self.act(self.fc(x))\n        half = h.size(-1) // 2\n        return self.proj(torch.cat([h[..., :half], h[..., half:].detach()], -1))")],
+           {"test_gradients_reach_every_parameter"}, "grad_partial"),  # fc's second half of rows gets none
+    Mutant("lab3-attn-dropout-hard-coded", "lab3", [("MultiHeadAttention(d_model, n_heads, dropout)", "MultiHeadAttention(d_model, n_heads, 0.1)")],
+           {"test_dropout_only_in_training"}, "dropout_rate"),
+    Mutant("lab3-dropout-all-or-nothing", "lab3", [("self.dropout = nn.Dropout(dropout)", "self.dropout = nn.Dropout(0.5 if dropout else 0.0)"),
+                                                   ("MultiHeadAttention(d_model, n_heads, dropout)", "MultiHeadAttention(d_model, n_heads)")],
+           {"test_dropout_only_in_training"}, "dropout_rate"),
+    Mutant("lab3-mlp-output-scaled", "lab3", [(L3_MLP, "x = x + 1.01 * self.dropout(self.mlp(self.ln2(x)))")],
+           {"test_matches_oracle"}, "mismatch"),  # no known cause: the neutral hint, not "pre-norm"
     Mutant("lab3-builtin-layer", "lab3", [("self.dropout = nn.Dropout(dropout)", "self.dropout = nn.Dropout(dropout)\n        self.layer = nn.TransformerEncoderLayer(d_model, n_heads, batch_first=True)")],
            {"test_no_shortcuts"}, status="forbidden"),
     # ---- lab 4
@@ -438,6 +458,16 @@ VARIANTS = [
                                                           ("import torch.nn as nn\n", "import torch.nn as nn\nimport torch.nn.functional as F\n")],
            set(), status="passed"),
     Mutant("lab3-tanh-gelu", "lab3", [("nn.GELU()", 'nn.GELU(approximate="tanh")')], set(), status="passed"),
+    Mutant("lab3-layernorm-eps-1e-6", "lab3", [("nn.LayerNorm(d_model)", "nn.LayerNorm(d_model, eps=1e-6)")],
+           set(), status="passed"),  # the contract names no eps: the one the modules hold is read
+    Mutant("lab3-layernorm-written-out-eps-1e-6", "lab3", [("class MLP(nn.Module):", L3_LN_CLASS.format(
+        "(x - mu) / ((x - mu).pow(2).mean(-1, keepdim=True) + self.eps).sqrt()") + "class MLP(nn.Module):"),
+        ("self.ln1 = nn.LayerNorm(d_model)", "self.ln1 = LN(d_model, eps=1e-6)"), ("self.ln2 = nn.LayerNorm(d_model)", "self.ln2 = LN(d_model, eps=1e-6)")],
+           set(), status="passed"),
+    Mutant("lab3-functional-dropout", "lab3", [("self.dropout = nn.Dropout(dropout)", "self.p = dropout"),
+                                              (L3_MLP, "x = x + F.dropout(self.mlp(self.ln2(x)), self.p, self.training)"),
+                                              ("import torch.nn as nn\n", "import torch.nn as nn\nimport torch.nn.functional as F\n")],
+           set(), status="passed"),
     Mutant("lab4-nanogpt-init", "lab4", [(LM_HEAD, LM_HEAD + NANOGPT_INIT)], set(), status="passed"),
     Mutant("lab4-tied-with-bias-dropout-default", "lab4", [
         (LM_HEAD, "        self.lm_head = nn.Linear(d_model, vocab_size, bias=True)\n        self.lm_head.weight = self.tok_emb.weight\n"),
