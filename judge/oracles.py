@@ -41,13 +41,11 @@ def _double(wts: dict) -> dict:
             for n, t in wts.items()}
 
 
-def mha(wts: dict, x: Tensor, n_heads: int, mask: bool = True) -> Tensor:
+def mha(wts: dict, x: Tensor, n_heads: int, mask: bool = True, graph: bool = False) -> Tensor:
     """Causal multi-head self-attention of lab 2 from its weights (qkv.*, proj.*; biases optional); mask=False
-    attends everywhere."""
-    return _mha(_double(wts), x.to(torch.float64), n_heads, mask)
-
-
-def _mha(wts: dict, x: Tensor, n_heads: int, mask: bool = True) -> Tensor:
+    attends everywhere. graph=True: wts and x are float64 already, and autograd follows them."""
+    if not graph:
+        wts, x = _double(wts), x.to(torch.float64)
     D, T = x.size(-1), x.size(1)
     xt = x.transpose(0, 1)  # torch's multi-head attention takes (T, B, D)
     out, _ = F.multi_head_attention_forward(
@@ -119,7 +117,7 @@ def mha_gradients(wts: dict, x: Tensor, n_heads: int, grad_out: Tensor) -> tuple
     leaves = {n: t.detach().to("cpu", torch.float64).requires_grad_() for n, t in wts.items() if t is not None}
     leaves["x"] = x.detach().to(torch.float64).requires_grad_()
     with torch.enable_grad():
-        out = _mha({n: t for n, t in leaves.items() if n != "x"}, leaves["x"], n_heads)
+        out = mha({n: t for n, t in leaves.items() if n != "x"}, leaves["x"], n_heads, graph=True)
         return out.detach(), _gradients(out, leaves, grad_out)
 
 
