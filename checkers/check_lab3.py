@@ -13,7 +13,8 @@ from protocol.messages import Backward
 
 LAB = "lab3_block"
 
-# each contract item (tests/test_contract.py) -> the checks that fail when it is wrong
+# each contract item (tests/test_contract.py) -> the checks that fail when it is wrong (visible checks only: the
+# eps each LayerNorm holds is observed by a held-back check as well)
 CONTRACT = {
     "MLP": ("test_mlp_matches_oracle",),
     "MLP(d_model)": ("test_mlp_matches_oracle",),
@@ -28,18 +29,15 @@ CONTRACT = {
     "TransformerBlock(n_heads)": ("test_matches_oracle",),
     "TransformerBlock(dropout)": ("test_dropout_only_in_training",),
     "TransformerBlock(dropout=)": ("test_dropout_only_in_training",),
-    "TransformerBlock.ln1": ("test_matches_oracle", "test_gradients_reach_every_parameter",
-                             "test_extreme_inputs_and_sizes"),
+    "TransformerBlock.ln1": ("test_matches_oracle", "test_gradients_reach_every_parameter"),
     "TransformerBlock.attn": ("test_matches_oracle", "test_gradients_reach_every_parameter", "test_causality"),
-    "TransformerBlock.ln2": ("test_matches_oracle", "test_gradients_reach_every_parameter",
-                             "test_extreme_inputs_and_sizes"),
+    "TransformerBlock.ln2": ("test_matches_oracle", "test_gradients_reach_every_parameter"),
     "TransformerBlock.mlp": ("test_matches_oracle", "test_gradients_reach_every_parameter"),
     "TransformerBlock.dropout": ("test_dropout_only_in_training",),  # what it does, whatever it is called
     "TransformerBlock.forward": ("test_output_shape_preserved", "test_matches_oracle"),
     "TransformerBlock.forward(x)": ("test_matches_oracle", "test_residual_gradient"),
     "sentence: pre-norm residuals": ("test_matches_oracle", "test_residual_gradient"),
     "sentence: GELU, exact or tanh": ("test_mlp_matches_oracle",),
-    "sentence: LayerNorm with the eps it holds": ("test_extreme_inputs_and_sizes",),
     "sentence: causal": ("test_causality",),
     "sentence: no built-in transformer layers": ("test_no_shortcuts",),
 }
