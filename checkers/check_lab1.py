@@ -268,8 +268,8 @@ def test_non_contiguous_inputs(w):
         compare(w, q, k, v, mask, "transposed (non-contiguous) q, k, v and mask", args=views)
     except StudentError as exc:
         text = exc.message.lower()
-        if "view" not in text and "contiguous" not in text and "stride" not in text:
-            raise
+        if exc.type == "NotImplementedError" or not any(word in text for word in ("view", "contiguous", "stride")):
+            raise  # not about the layout: the error as it is
         fail(f"with transposed (non-contiguous) views as q, k, v and mask, your code raised {exc.type}: "
              f"{exc.message[:300]}", "contiguous")
 
