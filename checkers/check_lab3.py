@@ -125,7 +125,7 @@ def test_output_shape_preserved(w):
     for D, H, T in ((16, 4, 8), (24, 3, 5)):
         block, _ = build(w, D, H)
         expect_tensor(block.run(NO_GRAD, randn(2, T, D)).out, f"TransformerBlock({D}, {H}) on (2, {T}, {D})", (2, T, D),
-                      "residual")
+                      "mismatch")
 
 
 @points(2)
@@ -179,7 +179,7 @@ def test_matches_oracle(w):
         block, wts = build(w, D, H, **kwargs)
         eps = eps_of(block)
         x = randn(2, 6, D)
-        out = expect_tensor(block.run(NO_GRAD, x).out, "block output", x.shape, "residual")
+        out = expect_tensor(block.run(NO_GRAD, x).out, "block output", x.shape, "mismatch")
         approximate = gelu_flavour(out, lambda a: reference(wts, x, H, a, eps=eps))
         expect_close(out, reference(wts, x, H, approximate, eps=eps), f"TransformerBlock({D}, {H}) output",
                      hint=lambda: block_mistake(wts, x, H, out, approximate, eps=eps,
@@ -210,7 +210,7 @@ def test_gradients_reach_every_parameter(w):
     block.method("train")  # dropout 0: the same function, with autograd as training sees it
     x, grad_out = randn(2, 8, 16), randn(2, 8, 16)
     result = block.run(Options(backward=Backward(grad_out)), On(x, grad=True))
-    out = expect_tensor(result.out, "TransformerBlock output", x.shape, "residual")
+    out = expect_tensor(result.out, "TransformerBlock output", x.shape, "mismatch")
     approximate = gelu_flavour(out, lambda a: reference(wts, x, 4, a, eps=eps))
     want_out, want = block_gradients(wts, x, 4, grad_out, approximate, eps)
     expect_close(out, want_out, "TransformerBlock(16, 4) output (before its gradients)",
@@ -262,7 +262,7 @@ def test_extreme_inputs_and_sizes(w):
     block, wts = build(w, 16, 4)
     eps = eps_of(block)
     for x, what in ((randn(2, 7, 16) * 1e-3, "inputs of scale 1e-3"), (randn(2, 7, 16) + 50, "inputs shifted by 50")):
-        out = expect_tensor(block.run(NO_GRAD, x).out, "block output", x.shape, "residual")
+        out = expect_tensor(block.run(NO_GRAD, x).out, "block output", x.shape, "mismatch")
         approximate = gelu_flavour(out, lambda a: reference(wts, x, 4, a, eps=eps))
         expect_close(out, reference(wts, x, 4, approximate, eps=eps),
                      f"TransformerBlock(16, 4) on {what} (LayerNorm eps {eps[0]:g} and {eps[1]:g}, as ln1 and ln2 "
@@ -271,7 +271,7 @@ def test_extreme_inputs_and_sizes(w):
     block, wts = build(w, 40, 5)
     eps = eps_of(block)
     x = randn(3, 11, 40)
-    out = expect_tensor(block.run(NO_GRAD, x).out, "block output", x.shape, "residual")
+    out = expect_tensor(block.run(NO_GRAD, x).out, "block output", x.shape, "mismatch")
     approximate = gelu_flavour(out, lambda a: reference(wts, x, 5, a, eps=eps))
     expect_close(out, reference(wts, x, 5, approximate, eps=eps), "TransformerBlock(40, 5) output",
                  hint=lambda: block_mistake(wts, x, 5, out, approximate, eps=eps), fallback="mismatch")
