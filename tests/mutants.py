@@ -189,6 +189,8 @@ MUTANTS = [
            {"test_instances_are_independent"}, "shared_state"),
     Mutant("lab2-dropout-on-the-class", "lab2", [("self.dropout = nn.Dropout(dropout)", "MultiHeadAttention.dropout = nn.Dropout(dropout)")],
            {"test_instances_are_independent"}, "shared_state"),
+    Mutant("lab2-mask-transposed", "lab2", [("causal_mask(T, device=x.device))", "causal_mask(T, device=x.device).T)")],
+           {"test_causality", "test_matches_oracle"}, "causal"),  # keys after the query: a mask mistake, not the heads'
     Mutant("lab2-output-slightly-scaled", "lab2", [(L2_RETURN, "return self.dropout(self.proj(out)) * 1.01")],
            {"test_matches_oracle"}, "mismatch"),  # no known cause: the neutral hint, not "split the heads"
     # ---- lab 3
