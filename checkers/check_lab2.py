@@ -7,16 +7,37 @@ import math
 
 import torch
 
-from judge.client import NO_GRAD, Handle, On, Options
+from judge.client import NO_GRAD, Handle, On, Options, StudentError
 from judge.checks import attach, fail, grid, points
 from judge.compare import expect_close, expect_tensor, first_match, randn
-from judge.shared import (expect_causal, expect_device_discipline, expect_dropout_only_in_training,
-                          expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_own_chain,
-                          expect_params, fill)
-from protocol.messages import Capture, Figure
-from judge.oracles import causal, mha as reference, weights as attention_weights
+from judge.shared import (expect_causal, expect_device_discipline, expect_dropout_follows_p,
+                          expect_dropout_only_in_training, expect_no_shortcuts, expect_own_chain, expect_params, fill)
+from protocol.messages import Backward, Capture, Figure
+from judge.oracles import causal, mha as reference, mha_gradients, weights as attention_weights
 
 LAB = "lab2_multihead"
+
+# each contract item (tests/test_contract.py) -> the checks that fail when it is wrong
+CONTRACT = {
+    "MultiHeadAttention": ("test_output_shape", "test_matches_oracle"),
+    "MultiHeadAttention(d_model)": ("test_output_shape", "test_matches_oracle"),
+    "MultiHeadAttention(n_heads)": ("test_matches_oracle", "test_instances_are_independent"),
+    "MultiHeadAttention(dropout)": ("test_dropout_only_in_training",),
+    "MultiHeadAttention(dropout=)": ("test_dropout_only_in_training", "test_instances_are_independent"),
+    "MultiHeadAttention.n_heads": ("test_mha_exists",),
+    "MultiHeadAttention.d_head": ("test_mha_exists",),
+    "MultiHeadAttention.qkv": ("test_mha_exists", "test_matches_oracle", "test_gradients_reach_every_parameter"),
+    "MultiHeadAttention.proj": ("test_mha_exists", "test_matches_oracle", "test_gradients_reach_every_parameter"),
+    "MultiHeadAttention.dropout": ("test_dropout_only_in_training",),  # what it does, whatever it is called
+    "MultiHeadAttention.forward": ("test_output_shape", "test_matches_oracle"),
+    "MultiHeadAttention.forward(x)": ("test_matches_oracle", "test_gradients_reach_every_parameter", "test_causality"),
+    "mha": ("test_mha_exists", "test_matches_oracle"),
+    "sentence: qkv's layout [queries | keys | values], head h owns h*d_head:(h+1)*d_head": ("test_matches_oracle",),
+    "sentence: gradients reach the query, key and value rows of qkv": ("test_gradients_reach_every_parameter",),
+    "sentence: causal self-attention": ("test_causality",),
+    "sentence: instances are independent": ("test_instances_are_independent",),
+    "sentence: no built-in attention": ("test_no_shortcuts",),
+}
 
 
 def contract(D: int) -> dict:
@@ -45,17 +66,28 @@ def variants(wts: dict, D: int, H: int) -> dict:
     no_scale = {**wts, "qkv.weight": torch.cat([W[:D] * unscaled, W[D:]]),
                 "qkv.bias": torch.cat([b[:D] * unscaled, b[D:]]) if b is not None else None}
     no_proj = {**wts, "proj.weight": torch.eye(D), "proj.bias": None}
+
     return {"order": [lambda x, o=o: reference(reorder(o), x, H) for o in ORDERS],
             "scale": [lambda x: reference(no_scale, x, H)],
             "causal": [lambda x: reference(wts, x, H, mask=False)],
             "proj": [lambda x: reference(no_proj, x, H)]}
 
 
-def mha_mistake(wts, x, n_heads, out, again=None) -> str:
+def mha_mistake(wts, x, n_heads, out, again=None, module=None) -> str:
     """The mistake a wrong output matches: a known bug, or dropout still on in eval mode (`again` runs the same
-    forward once more). A wrong head split or merge mixes time steps into heads: no change of weights gives it,
-    so it is what is left ("heads")."""
-    return first_match(variants(wts, x.size(-1), n_heads), x, out, again, "heads")
+    forward once more). Past those, with the student's `module`: when changing only the last token moves earlier
+    outputs, the future leaks in, and `leak_of` says whether through the mask ("causal") or through a head split or
+    merge that mixes time steps, which no change of weights gives ("heads"). None otherwise: the caller's neutral
+    fallback."""
+    hint = first_match(variants(wts, x.size(-1), n_heads), x, out, again)
+    if hint is None and module is not None and x.size(1) > 1 and isinstance(out, torch.Tensor):
+        changed = x.clone()
+        changed[:, -1] = randn(*changed[:, -1].shape)
+        moved = module.run(NO_GRAD, changed).out
+        if isinstance(moved, torch.Tensor) and moved.shape == out.shape and \
+                not torch.allclose(moved[:, :-1], out[:, :-1], atol=1e-6):
+            return leak_of(module, x)
+    return hint
 
 
 SPY = Options(no_grad=True, capture=Capture("lab1_attention", "scaled_dot_product_attention"))
@@ -79,7 +111,7 @@ def head0_heatmap(mha, wts, x) -> list:
 
 @points(2)
 def test_mha_exists(w):
-    """Module-level `mha` is a MultiHeadAttention with n_heads > 1, D % n_heads == 0, fused qkv and proj."""
+    """Module-level `mha` is MultiHeadAttention(d_model=16, n_heads=4) with dropout 0: fused qkv and proj, n_heads and d_head as built."""
     mha = w.get(LAB, "mha")
     if not isinstance(mha, Handle) or mha.type != "MultiHeadAttention" or mha.module != LAB:
         got = mha.type if isinstance(mha, Handle) else getattr(mha, "type_name", type(mha).__name__)
@@ -98,6 +130,16 @@ def test_mha_exists(w):
         fail(f"mha.n_heads must be an int > 1 that divides d_model={D}; got {n_heads!r}.", "heads")
     if mha.attr("d_head") != D // n_heads:
         fail(f"mha.d_head must be d_model // n_heads = {D // n_heads}; got {mha.attr('d_head')!r}.", "heads")
+    if (D, n_heads) != (16, 4):
+        fail(f"mha must be MultiHeadAttention(d_model=16, n_heads=4); it has d_model={D}, n_heads={n_heads}.",
+             "mha_spec")
+    mha.method("train")  # as the module was built: dropout, if any, is on
+    x = randn(2, 8, 16)
+    first, second = (expect_tensor(mha.run(Options(no_grad=True, seed=seed), x).out, "mha output", (2, 8, 16),
+                                   "heads") for seed in (1, 2))
+    if not torch.equal(first, second):
+        fail("mha in training mode gave different outputs under two seeds: it must be built with dropout 0 (the "
+             "contract: mha = MultiHeadAttention(d_model=16, n_heads=4)).", "mha_spec")
 
 
 @points(1)
@@ -134,17 +176,62 @@ def test_matches_oracle(w):
         again = lambda: mha.run(Options(no_grad=True, seed=1), x).out  # noqa: E731
         with attach(lambda: head0_heatmap(mha, wts, x)):
             expect_close(out, reference(wts, x, H), f"MultiHeadAttention({D}, n_heads={H}) on (B={B}, T={T})",
-                         hint=lambda: mha_mistake(wts, x, H, out, again=again), fallback="heads")
+                         hint=lambda: mha_mistake(wts, x, H, out, again=again,
+                                                  module=mha), fallback="mismatch")
+
+
+ROLES = ("query", "key", "value")  # qkv's row blocks, D each
+
+
+def expect_gradient(got, want: torch.Tensor, what: str, atol=1e-4):
+    """One parameter's (or block's) gradient against the recomputation's: none at all, or wrong values."""
+    if not (isinstance(got, torch.Tensor) and got.device.type != "meta"):
+        fail(f"{what} received no gradient.", "grad")
+    if got.shape == want.shape and not bool(got.abs().sum() > 0) and float(want.abs().sum()) > 1e-6:  # key biases: ~0
+        fail(f"{what} received a zero gradient: it takes part in the output, so backward must reach it.",
+             "grad_partial")
+    expect_close(got, want, what, atol=atol, rtol=1e-3, hint="grad_partial")
 
 
 @points(2)
 def test_gradients_reach_every_parameter(w):
-    """Backward works and qkv and proj (weights and biases) all receive a gradient."""
-    mha, _ = build(w, 16, 4)
-    result = expect_every_parameter_gets_a_gradient(mha, On(randn(2, 8, 16), grad=True), "MultiHeadAttention")
-    inputs = result.grads.inputs
-    if not (type(inputs) is list and inputs and isinstance(inputs[0], torch.Tensor)):
-        fail("no gradient reached the input x.", "grad")
+    """Backward gives x, proj and each block of qkv (query, key and value rows, weights and biases) the gradients of a recomputation from the same weights."""
+    D, H = 16, 4
+    mha, wts = build(w, D, H)
+    mha.method("train")
+    x, grad_out = randn(2, 8, D), randn(2, 8, D)
+    result = mha.run(Options(backward=Backward(grad_out)), On(x, grad=True))
+    out = expect_tensor(result.out, "MultiHeadAttention output", (2, 8, D), "heads")
+    want_out, want = mha_gradients(wts, x, H, grad_out)
+    expect_close(out, want_out, "MultiHeadAttention(16, 4) output (before its gradients)",
+                 hint=lambda: mha_mistake(wts, x, H, out, module=mha), fallback="mismatch")
+    grads = result.grads
+    if not (grads is not None and grads.connected):
+        fail("MultiHeadAttention: the output is not connected to the parameters (no autograd graph): avoid .detach(), "
+             ".data and torch.no_grad() in forward.", "grad")
+    params = grads.params if type(grads.params) is dict else {}
+    for name in (n for n in contract(D) if n in wts):  # the contract's parameters
+        got = params.get(name)
+        if name.startswith("qkv.") and isinstance(got, torch.Tensor) and got.shape == want[name].shape:
+            for i, role in enumerate(ROLES):  # each block on its own: one detached block shows as just that block
+                expect_gradient(got[i * D:(i + 1) * D], want[name][i * D:(i + 1) * D],
+                                f"the {role} rows of {name} (rows {i * D}..{(i + 1) * D - 1})")
+        expect_gradient(got, want[name], f"{name}")
+    inputs = grads.inputs
+    expect_gradient(inputs[0] if type(inputs) is list and inputs else None, want["x"], "the input x")
+
+
+def leak_of(mha, x) -> str:
+    """Why the output sees the future: lab 1's weights (as the student's call computed them) attend to later keys
+    ("causal": the mask is missing or wrong), or they do not and the head split or merge mixes time steps ("heads")."""
+    try:
+        got = (mha.run(SPY, x).captured or [None])[0]
+    except Exception:
+        got = None
+    T = x.size(1)
+    if isinstance(got, torch.Tensor) and got.device.type != "meta" and got.dim() >= 2 and got.shape[-2:] == (T, T):
+        return "causal" if float(torch.triu(got.double(), diagonal=1).abs().max()) > 1e-6 else "heads"
+    return "causal"
 
 
 @points(2)
@@ -153,15 +240,40 @@ def test_causality(w):
     mha, wts = build(w, 16, 4)
     x = randn(2, 8, 16)
     with attach(lambda: head0_heatmap(mha, wts, x)):
-        expect_causal(lambda t: mha.run(NO_GRAD, t).out, x, "MultiHeadAttention",
-                      hint=lambda out: "causal" if mha_mistake(wts, x, 4, out) == "causal" else "heads")
+        expect_causal(lambda t: mha.run(NO_GRAD, t).out, x, "MultiHeadAttention", hint=lambda out: leak_of(mha, x))
 
 
 @points(1)
 def test_dropout_only_in_training(w):
-    """MultiHeadAttention(16, 4, dropout=0.5) drops values in training mode and none in eval mode."""
+    """MultiHeadAttention(16, 4, dropout=p) drops values in training mode only, none at p=0 (the default), more at p=0.9 than at p=0.1."""
     mha, _ = build(w, 16, 4, dropout=0.5)
-    expect_dropout_only_in_training(mha, randn(2, 8, 16), "MultiHeadAttention(16, 4, dropout=0.5)")
+    x = randn(2, 8, 16)
+    expect_dropout_only_in_training(mha, x, "MultiHeadAttention(16, 4, dropout=0.5)")
+    expect_dropout_follows_p(lambda **kwargs: build(w, 16, 4, **kwargs)[0], x, "MultiHeadAttention(16, 4)")
+
+
+@points(1)
+def test_instances_are_independent(w):
+    """A MultiHeadAttention(16, 4) still matches, in eval and training mode, after (24, 3) and (16, 2, dropout=0.5) are built in the same process."""
+    first, wts = build(w, 16, 4)
+    x = randn(2, 8, 16)
+    out = expect_tensor(first.run(NO_GRAD, x).out, "MultiHeadAttention(16, 4) output", (2, 8, 16), "heads")
+    expect_close(out, reference(wts, x, 4), "MultiHeadAttention(16, 4), before any other instance is built",
+                 hint=lambda: mha_mistake(wts, x, 4, out, module=first), fallback="mismatch")
+    build(w, 24, 3)
+    second, wts2 = build(w, 16, 2, dropout=0.5)  # built last: a setting kept on the class is now its
+    for h, what, H, want, mode in ((first, "the first MultiHeadAttention(16, 4)", 4, wts, "eval"),
+                                   (first, "the first MultiHeadAttention(16, 4)", 4, wts, "train"),
+                                   (second, "MultiHeadAttention(16, 2, dropout=0.5)", 2, wts2, "eval")):
+        h.method(mode)
+        try:
+            out = h.run(Options(no_grad=True, seed=1), x).out
+        except StudentError as exc:
+            fail(f"after MultiHeadAttention(24, 3) and (16, 2, dropout=0.5) were built, {what} raised {exc.type}: "
+                 f"{exc.message[:300]}", "shared_state")
+        expect_close(expect_tensor(out, f"{what} output", (2, 8, 16), "shared_state"), reference(want, x, H),
+                     f"{what} in {mode} mode, after MultiHeadAttention(24, 3) and (16, 2, dropout=0.5) were built",
+                     hint="shared_state")
 
 
 @points(1)
@@ -186,7 +298,8 @@ def test_other_sizes_and_lengths(w):
         x = randn(B, T, D)
         out = expect_tensor(mha.run(NO_GRAD, x).out, f"MultiHeadAttention({D}, {H}) output", (B, T, D), "heads")
         expect_close(out, reference(wts, x, H), f"MultiHeadAttention({D}, n_heads={H}) on (B={B}, T={T})",
-                     hint=lambda: mha_mistake(wts, x, H, out), fallback="heads")
+                     hint=lambda: mha_mistake(wts, x, H, out, module=mha),
+                     fallback="mismatch")
 
 
 @points(0)

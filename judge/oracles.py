@@ -41,10 +41,11 @@ def _double(wts: dict) -> dict:
             for n, t in wts.items()}
 
 
-def mha(wts: dict, x: Tensor, n_heads: int, mask: bool = True) -> Tensor:
+def mha(wts: dict, x: Tensor, n_heads: int, mask: bool = True, graph: bool = False) -> Tensor:
     """Causal multi-head self-attention of lab 2 from its weights (qkv.*, proj.*; biases optional); mask=False
-    attends everywhere."""
-    wts, x = _double(wts), x.to(torch.float64)
+    attends everywhere. graph=True: wts and x are float64 already, and autograd follows them."""
+    if not graph:
+        wts, x = _double(wts), x.to(torch.float64)
     D, T = x.size(-1), x.size(1)
     xt = x.transpose(0, 1)  # torch's multi-head attention takes (T, B, D)
     out, _ = F.multi_head_attention_forward(
@@ -59,9 +60,9 @@ def mlp(wts: dict, x: Tensor, approximate: str = "none") -> Tensor:
                     wts["proj.weight"], wts.get("proj.bias"))
 
 
-def layer_norm(wts: dict, x: Tensor) -> Tensor:
+def layer_norm(wts: dict, x: Tensor, eps: float = 1e-5) -> Tensor:
     wts, x = _double(wts), x.to(torch.float64)
-    return F.layer_norm(x, (x.size(-1),), wts.get("weight"), wts.get("bias"), 1e-5)
+    return F.layer_norm(x, (x.size(-1),), wts.get("weight"), wts.get("bias"), eps)
 
 
 def _activation(approximate: str):
@@ -87,15 +88,53 @@ def _layer(wts: dict, n_heads: int, approximate: str, norm_first: bool = True, p
                                       batch_first=True, norm_first=norm_first, dtype=torch.float64)
 
 
-def block(wts: dict, x: Tensor, n_heads: int, approximate: str = "none", norm_first: bool = True) -> Tensor:
+def block(wts: dict, x: Tensor, n_heads: int, approximate: str = "none", norm_first: bool = True,
+          eps=(1e-5, 1e-5)) -> Tensor:
     """Lab 3's block from its weights: torch's TransformerEncoderLayer (pre-norm unless norm_first=False).
-    approximate: "none" or "tanh" (the GELU), or "relu"."""
+    approximate: "none" or "tanh" (the GELU), or "relu"; eps: ln1's and ln2's."""
     wts, x = _double(wts), x.to(torch.float64)
     T = x.size(1)
-    layer = _layer(wts, n_heads, approximate, norm_first)
-    layer.load_state_dict(block_state(wts))
+    layer = _block_layer(wts, n_heads, approximate, norm_first, eps)
     with torch.no_grad():
         return layer.eval()(x, src_mask=~causal(T), is_causal=True)
+
+
+def _block_layer(wts: dict, n_heads: int, approximate: str, norm_first: bool, eps) -> nn.Module:
+    layer = _layer(wts, n_heads, approximate, norm_first)
+    layer.load_state_dict(block_state(wts))
+    layer.norm1.eps, layer.norm2.eps = (float(e) for e in eps)
+    return layer
+
+
+def _gradients(out: Tensor, leaves: dict, grad_out: Tensor) -> dict:
+    names = list(leaves)
+    grads = torch.autograd.grad(out, [leaves[n] for n in names], grad_out.to(out.dtype), allow_unused=True)
+    return {n: g if g is not None else torch.zeros_like(leaves[n]) for n, g in zip(names, grads)}
+
+
+def mha_gradients(wts: dict, x: Tensor, n_heads: int, grad_out: Tensor) -> tuple:
+    """(output, {name: d(out . grad_out)/d name} for every weight of wts and "x") of lab 2's attention, float64."""
+    leaves = {n: t.detach().to("cpu", torch.float64).requires_grad_() for n, t in wts.items() if t is not None}
+    leaves["x"] = x.detach().to(torch.float64).requires_grad_()
+    with torch.enable_grad():
+        out = mha({n: t for n, t in leaves.items() if n != "x"}, leaves["x"], n_heads, graph=True)
+        return out.detach(), _gradients(out, leaves, grad_out)
+
+
+def block_gradients(wts: dict, x: Tensor, n_heads: int, grad_out: Tensor, approximate: str = "none",
+                    eps=(1e-5, 1e-5)) -> tuple:
+    """(output, {contract name: gradient} for every weight of wts and "x") of lab 3's block, float64."""
+    layer = _block_layer(_double(wts), n_heads, approximate, True, eps).train()  # no dropout: the layer has p=0
+    theirs = {}
+    for name, p in layer.named_parameters():
+        base, _, kind = name.replace("_weight", ".weight").replace("_bias", ".bias").rpartition(".")
+        theirs[f"{BLOCK_NAMES[base]}.{kind}"] = p
+    leaves = {n: theirs[n] for n in wts if n in theirs}
+    leaves["x"] = x.detach().to(torch.float64).requires_grad_()
+    T = x.size(1)
+    with torch.enable_grad():
+        out = layer(leaves["x"], src_mask=~causal(T), is_causal=True)
+        return out.detach(), _gradients(out, leaves, grad_out)
 
 
 def gpt(wts: dict, idx: Tensor, n_heads: int, n_layers: int, approximate: str = "none") -> Tensor:

@@ -283,6 +283,33 @@ def expect_dropout_only_in_training(h: Handle, x: Tensor, what: str):
                  "dropout_train" if random else "dropout")
 
 
+def expect_dropout_follows_p(make, x: Tensor, what: str):
+    """`dropout` is the caller's: make(**kwargs) builds the student's module (with the judge's weights, the same for
+    every p). Left at its default and at 0.0 nothing is dropped in training mode; in training mode p=0.9 moves the
+    output further from the eval-mode output than p=0.1 does."""
+    for kwargs in ({}, {"dropout": 0.0}):
+        h = make(**kwargs)
+        h.method("train")
+        first, second = (expect_tensor(h.run(Options(no_grad=True, seed=seed), x).out, f"{what} output")
+                         for seed in (1, 2))
+        if not torch.equal(first, second):
+            given = "with dropout left at its default" if not kwargs else "with dropout=0.0"
+            fail(f"{what} {given} gave different outputs under two seeds in training mode: with p = 0 nothing may "
+                 "be dropped.", "dropout_rate")
+    moved = {}
+    for p in (0.1, 0.9):
+        h = make(dropout=p)
+        h.method("eval")
+        still = expect_tensor(h.run(NO_GRAD, x).out, f"{what} output").detach().to("cpu", torch.float64)
+        h.method("train")
+        runs = [expect_tensor(h.run(Options(no_grad=True, seed=seed), x).out, f"{what} output", still.shape)
+                for seed in (1, 2, 3)]
+        moved[p] = sum(float((r.detach().to("cpu", torch.float64) - still).abs().mean()) for r in runs) / len(runs)
+    if not moved[0.9] > 2 * moved[0.1]:
+        fail(f"{what} in training mode: dropout=0.9 moved the output by {moved[0.9]:.3g} on average, dropout=0.1 by "
+             f"{moved[0.1]:.3g}: the probability used must be the `dropout` given.", "dropout_rate")
+
+
 def expect_device_discipline(w: Worker, h: Handle, example: Tensor, what: str):
     """forward on another device (CUDA when checking there, else meta) with one device per op."""
     target = "cuda" if w.device == "cuda" else "meta"

@@ -175,6 +175,48 @@ HINTS = {
     "exit": ("Do not call sys.exit(), exit() or os._exit() in lab code: the grader needs the process to finish.", ""),
     "syntax": ("Fix the syntax error at the line shown, then run the grader again.", ""),
     "shortcut": ("Write the attention maths yourself: built-in attention functions and modules are not allowed.", ""),
+    # labs 1-3: diagnoses that name no single cause, and the contract's finer points
+    "mismatch": ("Compare the expected and the actual values shown above: run your code on a small input and print "
+                 "each intermediate result to find the first step where they part.",
+                 "The checker recomputes the expected values independently, from the same inputs and weights; the "
+                 "message names the input and the first index that differs."),
+    "precision": ("The values are close to the reference but not within tolerance: look for a step computed in lower "
+                  "precision (.half(), bfloat16, a float16 softmax) or a small constant added on the way.",
+                  "Keep every step in the inputs' dtype; float16 keeps about 3 significant digits, the checks ask "
+                  "for about 5."),
+    "mask_batch": ("The mask may differ per batch item ((B, Tq, Tk) or (B, 1, Tq, Tk)): let it broadcast against "
+                   "the scores (..., Tq, Tk) as it is, without indexing, squeezing or reshaping it.",
+                   "Broadcasting aligns dimensions from the right: a (B, 1, T, T) mask squeezed to (B, T, T) lines its "
+                   "batch up with the heads of (B, H, T, T) scores."),
+    "inplace": ("Leave the caller's tensors as they are: use out-of-place operations (q * scale, ~mask, "
+                "scores.masked_fill(...)) instead of in-place ones (q.mul_(...), mask.logical_not_(), "
+                "masked_fill_ on an input).",
+                "An in-place change to an argument changes the caller's tensor: the same mask or queries reused in "
+                "the next call (every layer, every head) are then wrong."),
+    "contiguous": ("Your code failed on inputs that are views (transposed, not contiguous): use .reshape(...) (or "
+                   ".contiguous().view(...)) where .view(...) fails.",
+                   ".view needs memory laid out in order; a transposed tensor is not, and lab 2 hands lab 1 exactly "
+                   "such tensors."),
+    "mha_spec": ("Keep the module-level mha as the contract builds it: mha = MultiHeadAttention(d_model=16, "
+                 "n_heads=4), with dropout left at its default 0.",
+                 "Other code imports mha and relies on its sizes, and on its output being deterministic."),
+    "shared_state": ("Keep every setting on the instance (self.n_heads = n_heads, self.dropout = nn.Dropout(dropout)), "
+                     "never on the class or in a module-level variable.",
+                     "An attribute set on the class is shared by every instance: building a second module with "
+                     "other settings changes the first one."),
+    "grad_partial": ("The output is right but some gradients are not: look for .detach(), .data or torch.no_grad() "
+                     "on part of the computation (one of q, k, v, a statistic such as a mean or a variance).",
+                     "Every value forward uses must stay in the autograd graph, so that each parameter gets the "
+                     "gradient the maths gives it."),
+    "layer_norm": ("LayerNorm: (x - mean) / sqrt(var + eps) * weight + bias over the last dimension, with the biased "
+                   "variance (unbiased=False), eps inside the square root and the eps the module holds; nn.LayerNorm "
+                   "does all of it.",
+                   "At inputs of scale 1e-3 the variance is close to eps, so where eps goes and which eps is used "
+                   "change the output."),
+    "dropout_rate": ("Pass the `dropout` argument itself on to nn.Dropout(dropout): the probability must be the "
+                     "caller's, with no dropout at all when it is 0.",
+                     "With p = 0.9 far more values are dropped than with p = 0.1; a hard-coded probability gives both "
+                     "the same."),
 }
 
 

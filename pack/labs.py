@@ -45,7 +45,7 @@ REGISTRY = (
     Lab("lab2", 2, "lab2_multihead", "Multi-head attention", try_cell="try_module(MultiHeadAttention, (2, 6, 16), 16, 4)",
         attrs=("n_heads", "d_head")),
     Lab("lab3", 3, "lab3_block", "Pre-norm transformer block",
-        try_cell="try_module(TransformerBlock, (2, 6, 16), 16, 4)", attrs=("in_features", "out_features")),
+        try_cell="try_module(TransformerBlock, (2, 6, 16), 16, 4)", attrs=("in_features", "out_features", "eps")),
     Lab("lab4", 4, "lab4_gpt", "Tiny GPT", try_cell="try_gpt(TinyGPT, CharTokenizer, train, sample, PATTERN)",
         attrs=("max_seq_len",)),
     Lab("lab5", 5, "lab5_llama", "Llama-style block (bonus)", group="bonus",

@@ -6,10 +6,14 @@ causal_mask(T, device=None) -> BoolTensor of shape (T, T)
     True on and below the diagonal: query i may attend to key j when j <= i.
 
 scaled_dot_product_attention(q, k, v, mask=None) -> (out, weights)
-    q: (..., Tq, d_k)   k: (..., Tk, d_k)   v: (..., Tk, d_v)
+    q: (..., Tq, d_k)   k: (..., Tk, d_k)   v: (..., Tk, d_v)   (any Tq, Tk >= 1)
     mask: optional bool tensor broadcastable to (..., Tq, Tk); True = may attend.
+        One (Tq, Tk) mask for everything, or one per batch item, (B, Tq, Tk) or
+        (B, 1, Tq, Tk), or per head: use it as given, by broadcasting.
     out: (..., Tq, d_v)   weights: (..., Tq, Tk), each row sums to 1.
     Scale the scores by 1 / sqrt(d_k) and apply the mask *before* the softmax.
+    q, k, v may be non-contiguous views (lab 2 passes transposed ones), and they
+    and the mask must be left unchanged (no in-place operations on arguments).
 
 Rules: write the maths yourself. Built-in attention functions and modules
 (torch's fused attention, its multi-head attention and transformer layers) are

@@ -4,14 +4,19 @@ Contract:
 
 class MultiHeadAttention(nn.Module)
     __init__(self, d_model, n_heads, dropout=0.0)
-        self.n_heads, self.d_head (= d_model // n_heads)
+        self.n_heads, self.d_head (= d_model // n_heads), kept on the instance:
+        instances with other settings are independent
+        dropout: the probability of an nn.Dropout in forward, active in
+        training mode only (none at all at 0)
         self.qkv  = nn.Linear(d_model, 3 * d_model)   fused projection
         self.proj = nn.Linear(d_model, d_model)       output projection
         Layout of qkv's output: features [0, D) are queries, [D, 2D) keys,
         [2D, 3D) values; head h owns features h*d_head:(h+1)*d_head of each.
-    forward(x): (B, T, D) -> (B, T, D), causal self-attention using lab 1.
+    forward(x): (B, T, D) -> (B, T, D), causal self-attention using lab 1;
+        backward reaches every parameter, the query, key and value rows of
+        qkv alike.
 
-mha = MultiHeadAttention(d_model=16, n_heads=4)   (module level)
+mha = MultiHeadAttention(d_model=16, n_heads=4)   (module level, dropout 0)
 
 Rules: no built-in attention functions or modules. Run `python grader.py lab2`.
 """

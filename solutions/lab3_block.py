@@ -10,6 +10,9 @@ class MLP(nn.Module)
 class TransformerBlock(nn.Module)
     __init__(self, d_model, n_heads, dropout=0.0): self.ln1, self.attn (lab 2's
         MultiHeadAttention), self.ln2, self.mlp
+        ln1, ln2: LayerNorms over d_model (nn.LayerNorm, any eps: the checks
+        use the eps each one holds)
+        dropout: passed on to attn and used in forward, in training mode only
     forward(x): pre-norm residuals, shape preserved:
         x = x + attn(ln1(x))
         x = x + mlp(ln2(x))

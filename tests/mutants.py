@@ -17,11 +17,19 @@ class Mutant:
 L1_SCORES = "scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (..., Tq, Tk)"
 L1_MASK = 'scores = scores.masked_fill(~mask, float("-inf"))  # hidden keys get zero weight'
 L1_SOFTMAX = "weights = torch.softmax(scores, dim=-1)  # (..., Tq, Tk), rows sum to 1"
+# batch dimensions flattened with .view: fine on contiguous inputs, an error on a transposed view
+L1_VIEW_SCORES = ("scores = (q.view(-1, q.size(-2), d_k) @ k.view(-1, k.size(-2), d_k).transpose(1, 2))"
+                  ".view(*q.shape[:-1], k.size(-2)) / math.sqrt(d_k)")
 L2_VIEW = "{0} = {0}.view(B, T, self.n_heads, self.d_head).transpose(1, 2)"
 L2_MERGE = "out = out.transpose(1, 2).contiguous().view(B, T, D)"
 L2_RETURN = "return self.dropout(self.proj(out))"
+L2_SPLIT_LINE = "q, k, v = self.qkv(x).split(D, dim=-1)  # each (B, T, D)"
 L3_ATTN = "x = x + self.attn(self.ln1(x))"
 L3_MLP = "x = x + self.dropout(self.mlp(self.ln2(x)))"
+# a LayerNorm written out, as a subclass of nn.LayerNorm (its weight, bias and eps), its normalisation given
+L3_LN_CLASS = ("class LN(nn.LayerNorm):\n    def forward(self, x):\n        mu = x.mean(-1, keepdim=True)\n"
+               "        return {} * self.weight + self.bias\n\n\n")
+L3_USE_LN = [("self.ln1 = nn.LayerNorm(d_model)", "self.ln1 = LN(d_model)"), ("self.ln2 = nn.LayerNorm(d_model)", "self.ln2 = LN(d_model)")]
 L4_FORWARD_END = "return self.lm_head(self.ln_f(x))  # (B, T, vocab_size)"
 L4_EMB = "x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, D)"
 L5_RMS = "rms = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)"
@@ -114,13 +122,28 @@ MUTANTS = [
     Mutant("lab1-out-transposed", "lab1", [("out = weights @ v  #", "out = (weights @ v).transpose(-2, -1)  #")],
            {"test_output_shape", "test_matches_oracle"}),
     Mutant("lab1-mask-float-upper", "lab1", [("torch.tril(torch.ones(T, T, dtype=torch.bool, device=device))",
-                                              "torch.triu(torch.ones(T, T, device=device))")], {"test_causal_mask"}, "mask"),
+                                              "torch.triu(torch.ones(T, T, device=device))")], {"test_causal_mask"}, "causal"),
     Mutant("lab1-mask-ignores-device", "lab1", [("dtype=torch.bool, device=device))", "dtype=torch.bool))")],
            {"test_device_discipline"}, "device"),
     Mutant("lab1-naive-softmax-overflows", "lab1", [(L1_SOFTMAX, "weights = scores.exp() / scores.exp().sum(-1, keepdim=True)")],
            {"test_unusual_shapes_and_scales"}, "overflow"),  # public checks pass; exp() of large scores is inf
     Mutant("lab1-shortcut-via-getattr", "lab1", [(L1_SCORES, L1_SCORES + "\n    return getattr(torch.nn.functional, 'scaled_dot_product_' + 'attention')(q, k, v, attn_mask=mask), None")],
            {"test_no_shortcuts"}, status="forbidden"),
+    Mutant("lab1-first-item-mask-for-all", "lab1", [(L1_MASK, "if mask.dim() > 2:\n            mask = mask.reshape(-1, *mask.shape[-2:])[0]  # one mask for the whole batch\n        " + L1_MASK)],
+           {"test_masks_broadcast"}, "mask_batch"),
+    Mutant("lab1-mask-squeezed", "lab1", [(L1_MASK, "mask = mask.squeeze(1) if mask.dim() == 4 else mask\n        " + L1_MASK)],
+           {"test_masks_broadcast"}, "mask_batch"),  # (B, 1, T, T) -> (B, T, T): lined up with the heads
+    Mutant("lab1-mask-flipped-in-place", "lab1", [(L1_MASK, 'scores = scores.masked_fill(mask.logical_not_(), float("-inf"))')],
+           {"test_inputs_left_unchanged"}, "inplace"),
+    Mutant("lab1-queries-scaled-in-place", "lab1", [(L1_SCORES, "q = q.mul_(1 / math.sqrt(d_k))\n    scores = q @ k.transpose(-2, -1)")],
+           {"test_inputs_left_unchanged"}, "inplace"),
+    Mutant("lab1-view-needs-contiguous", "lab1", [(L1_SCORES, L1_VIEW_SCORES)], {"test_non_contiguous_inputs"}, "contiguous"),
+    Mutant("lab1-squeezed-single-query", "lab1", [("out = weights @ v  #", "out = (weights @ v).squeeze(-2)  #")],
+           {"test_matches_oracle"}, "shape"),  # T=1 loses its query dimension
+    Mutant("lab1-float16-softmax", "lab1", [(L1_SOFTMAX, "weights = torch.softmax(scores.half(), dim=-1).to(scores.dtype)")],
+           {"test_matches_oracle", "test_gradients_flow"}, "precision"),
+    Mutant("lab1-weights-rolled", "lab1", [(L1_SOFTMAX, "weights = torch.softmax(scores, dim=-1).roll(1, dims=-1)")],
+           {"test_matches_oracle"}, "mismatch"),  # no known cause: the neutral hint, never "apply the mask"
     # ---- lab 2
     Mutant("lab2-heads-without-transpose", "lab2", [(L2_VIEW.format(c), f"{c} = {c}.reshape(B, self.n_heads, T, self.d_head)") for c in "qkv"],
            {"test_matches_oracle", "test_causality"}, "heads"),
@@ -150,6 +173,26 @@ MUTANTS = [
            {"test_other_sizes_and_lengths"}),  # public checks stop at T=8
     Mutant("lab2-builtin-mha", "lab2", [("self.dropout = nn.Dropout(dropout)", "self.dropout = nn.Dropout(dropout)\n        self.mha = nn.MultiheadAttention(d_model, n_heads, batch_first=True)")],
            {"test_no_shortcuts"}, status="forbidden"),
+    Mutant("lab2-keys-detached", "lab2", [(L2_SPLIT_LINE, L2_SPLIT_LINE + "\n        k = k.detach()")],
+           {"test_gradients_reach_every_parameter"}, "grad_partial"),  # qkv.weight still has some gradient
+    Mutant("lab2-values-no-grad", "lab2", [(L2_SPLIT_LINE, L2_SPLIT_LINE + "\n        v = v.data")],
+           {"test_gradients_reach_every_parameter"}, "grad_partial"),
+    Mutant("lab2-mha-with-dropout", "lab2", [("mha = MultiHeadAttention(d_model=16, n_heads=4)", "mha = MultiHeadAttention(d_model=16, n_heads=4, dropout=0.1)")],
+           {"test_mha_exists"}, "mha_spec"),
+    Mutant("lab2-mha-other-size", "lab2", [("mha = MultiHeadAttention(d_model=16, n_heads=4)", "mha = MultiHeadAttention(d_model=32, n_heads=8)")],
+           {"test_mha_exists"}, "mha_spec"),
+    Mutant("lab2-dropout-hard-coded", "lab2", [("self.dropout = nn.Dropout(dropout)", "self.dropout = nn.Dropout(0.1)")],
+           {"test_dropout_only_in_training"}, "dropout_rate"),
+    Mutant("lab2-dropout-all-or-nothing", "lab2", [("self.dropout = nn.Dropout(dropout)", "self.dropout = nn.Dropout(0.5 if dropout else 0.0)")],
+           {"test_dropout_only_in_training"}, "dropout_rate"),
+    Mutant("lab2-heads-on-the-class", "lab2", [("self.n_heads = n_heads", "MultiHeadAttention.n_heads = n_heads")],
+           {"test_instances_are_independent"}, "shared_state"),
+    Mutant("lab2-dropout-on-the-class", "lab2", [("self.dropout = nn.Dropout(dropout)", "MultiHeadAttention.dropout = nn.Dropout(dropout)")],
+           {"test_instances_are_independent"}, "shared_state"),
+    Mutant("lab2-mask-transposed", "lab2", [("causal_mask(T, device=x.device))", "causal_mask(T, device=x.device).T)")],
+           {"test_causality", "test_matches_oracle"}, "causal"),  # keys after the query: a mask mistake, not the heads'
+    Mutant("lab2-output-slightly-scaled", "lab2", [(L2_RETURN, "return self.dropout(self.proj(out)) * 1.01")],
+           {"test_matches_oracle"}, "mismatch"),  # no known cause: the neutral hint, not "split the heads"
     # ---- lab 3
     Mutant("lab3-post-norm", "lab3", [(L3_ATTN, "x = self.ln1(x + self.attn(x))"), (L3_MLP, "x = self.ln2(x + self.mlp(x))")],
            {"test_matches_oracle", "test_residual_gradient"}, "prenorm"),
@@ -175,8 +218,24 @@ MUTANTS = [
     Mutant("lab3-wrong-shape", "lab3", [("        return x\n", "        return x[:, -1]\n")], {"test_output_shape_preserved"}),
     Mutant("lab3-future-leak", "lab3", [(L3_ATTN, L3_ATTN + " + x.mean(1, keepdim=True)")], {"test_causality"}, "causal"),
     Mutant("lab3-cpu-tensor", "lab3", [(L3_ATTN, L3_ATTN + " + torch.zeros(x.size(-1))")], {"test_device_discipline"}, "device"),
-    Mutant("lab3-layernorm-eps-1e-6", "lab3", [("nn.LayerNorm(d_model)", "nn.LayerNorm(d_model, eps=1e-6)")],
-           {"test_extreme_inputs_and_sizes"}, "prenorm"),  # visible only when the inputs' variance is near eps
+    Mutant("lab3-layernorm-eps-outside-root", "lab3", [("class MLP(nn.Module):", L3_LN_CLASS.format(
+        "(x - mu) / ((x - mu).pow(2).mean(-1, keepdim=True).sqrt() + self.eps)") + "class MLP(nn.Module):"), *L3_USE_LN],
+           {"test_extreme_inputs_and_sizes"}, "layer_norm"),  # visible only when the inputs' variance is near eps
+    Mutant("lab3-layernorm-unbiased-variance", "lab3", [("class MLP(nn.Module):", L3_LN_CLASS.format(
+        "(x - mu) / (x.var(-1, keepdim=True) + self.eps).sqrt()") + "class MLP(nn.Module):"), *L3_USE_LN],
+           {"test_matches_oracle"}, "layer_norm"),
+    Mutant("lab3-layernorm-stats-detached", "lab3", [("class MLP(nn.Module):", L3_LN_CLASS.format(
+        "(x - mu.detach()) / ((x - mu).pow(2).mean(-1, keepdim=True).detach() + self.eps).sqrt()") + "class MLP(nn.Module):"), *L3_USE_LN],
+           {"test_gradients_reach_every_parameter"}, "grad_partial"),  # the same output, other gradients
+    Mutant("lab3-half-hidden-detached", "lab3", [("return self.proj(self.act(self.fc(x)))", "h = self.act(self.fc(x))\n        half = h.size(-1) // 2\n        return self.proj(torch.cat([h[..., :half], h[..., half:].detach()], -1))")],
+           {"test_gradients_reach_every_parameter"}, "grad_partial"),  # fc's second half of rows gets none
+    Mutant("lab3-attn-dropout-hard-coded", "lab3", [("MultiHeadAttention(d_model, n_heads, dropout)", "MultiHeadAttention(d_model, n_heads, 0.1)")],
+           {"test_dropout_only_in_training"}, "dropout_rate"),
+    Mutant("lab3-dropout-all-or-nothing", "lab3", [("self.dropout = nn.Dropout(dropout)", "self.dropout = nn.Dropout(0.5 if dropout else 0.0)"),
+                                                   ("MultiHeadAttention(d_model, n_heads, dropout)", "MultiHeadAttention(d_model, n_heads)")],
+           {"test_dropout_only_in_training"}, "dropout_rate"),
+    Mutant("lab3-mlp-output-scaled", "lab3", [(L3_MLP, "x = x + 1.01 * self.dropout(self.mlp(self.ln2(x)))")],
+           {"test_matches_oracle"}, "mismatch"),  # no known cause: the neutral hint, not "pre-norm"
     Mutant("lab3-builtin-layer", "lab3", [("self.dropout = nn.Dropout(dropout)", "self.dropout = nn.Dropout(dropout)\n        self.layer = nn.TransformerEncoderLayer(d_model, n_heads, batch_first=True)")],
            {"test_no_shortcuts"}, status="forbidden"),
     # ---- lab 4
@@ -386,9 +445,31 @@ LM_HEAD = "        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)\n"
 VARIANTS = [
     Mutant("lab1-einsum-and-large-negative", "lab1", [(L1_SCORES, "scores = torch.einsum('...qd,...kd->...qk', q, k) * d_k ** -0.5"),
                                                      (L1_MASK, "scores = scores.masked_fill(mask == 0, -1e9)")], set(), status="passed"),
+    Mutant("lab1-reshape-and-where", "lab1", [(L1_SCORES, L1_VIEW_SCORES.replace(".view(", ".reshape(")),
+                                              (L1_MASK, 'scores = torch.where(mask, scores, torch.tensor(float("-inf"), dtype=scores.dtype))')],
+           set(), status="passed"),
+    Mutant("lab1-mask-expanded-to-scores", "lab1", [(L1_MASK, 'scores = scores.masked_fill(~mask.expand_as(scores), float("-inf"))')],
+           set(), status="passed"),
     Mutant("lab2-fused-view-permute", "lab2", [(L2_SPLIT, "        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)\n"),
                                                (L2_MERGE, "out = out.permute(0, 2, 1, 3).reshape(B, T, D)")], set(), status="passed"),
+    Mutant("lab2-reshape-and-4d-mask", "lab2", [*((L2_VIEW.format(c), f"{c} = {c}.reshape(B, T, self.n_heads, self.d_head).transpose(1, 2)") for c in "qkv"),
+                                                ("causal_mask(T, device=x.device))", "causal_mask(T, device=x.device).expand(B, 1, T, T))")],
+           set(), status="passed"),
+    Mutant("lab2-functional-dropout-before-proj", "lab2", [("self.dropout = nn.Dropout(dropout)", "self.p = dropout"),
+                                                          (L2_RETURN, "return self.proj(F.dropout(out, self.p, training=self.training))"),
+                                                          ("import torch.nn as nn\n", "import torch.nn as nn\nimport torch.nn.functional as F\n")],
+           set(), status="passed"),
     Mutant("lab3-tanh-gelu", "lab3", [("nn.GELU()", 'nn.GELU(approximate="tanh")')], set(), status="passed"),
+    Mutant("lab3-layernorm-eps-1e-6", "lab3", [("nn.LayerNorm(d_model)", "nn.LayerNorm(d_model, eps=1e-6)")],
+           set(), status="passed"),  # the contract names no eps: the one the modules hold is read
+    Mutant("lab3-layernorm-written-out-eps-1e-6", "lab3", [("class MLP(nn.Module):", L3_LN_CLASS.format(
+        "(x - mu) / ((x - mu).pow(2).mean(-1, keepdim=True) + self.eps).sqrt()") + "class MLP(nn.Module):"),
+        ("self.ln1 = nn.LayerNorm(d_model)", "self.ln1 = LN(d_model, eps=1e-6)"), ("self.ln2 = nn.LayerNorm(d_model)", "self.ln2 = LN(d_model, eps=1e-6)")],
+           set(), status="passed"),
+    Mutant("lab3-functional-dropout", "lab3", [("self.dropout = nn.Dropout(dropout)", "self.p = dropout"),
+                                              (L3_MLP, "x = x + F.dropout(self.mlp(self.ln2(x)), self.p, self.training)"),
+                                              ("import torch.nn as nn\n", "import torch.nn as nn\nimport torch.nn.functional as F\n")],
+           set(), status="passed"),
     Mutant("lab4-nanogpt-init", "lab4", [(LM_HEAD, LM_HEAD + NANOGPT_INIT)], set(), status="passed"),
     Mutant("lab4-tied-with-bias-dropout-default", "lab4", [
         (LM_HEAD, "        self.lm_head = nn.Linear(d_model, vocab_size, bias=True)\n        self.lm_head.weight = self.tok_emb.weight\n"),
