@@ -24,6 +24,7 @@ TEXT, STEPS = TrainingRun.TEXT, TrainingRun.STEPS
 PROMPT, NEW_TOKENS = TrainingRun.PROMPT, TrainingRun.NEW_TOKENS
 SEQ_LEN = 16
 D, H, L = 32, 4, 2
+OTHER_TEXT = "xyz, zyx"  # a second tokenizer's text: other characters than TEXT's
 
 
 def contract(V: int, D: int, L: int, S: int) -> dict:
@@ -109,6 +110,19 @@ def test_tokenizer_round_trip(w):
     own = w.new(LAB, "CharTokenizer", pattern)
     if own.method("decode", own.method("encode", pattern)) != pattern:
         fail("the tokenizer does not round-trip PATTERN.", "tokenizer")
+    other = w.new(LAB, "CharTokenizer", OTHER_TEXT)  # a second tokenizer, in the same process, on other characters
+    try:
+        other_size, again, back = other.get("vocab_size"), tok.method("encode", TEXT), \
+            other.method("decode", other.method("encode", OTHER_TEXT))
+        size_after = tok.get("vocab_size")
+    except StudentError as exc:
+        fail(f"after CharTokenizer({OTHER_TEXT!r}) was built, the first CharTokenizer({TEXT!r}) raised {exc.type}: "
+             f"{exc.message[:120]}: each tokenizer must keep a vocabulary of its own.", "tokenizer_own")
+    if other_size != len(set(OTHER_TEXT)) or back != OTHER_TEXT or again != ids or size_after != vocab_size:
+        fail(f"two tokenizers in one process are not independent: after CharTokenizer({OTHER_TEXT!r}) (vocab_size "
+             f"{other_size!r}, {len(set(OTHER_TEXT))} expected) was built, CharTokenizer({TEXT!r}) has vocab_size "
+             f"{size_after!r} (was {vocab_size}) and encodes its text {'the same' if again == ids else 'differently'}.",
+             "tokenizer_own")
 
 
 @points(1)
@@ -178,17 +192,31 @@ def test_get_batch_shift(w):
     if not bool((x == x[:, :1] + torch.arange(12)).all()):
         fail("each row of x must be a contiguous window of the data.", "shift")
     if not bool((y == x + 1).all()):
-        off = int((y[0, 0] - x[0, 0]).item())
-        fail(f"y must be x shifted by one token; in row 0, y starts {off} position(s) after x.", "shift")
+        row = int((y != x + 1).any(1).nonzero()[0])  # the first row that is wrong, and the one shown
+        off = int((y[row, 0] - x[row, 0]).item())
+        fail(f"y must be x shifted by one token; in row {row}, x = {x[row].tolist()} and y = {y[row].tolist()}: "
+             f"y starts {off} position(s) after x.", "shift")
     if int(y.max()) > 99 or int(x.min()) < 0:
         fail("windows must lie inside the data.", "shift")
-    starts = []
+    if bool((x == x[:1]).all()):  # 8 starts drawn from 88: all equal by chance about once in 10**15
+        fail(f"every row of the batch is the same window (starting at {int(x[0, 0])}): draw a start for each row "
+             "(torch.randint(..., (batch_size,))).", "batch_random")
+    starts = [x[:, 0].tolist()]
+    # a second call with the random state left as the first one left it (each request is seeded 0 otherwise)
+    again = w.run(Options(seed=None), (LAB, "get_batch"), torch.arange(100), 8, 12).out
+    again = again[0] if isinstance(again, (tuple, list)) else again
+    starts.append(expect_tensor(again, "x", (8, 12), "shift")[:, 0].tolist())
     for seed in (1, 2):  # two runs under different seeds: random starts differ
         again = w.run(Options(seed=seed), (LAB, "get_batch"), torch.arange(100), 8, 12).out
         again = again[0] if isinstance(again, (tuple, list)) else again
         starts.append(expect_tensor(again, "x", (8, 12), "shift")[:, 0].tolist())
-    if starts[0] == starts[1]:
-        fail(f"get_batch picked the same window starts {starts[0]} under two different seeds: pick them at random.",
+    if starts[0] == starts[1] or starts[2] == starts[3]:
+        same = starts[0] if starts[0] == starts[1] else starts[2]
+        steps = {b - a for a, b in zip(same, same[1:])}
+        if len(steps) > 1:  # random-looking starts that repeat: a generator seeded again at each call
+            fail(f"get_batch picked the same window starts {same} on two calls: "
+                 "do not reseed (torch.manual_seed) inside it.", "reseed")
+        fail(f"get_batch picked the same window starts {same} on two calls: pick them at random on each call.",
              "batch_random")
 
 
@@ -216,10 +244,16 @@ def test_loss_drops_30_percent(w):
 
 @points(2)
 def test_losses_are_honest(w):
-    """Logged losses agree with the checker's own next-token loss before and after training."""
+    """Logged losses agree with the checker's own next-token loss before and after training; each step logs the loss
+    of its own batch, computed before the optimizer's step; the optimizer updates every parameter."""
     run = trained(w)
     if all(torch.equal(run.before[n], run.after[n]) for n in run.before):
         fail("train did not change the model's parameters.", "train")
+    still = [n for n in run.before if torch.equal(run.before[n], run.after[n])]
+    if still:
+        fail(f"after {STEPS} steps of train these parameters never changed: {', '.join(still[:6])}"
+             f"{' ...' if len(still) > 6 else ''}: the optimizer must update every parameter of the model.",
+             "optimizer_params")
     if len(run.losses) < 3:
         fail(f"train returned {len(run.losses)} losses.", "train")
     first, last = run.losses[0], sum(run.losses[-3:]) / 3
@@ -230,6 +264,33 @@ def test_losses_are_honest(w):
         hint = "shift" if last < run.loss_after else "train"
         fail(f"the last logged losses average {last:.3f}, but the trained model's next-token loss is "
              f"{run.loss_after:.3f}.", hint)
+    expect_loss_before_the_step(w, run.vocab, run.vocab_size)
+
+
+def expect_loss_before_the_step(w, vocab: dict, V: int):
+    """One step of train on a text of one repeated character (every window the same): the loss it logs is that
+    window's loss under the weights before the step, not after it."""
+    c = vocab["l"]
+    data = torch.full((40,), c, dtype=torch.long)
+    model, before = build(w, V, style="default", dropout=0.0)
+    approximate = flavour(model, before)
+    losses = w.call((LAB, "train"), model, data, steps=1, batch_size=2, seq_len=8, lr=0.1)
+    if not (isinstance(losses, (list, tuple)) and len(losses) == 1 and type(losses[0]) in (int, float)):
+        fail(f"train(steps=1) returned {str(losses)[:80]}: one number per step.", "train")
+    after = model.state()
+    window = data[:9][None]
+
+    def loss(wts):
+        logits = reference(wts, window[:, :-1], H, L, approximate)
+        return float(torch.nn.functional.cross_entropy(logits[0], window[0, 1:]))
+    want, moved = loss(before), loss({n: after.get(n, v) for n, v in before.items()})
+    logged = float(losses[0])
+    if abs(logged - want) > 1e-3 + 1e-3 * want:
+        late = abs(logged - moved) < abs(logged - want)
+        fail(f"on a text of one repeated character, train(steps=1, lr=0.1) logged {logged:.4f}; the step's batch has "
+             f"loss {want:.4f} under the weights before the step and {moved:.4f} after it"
+             + (": log the loss computed before optimizer.step()." if late else "."),
+             "loss_before_step" if late else "train")
 
 
 @points(1)
@@ -255,7 +316,8 @@ def test_greedy_continues_pattern(w):
 
 @points(2)
 def test_generate_length_and_crop(w):
-    """generate returns (B, T + max_new_tokens), runs without gradients, and crops to the last max_seq_len tokens."""
+    """generate returns (B, T + max_new_tokens) (idx itself for max_new_tokens=0), runs without gradients, and crops
+    to the last max_seq_len tokens."""
     model, wts = build(w, style="default", max_seq_len=8)  # default init: random biases make greedy runs collapse
     idx = tokens(2, 5, 11)
     try:
@@ -271,15 +333,25 @@ def test_generate_length_and_crop(w):
     out = expect_tensor(result.out, "generate(idx of shape (2, 5), max_new_tokens=12)", (2, 17), "crop")
     if any(grad for _, grad in result.watched or []):
         fail("generate ran forward with gradients enabled: decorate it with @torch.no_grad().", "sampling")
-    expect_close(out[:, :5].float(), idx.float(), "the prompt at the start of generate's output", atol=0, hint="sampling")
+    if not torch.equal(out[:, :5], idx):
+        row = int((out[:, :5] != idx).any(1).nonzero()[0])
+        fail(f"generate's output must start with the prompt: row {row} starts {out[row, :5].tolist()}, the prompt is "
+             f"{idx[row].tolist()}.", "append")
     want = greedy(wts, idx, 12, 8, flavour(model, wts))
+    # the token at column c was chosen from c tokens of context: cropping matters only once c > max_seq_len
     expect_close(out.float(), want.float(), "greedy tokens (top_k=1) vs argmax of the last max_seq_len=8 tokens' logits",
-                 atol=0, hint="crop")
+                 atol=0, hint=lambda: "crop" if int((out != want).any(0).nonzero()[0]) > 8 else "sampling")
+    none = expect_tensor(model.method("generate", idx, 0), "generate(idx of shape (2, 5), max_new_tokens=0)", (2, 5),
+                         "append")
+    if not torch.equal(none, idx):
+        fail(f"generate(idx, max_new_tokens=0) must return idx unchanged, got {none[0].tolist()} for the prompt "
+             f"{idx[0].tolist()}.", "append")
 
 
 @points(1)
 def test_top_k_sampling(w):
-    """Sampling with top_k=k only ever picks one of the k most likely tokens; temperature is applied."""
+    """Sampling with top_k=k only ever picks one of the k most likely tokens, afresh on each call; a top_k above the
+    vocabulary keeps every token."""
     model, wts = build(w, style="default")
     idx = tokens(1, 6, 11).repeat(200, 1)
     allowed = set(reference(wts, idx[:1], H, L, flavour(model, wts))[0, -1].topk(3).indices.tolist())
@@ -291,6 +363,20 @@ def test_top_k_sampling(w):
     if len(picked) < 2:
         fail("with top_k=3 and temperature=2.0, 200 samples all picked the same token: sample with "
              "torch.multinomial rather than argmax.", "sampling")
+    second = model.run_method(Options(seed=None), "generate", idx, 1, temperature=2.0, top_k=3).out  # not reseeded
+    second = expect_tensor(second, "generate's output", (200, 7), "sampling")
+    if torch.equal(second, out):  # 200 draws among 3 tokens: the same twice by chance about once in 10**40
+        fail("two calls of generate(idx of 200 rows, 1, temperature=2.0, top_k=3) sampled exactly the same 200 tokens: "
+             "generate must not reseed (torch.manual_seed) the random generator.", "reseed")
+    try:
+        wide = model.method("generate", idx[:20], 2, top_k=50)
+    except StudentError as exc:
+        fail(f"generate(..., top_k=50) with a vocabulary of 11 raised {exc.type}: {exc.message[:160]}", "top_k_large")
+    wide = expect_tensor(wide, "generate(idx of shape (20, 6), 2, top_k=50) with a vocabulary of 11", (20, 8),
+                         "top_k_large")
+    if int(wide.min()) < 0 or int(wide.max()) > 10:
+        fail(f"with top_k=50 and 11 tokens, generate picked ids outside [0, 11): {sorted(set(wide[:, 6:].flatten().tolist()))}.",
+             "top_k_large")
 
 
 def peaky(w, vocab_size=11):
@@ -356,7 +442,8 @@ def test_sample_forwards_its_options(w):
 
 @points(1)
 def test_train_honours_its_arguments(w):
-    """train(model, data, steps=3, batch_size=4, seq_len=8, lr=0.0): 3 losses, batches of 4 x 8, and with lr=0 no change."""
+    """train(model, data, steps=3, batch_size=4, seq_len=8, lr=0.0): 3 losses, batches of 4 x 8, with lr=0 no change,
+    and each loss the mean over the whole batch."""
     tok = w.new(LAB, "CharTokenizer", TEXT)
     data = torch.tensor(tok.method("encode", TEXT * 10), dtype=torch.long)
     model, before = build(w, tok.get("vocab_size"), style="default", dropout=0.0)
@@ -374,15 +461,32 @@ def test_train_honours_its_arguments(w):
     moved = [n for n in before if not (isinstance(after.get(n), torch.Tensor) and torch.equal(after[n], before[n]))]
     if moved:
         fail(f"with lr=0.0, training changed {', '.join(moved[:3])}: pass lr to the optimizer.", "train_args")
+    # with lr=0 every logged loss is the mean loss of its batch's 4 windows under the weights the judge loaded
+    windows = data.unfold(0, 9, 1)
+    logits = reference(before, windows[:, :-1], H, L, flavour(model, before))
+    each = torch.nn.functional.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none").mean(1)
+    logged = torch.tensor([float(x) for x in losses], dtype=torch.float64)
+    if bool(((logged < each.min() - 1e-4) | (logged > each.max() + 1e-4)).any()):
+        fail(f"with lr=0.0 the logged losses {[round(float(x), 4) for x in logged]} are not means of the windows' "
+             f"losses (each window's lies in [{float(each.min()):.4f}, {float(each.max()):.4f}]): take the mean "
+             "cross-entropy over every row and position of the batch.", "loss_rows")
+    single = (logged[:, None] - each[None, :]).abs().min(1).values < 1e-5
+    if bool(single.all()) and float(each.max() - each.min()) > 1e-2:
+        fail(f"with lr=0.0 and batch_size=4, each logged loss {[round(float(x), 4) for x in logged]} is the loss of a "
+             "single window: the loss must be the mean over every row of the batch.", "loss_rows")
 
 
 @points(1)
 def test_gradients_reset_each_step(w):
     """Each step's update uses that step's gradient only (the optimizer's gradients are cleared every step)."""
-    resets = [bool(r) for r in trained(w).resets]
+    run = trained(w)
+    resets = [bool(r) for r in run.resets]
     if not resets:
         fail("during train, no backward pass reached tok_emb.weight.", "train")
     carried = sum(resets[1:])
+    if carried and torch.equal(run.before["tok_emb.weight"], run.after["tok_emb.weight"]):
+        fail(f"tok_emb.weight.grad kept growing during train and tok_emb.weight never changed: the optimizer does not "
+             "hold it (its zero_grad clears only the parameters it was given).", "optimizer_params")
     if carried:
         fail(f"in {carried} of {len(resets) - 1} steps after the first, tok_emb.weight.grad held more than that "
              "step's gradient: the earlier steps' gradients were never cleared.", "zero_grad")
