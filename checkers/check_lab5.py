@@ -75,7 +75,7 @@ def rms_mistake(weight, x, out) -> str:
         "rms_eps": [lambda x: x64 / (ms.sqrt() + 1e-5) * wt],
         "rms_weight": [lambda x: rms_norm(torch.ones_like(wt), x)],
     }
-    return first_match(variants, x, out, default="rms_sqrt")
+    return first_match(variants, x, out, default="compare")
 
 
 def swiglu_mistake(wts, x, out) -> str:
@@ -117,24 +117,28 @@ def block_mistake(wts, x, out) -> str:
     ffn = lambda h: swiglu(sub(wts, "ffn"), h)  # noqa: E731
     norm1, norm2 = (lambda h, n=n: rms_norm(wts[f"{n}.weight"], h) for n in ("norm1", "norm2"))
     variants = {
-        "prenorm": [lambda x: llama_block(wts, x, H, KV, post_norm=True), lambda x: llama_block(wts, x, H, KV, norm2="norm1")],
-        "residual": [lambda x: ffn(norm2(attn(norm1(x)))), lambda x: ffn(norm2(x + attn(norm1(x)))),
+        "llama_prenorm": [lambda x: llama_block(wts, x, H, KV, post_norm=True),
+                          lambda x: llama_block(wts, x, H, KV, norm2="norm1")],
+        "llama_residual": [lambda x: ffn(norm2(attn(norm1(x)))), lambda x: ffn(norm2(x + attn(norm1(x)))),
                      lambda x: (lambda y: y + ffn(norm2(y)))(attn(norm1(x)))],
     }
-    return first_match(variants, x, out, default="llama")
+    return first_match(variants, x, out, default="compare")
 
 
 # ---- the checks --------------------------------------------------------------------------------------------------
 @points(2)
 def test_rmsnorm_matches_formula(w):
-    """RMSNorm: x / sqrt(mean(x**2, -1) + eps) * weight, on inputs whose mean is not zero, with the default and a given eps."""
-    for eps, scale in ((None, 2.0), (0.5, 0.3)):  # a large eps on small inputs: eps counts
+    """RMSNorm: x / sqrt(mean(x**2, -1) + eps) * weight, on inputs whose mean is not zero, with the default eps
+    (1e-5, on inputs small enough for it to count) and a given one."""
+    # a large eps on small inputs, and the default eps on inputs whose mean square is about 1e-5: eps counts
+    for eps, scale in ((None, 2.0), (None, 3e-3), (0.5, 0.3)):
         norm, wts = build(w, "RMSNorm", {"weight": (24,)}, 24, **({} if eps is None else {"eps": eps}))
         x = randn(2, 5, 24) * scale + 0.5 * scale
-        out = expect_tensor(norm.run(NO_GRAD, x).out, "RMSNorm output", x.shape, "rms_sqrt")
-        expect_close(out, rms_norm(wts["weight"], x, eps or 1e-5), f"RMSNorm(24{'' if eps is None else f', eps={eps}'})",
-                     atol=1e-5, hint=(lambda: rms_mistake(wts["weight"], x, out)) if eps is None else "rms_eps",
-                     fallback="rms_sqrt")
+        out = expect_tensor(norm.run(NO_GRAD, x).out, "RMSNorm output", x.shape, "compare")
+        what = f"RMSNorm(24{'' if eps is None else f', eps={eps}'}) on inputs of scale {scale:g}"
+        expect_close(out, rms_norm(wts["weight"], x, eps or 1e-5), what, atol=1e-5 if scale > 0.1 else 1e-4,
+                     hint=(lambda: rms_mistake(wts["weight"], x, out)) if scale == 2.0 else "rms_eps",
+                     fallback="compare")
 
 
 @points(1)
@@ -195,26 +199,47 @@ def test_rope_relative_positions(w):
 
 @points(3)
 def test_attention_matches_oracle(w):
-    """GQAttention with n_kv_heads in {1, 2, n_heads} (n_heads: plain multi-head attention): rope on queries and keys,
-    query head h reading key/value head h // (n_heads // n_kv_heads), causal, lab 1's attention, wo."""
+    """GQAttention with n_kv_heads in {1, 2, n_heads} (n_heads: plain multi-head attention), and with theta=100 given:
+    rope on queries and keys, query head h reading key/value head h // (n_heads // n_kv_heads), causal, lab 1's
+    attention, wo."""
     x = randn(2, 9, D)
     for n_kv in (1, 2, H):
         attn, wts = build(w, "GQAttention", attn_contract(D, H, n_kv), D, H, n_kv)
         out = expect_tensor(attn.run(NO_GRAD, x).out, f"GQAttention({D}, {H}, {n_kv}) output", x.shape, "gqa")
         expect_close(out, gqa(wts, x, H, n_kv), f"GQAttention({D}, n_heads={H}, n_kv_heads={n_kv})", atol=1e-4,
-                     hint=lambda: attn_mistake(wts, x, H, n_kv, out), fallback="gqa")
+                     hint=lambda: attn_mistake(wts, x, H, n_kv, out), fallback="compare")
+    attn, wts = build(w, "GQAttention", attn_contract(D, H, KV), D, H, KV, theta=100.0)  # theta given to the constructor
+    out = expect_tensor(attn.run(NO_GRAD, x).out, f"GQAttention({D}, {H}, {KV}, theta=100.0) output", x.shape, "gqa")
+    expect_close(out, gqa(wts, x, H, KV, theta=100.0), f"GQAttention({D}, n_heads={H}, n_kv_heads={KV}, theta=100.0)",
+                 atol=1e-4, hint=lambda: first_match({"gqa_theta": [lambda x: gqa(wts, x, H, KV)]}, x, out),
+                 fallback="compare")
 
 
 @points(1)
 def test_module_structure(w):
     """The contract's sub-modules: LlamaBlock's norm1, attn, norm2, ffn; LlamaGPT's tok_emb, blocks, norm, lm_head and
-    no position table; GQAttention keeps n_heads, n_kv_heads and d_head."""
+    no position table; n_layers distinct blocks; GQAttention keeps n_heads, n_kv_heads, d_head and theta (default
+    10000.0), RMSNorm its eps (default 1e-5)."""
     attn = w.new(LAB, "GQAttention", 24, 6, 2)
     for name, want in (("n_heads", 6), ("n_kv_heads", 2), ("d_head", 4)):
         if attn.attr(name) != want:
             fail(f"GQAttention(24, 6, 2).{name} should be {want}, got {attn.attr(name)!r}.", "gqa")
+    for args, kwargs, want in (((24, 6, 2), {}, 10000.0), ((24, 6, 2), {"theta": 500.0}, 500.0)):
+        got = w.new(LAB, "GQAttention", *args, **kwargs).get("theta")
+        if got != want:
+            fail(f"GQAttention(24, 6, 2{', theta=500.0' if kwargs else ''}).theta should be {want}, got {got!r}.",
+                 "gqa_theta")
+    for kwargs, want in (({}, 1e-5), ({"eps": 0.25}, 0.25)):
+        got = w.new(LAB, "RMSNorm", 8, **kwargs).get("eps")
+        if got != want:
+            fail(f"RMSNorm(8{', eps=0.25' if kwargs else ''}).eps should be {want}, got {got!r}.", "rms_eps")
     gpt, _ = build_gpt(w, n_layers=3)
     modules = gpt.modules
+    owners = [{n.split(".")[1] for n in group if n.startswith("blocks.")} for group in gpt.ties]
+    shared = sorted(set().union(*(blocks for blocks in owners if len(blocks) > 1)))  # one tensor in two blocks
+    if shared:
+        fail(f"LlamaGPT(n_layers=3)'s blocks {', '.join(shared)} share their parameters: each layer must be a "
+             "LlamaBlock of its own.", "llama_blocks")
     for name, kind in (("tok_emb", "Embedding"), ("blocks", "ModuleList"), ("norm", None), ("lm_head", "Linear")):
         if name not in modules or (kind and kind not in modules[name][2]):
             fail(f"LlamaGPT needs self.{name} ({kind or 'an RMSNorm'}).", "llama")
@@ -234,7 +259,7 @@ def test_block_matches_oracle(w):
     x = randn(2, 8, D)
     out = expect_tensor(block.run(NO_GRAD, x).out, "LlamaBlock output", x.shape, "llama")
     expect_close(out, llama_block(wts, x, H, KV), f"LlamaBlock({D}, {H}, {KV}, 64)", atol=1e-4,
-                 hint=lambda: block_mistake(wts, x, out), fallback="llama")
+                 hint=lambda: block_mistake(wts, x, out), fallback="compare")
 
 
 @points(2)
