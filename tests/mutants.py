@@ -335,6 +335,13 @@ MUTANTS = [
     Mutant("lab5-theta-not-kept", "lab5", [("self.d_head, self.theta = n_heads, n_kv_heads, d_model // n_heads, theta",
                                             "self.d_head, self.theta = n_heads, n_kv_heads, d_model // n_heads, 10000.0")],
            {"test_attention_matches_oracle", "test_module_structure"}, "gqa_theta"),
+    Mutant("lab5-own-generate-reads-the-first-position", "lab5", [  # training is fine: the sampler alone is wrong
+        ("    generate = TinyGPT.generate  # lab 4's sampler works on any model with max_seq_len and forward(idx)\n",
+         "    @torch.no_grad()\n    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):\n"
+         "        for _ in range(max_new_tokens):\n            logits = self(idx[:, -self.max_seq_len:])[:, 0] / temperature\n"
+         "            if top_k is not None:\n                logits[logits < logits.topk(top_k).values[:, -1:]] = -float('inf')\n"
+         "            idx = torch.cat([idx, torch.multinomial(logits.softmax(-1), 1)], 1)\n        return idx\n")],
+           {"test_greedy_continues_pattern"}, "sampling"),
     Mutant("lab5-one-block-repeated", "lab5", [("self.blocks = nn.ModuleList([LlamaBlock(d_model, n_heads, n_kv_heads, d_ff) for _ in range(n_layers)])",
                                                 "self.blocks = nn.ModuleList([LlamaBlock(d_model, n_heads, n_kv_heads, d_ff)] * n_layers)")],
            {"test_module_structure"}, "llama_blocks"),
