@@ -378,7 +378,7 @@ MUTANTS = [
     Mutant("lab6-update-overwrites", "lab6", [(L6_CAT, "pass"), ("v = torch.cat([self.values[layer], v], dim=2)", "pass")],
            {"test_cache_update_appends"}, "cache_update"),
     Mutant("lab6-length-counts-layers", "lab6", [(L6_LENGTH, "return sum(k is not None for k in self.keys)")],
-           {"test_cache_update_appends", "test_cache_grows_one_position_per_step"}, "cache_update"),
+           {"test_cache_update_appends", "test_cache_grows_one_position_per_step"}, "cache_length"),
     Mutant("lab6-generate-with-grad", "lab6", [("@torch.no_grad()\ndef generate_cached", "def generate_cached")],
            {"test_one_token_per_step"}, "sampling"),
     Mutant("lab6-top-k-ignored", "lab6", [("if top_k is not None:", "if False:")], {"test_sampling_options"}, "sampling"),
@@ -389,6 +389,18 @@ MUTANTS = [
     Mutant("lab6-positions-on-cpu", "lab6", [(L6_POS, "positions = torch.arange(start_pos, start_pos + T)"),
                                              ("keys = torch.arange(k.size(2), device=x.device)", "keys = torch.arange(k.size(2))")],
            {"test_device_discipline"}, "device"),
+    Mutant("lab6-temperature-ignored", "lab6", [("last = logits[:, -1, :] / temperature  # (B, vocab)", "last = logits[:, -1, :]  # (B, vocab)")],
+           {"test_sampling_options"}, "temperature"),
+    Mutant("lab6-keys-turned-one-position-on", "lab6", [  # q and k shifted alike: every score, every logit is right
+        (L6_ROPE, "q, k = rope(q, positions + 1, attn.theta), rope(k, positions + 1, attn.theta)")],
+           {"test_cache_grows_one_position_per_step"}, "cache_keys"),
+    Mutant("lab6-keys-cached-unturned-turned-when-read", "lab6", [  # right logits; the cache holds keys before rope
+        (L6_ROPE, "q = rope(q, positions, attn.theta)"),
+        (L6_UPDATE, L6_UPDATE + "\n    k = rope(k, torch.arange(k.size(2), device=x.device), attn.theta)"),
+        (L6_LENGTH, "return 0 if self.keys[0] is None else int(self.keys[0].shape[-2])")],
+           {"test_cache_grows_one_position_per_step"}, "cache_keys"),
+    Mutant("lab6-length-is-the-number-of-layers", "lab6", [(L6_LENGTH, "return len(self.keys)")],
+           {"test_cache_update_appends", "test_each_cache_is_its_own"}, "cache_length"),
     Mutant("lab6-builtin-attention", "lab6", [("out, _ = scaled_dot_product_attention(q, k, v, mask)",
                                                "out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)")],
            {"test_no_shortcuts"}, status="forbidden"),
@@ -467,8 +479,4 @@ VARIANTS = [
     Mutant("lab6-feed-then-sample-scatter-top-k", "lab6", [(L6_GENERATE, L6_FEED_THEN_SAMPLE),
                                                           ("import torch\n", "import torch\nimport torch.nn.functional as F\n")],
            set(), status="passed"),
-    Mutant("lab6-rotate-keys-when-read", "lab6", [
-        (L6_ROPE, "q = rope(q, positions, attn.theta)"),
-        (L6_UPDATE, L6_UPDATE + "\n    k = rope(k, torch.arange(k.size(2), device=x.device), attn.theta)"),
-        (L6_LENGTH, "return 0 if self.keys[0] is None else int(self.keys[0].shape[-2])")], set(), status="passed"),
 ]
