@@ -11,9 +11,10 @@ import torch
 
 from judge.client import NO_GRAD, Handle, Options, StudentError
 from judge.checks import fail, points
-from judge.compare import expect_close, expect_tensor, randn
-from judge.shared import (expect_causal, expect_device_discipline, expect_every_parameter_gets_a_gradient,
-                          expect_no_shortcuts, expect_own_chain, expect_params, fill, gelu_flavour)
+from judge.compare import expect_close, expect_tensor, first_match, randn
+from judge.shared import (expect_causal, expect_device_discipline, expect_dropout_only_in_training,
+                          expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_own_chain, expect_params,
+                          fill, gelu_flavour)
 from judge.shared import TrainingRun
 from protocol.messages import Backward, Figure, Watch
 from judge.oracles import gpt as reference, greedy as reference_greedy, next_token_loss
@@ -127,7 +128,8 @@ def test_tokenizer_round_trip(w):
 
 @points(1)
 def test_model_structure(w):
-    """TinyGPT has tok_emb, pos_emb (max_seq_len x D), a ModuleList of lab 3 blocks, ln_f and lm_head."""
+    """TinyGPT has tok_emb, pos_emb (max_seq_len x D), a ModuleList of lab 3 blocks, ln_f and lm_head; its defaults
+    are d_model=32, n_heads=4, n_layers=2, max_seq_len=32, dropout=0.0, and a dropout given acts in training only."""
     model = w.new(LAB, "TinyGPT", 11, d_model=24, n_heads=3, n_layers=3, max_seq_len=12)
     modules = model.modules
     for name, kind in (("tok_emb", "Embedding"), ("pos_emb", "Embedding"), ("blocks", "ModuleList"),
@@ -143,7 +145,26 @@ def test_model_structure(w):
     if len(blocks) != 3 or not all(m[:2] == ("TransformerBlock", "lab3_block") for _, m in blocks):
         fail(f"blocks must hold n_layers=3 lab 3 TransformerBlocks, got {[m[0] for _, m in blocks]}.", "gpt")
     if model.attr("max_seq_len") != 12:
-        fail("TinyGPT must keep max_seq_len as self.max_seq_len (generate and train need it).", "crop")
+        fail("TinyGPT must keep max_seq_len as self.max_seq_len (generate and train need it).", "gpt_args")
+    # the defaults: TinyGPT(11) is d_model=32, n_heads=4, n_layers=2, max_seq_len=32 and dropout=0.0
+    plain = w.new(LAB, "TinyGPT", 11)
+    expect_params(plain, contract(11, 32, 2, 32), "TinyGPT(11) (every other argument left to its default)", "defaults",
+                  optional=optional(2))
+    if sum(1 for n in plain.modules if n.startswith("blocks.") and n.count(".") == 1) != 2:
+        fail("TinyGPT(11) should hold n_layers=2 blocks by default.", "defaults")
+    if plain.attr("max_seq_len") != 32:
+        fail(f"TinyGPT(11).max_seq_len should be 32 by default, got {plain.attr('max_seq_len')!r}.", "defaults")
+    wts = fill(plain)
+    idx = tokens(2, 9, 11)
+    plain.method("train")  # dropout=0.0 by default: training mode changes nothing
+    first, second = (expect_tensor(plain.run(Options(no_grad=True, seed=seed), idx).out, "TinyGPT(11) logits",
+                                   (2, 9, 11), "defaults") for seed in (1, 2))
+    if not torch.equal(first, second):
+        fail("TinyGPT(11) in training mode gave different logits under two seeds: dropout defaults to 0.0.", "defaults")
+    expect_close(first, reference(wts, idx, 4, 2, gelu_flavour(first, lambda a: reference(wts, idx, 4, 2, a))),
+                 "TinyGPT(11) logits, against n_heads=4 and n_layers=2 (the defaults)", atol=1e-4, hint="defaults")
+    # dropout given: applied in training mode only
+    expect_dropout_only_in_training(w.new(LAB, "TinyGPT", 11, dropout=0.5), tokens(2, 8, 11), "TinyGPT(11, dropout=0.5)")
 
 
 @points(1)
@@ -156,12 +177,19 @@ def test_logits_shape(w):
 
 @points(3)
 def test_matches_oracle(w):
-    """Logits match a recomputation from its own parameters (random LayerNorm and bias values, so ln_f counts)."""
+    """Logits match a recomputation from its own parameters (random LayerNorm and bias values, so ln_f counts), at the
+    default sizes and at d_model=24, n_heads=2, n_layers=3."""
     model, wts = build(w, dropout=0.1)
     idx = tokens(2, 10, 11)
     logits = expect_tensor(model.run(NO_GRAD, idx).out, "logits", (2, 10, 11), "gpt")
     approximate = gelu_flavour(logits, lambda a: reference(wts, idx, H, L, a))
     expect_close(logits, reference(wts, idx, H, L, approximate), "TinyGPT logits", atol=1e-4, hint="gpt")
+    model, wts = build(w, d_model=24, n_heads=2, n_layers=3)  # other sizes: each argument is passed on
+    logits = expect_tensor(model.run(NO_GRAD, idx).out, "logits", (2, 10, 11), "gpt")
+    approximate = gelu_flavour(logits, lambda a: reference(wts, idx, 2, 3, a))
+    expect_close(logits, reference(wts, idx, 2, 3, approximate), "TinyGPT(11, d_model=24, n_heads=2, n_layers=3) logits",
+                 atol=1e-4, hint=lambda: first_match({"gpt_args": [lambda i: reference(wts, i, H, 3, approximate)]},
+                                                     idx, logits), fallback="gpt")
 
 
 @points(2)
@@ -394,13 +422,16 @@ def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
 
 @points(1)
 def test_temperature_scales_the_logits(w):
-    """generate samples from softmax(logits / temperature): at T = 0.5, 1 and 2 the frequencies of 2000 samples match."""
+    """generate samples from softmax(logits / temperature): at T = 0.5, 1 (the default, with top_k's default None) and
+    2 the frequencies of 2000 samples match."""
     model, wts, approximate = peaky(w)
     prompt, n = tokens(1, 2, 11), 2000  # a short prompt: the sampling is what is measured, not the forward
     logits = reference(wts, prompt, H, L, approximate)[0, -1].double()
-    for T in (0.5, 1.0, 2.0):
-        out = expect_tensor(model.method("generate", prompt.repeat(n, 1), 1, temperature=T),
-                            f"generate(idx of shape ({n}, 2), 1, temperature={T})", (n, 3), "sampling")
+    for T in (0.5, 1.0, 2.0):  # T = 1 by leaving temperature (and top_k) to their defaults
+        given = {} if T == 1.0 else {"temperature": T}
+        out = expect_tensor(model.method("generate", prompt.repeat(n, 1), 1, **given),
+                            f"generate(idx of shape ({n}, 2), 1{', temperature=' + str(T) if given else ''})", (n, 3),
+                            "sampling")
         picked = out[:, -1]
         if int(picked.min()) < 0 or int(picked.max()) > 10:
             fail(f"with temperature={T}, generate picked token ids outside [0, 11).", "sampling")
@@ -412,14 +443,21 @@ def test_temperature_scales_the_logits(w):
             guess = min(guesses, key=lambda g: total_variation(freq, guesses[g]))
             named = f" It looks as if generate {guess}." if T != 1.0 and \
                 total_variation(freq, guesses[guess]) < total_variation(freq, want) else ""
-            fail(f"with temperature={T}, the frequencies of {n} sampled tokens are {total_variation(freq, want):.2f} "
+            said = f"temperature={T}" if given else "temperature and top_k left to their defaults (1.0 and None)"
+            m = int((freq > 0).sum())
+            kept = (logits / T).masked_fill(logits < logits.topk(m).values[-1], float("-inf")).softmax(-1)
+            if m < 11 and total_variation(freq, kept) < min(0.06, total_variation(freq, want)):
+                fail(f"with {said} and top_k not given, only the {m} most likely tokens were ever drawn in {n} "
+                     f"samples: top_k defaults to None (every token kept).", "defaults")
+            fail(f"with {said}, the frequencies of {n} sampled tokens are {total_variation(freq, want):.2f} "
                  f"(total variation) from softmax(logits / {T}); sampling noise stays under 0.06.{named}",
-                 "temperature" if T != 1.0 else "sampling")
+                 "temperature" if T != 1.0 else "defaults")  # T = 0.5, given, passed already
 
 
 @points(1)
 def test_sample_forwards_its_options(w):
-    """sample passes max_new_tokens, temperature and top_k on to generate (top_k=1 and temperature=0.001: greedy)."""
+    """sample passes max_new_tokens, temperature and top_k on to generate (top_k=1 and temperature=0.001: greedy), and
+    without them samples (temperature=1.0, top_k=None)."""
     tok = w.new(LAB, "CharTokenizer", TEXT)
     ids = tok.method("encode", TEXT)
     V = tok.get("vocab_size")
@@ -438,12 +476,23 @@ def test_sample_forwards_its_options(w):
         if text not in (want, want[len(prompt):]):
             fail(f"sample(..., {option}={value}) should decode greedily to {want!r}, got {text!r}: it does not "
                  f"pass {option} on to generate.", "options")
+    # the defaults (temperature=1.0, top_k=None) sample: the greedy text is then far too unlikely to come out
+    chance, idx = 1.0, idx.clone()
+    for _ in range(20):
+        probs = torch.softmax(reference(wts, idx[:, -SEQ_LEN:], H, L, approximate)[0, -1].double(), -1)
+        chance *= float(probs.max())
+        idx = torch.cat([idx, probs.argmax().view(1, 1)], 1)
+    text = w.call((LAB, "sample"), model, tok, prompt, max_new_tokens=20)
+    if chance < 1e-6 and text in (want, want[len(prompt):]):
+        fail(f"sample(model, tok, {prompt!r}, max_new_tokens=20), temperature and top_k left to their defaults, gave "
+             f"the greedy text {text!r}, which sampling at temperature 1.0 gives with probability {chance:.1e}.",
+             "defaults")
 
 
 @points(1)
 def test_train_honours_its_arguments(w):
     """train(model, data, steps=3, batch_size=4, seq_len=8, lr=0.0): 3 losses, batches of 4 x 8, with lr=0 no change,
-    and each loss the mean over the whole batch."""
+    and each loss the mean over the whole batch; its defaults: steps=200, batch_size=16, lr=3e-3."""
     tok = w.new(LAB, "CharTokenizer", TEXT)
     data = torch.tensor(tok.method("encode", TEXT * 10), dtype=torch.long)
     model, before = build(w, tok.get("vocab_size"), style="default", dropout=0.0)
@@ -474,6 +523,30 @@ def test_train_honours_its_arguments(w):
     if bool(single.all()) and float(each.max() - each.min()) > 1e-2:
         fail(f"with lr=0.0 and batch_size=4, each logged loss {[round(float(x), 4) for x in logged]} is the loss of a "
              "single window: the loss must be the mean over every row of the batch.", "loss_rows")
+    expect_train_defaults(w, data, tok.get("vocab_size"))
+
+
+def expect_train_defaults(w, data, V: int):
+    """train's defaults, on a small model (max_seq_len=4): steps=200 (with lr=0), and, for one step, batches of
+    batch_size=16 x max_seq_len and AdamW's first update of lr=3e-3 (its first step moves each parameter with a
+    gradient by lr, whatever the gradient's size)."""
+    small = dict(style="default", d_model=8, n_heads=2, n_layers=1, max_seq_len=4, dropout=0.0)
+    model, _ = build(w, V, **small)
+    losses = w.call((LAB, "train"), model, data, batch_size=1, seq_len=2, lr=0.0)
+    if not (isinstance(losses, (list, tuple)) and len(losses) == 200):
+        fail(f"train(model, data, batch_size=1, seq_len=2, lr=0.0), steps left to its default (200), logged "
+             f"{len(losses) if isinstance(losses, (list, tuple)) else losses!r} losses.", "defaults")
+    model, before = build(w, V, **small)
+    result = w.run(Options(watch=Watch(model.id, "")), (LAB, "train"), model, data, steps=1)
+    shapes = sorted({tuple(shape) for shape, grad in result.watched or [] if type(shape) is list and grad})
+    if shapes != [(16, 4)]:
+        fail(f"train(model, data, steps=1), batch_size and seq_len left to their defaults, fed batches of shape "
+             f"{shapes}; (16, 4) expected (batch_size=16, seq_len=model.max_seq_len=4).", "defaults")
+    after = model.state()
+    moved = max(float((after[n] - before[n]).abs().max()) for n in before if isinstance(after.get(n), torch.Tensor))
+    if not 0.8 * 3e-3 <= moved <= 1.25 * 3e-3:
+        fail(f"one step of train(model, data, steps=1), lr left to its default (3e-3), moved the parameters by up to "
+             f"{moved:.2g}; AdamW's first step moves them by lr = 3e-3.", "defaults")
 
 
 @points(1)
@@ -494,12 +567,17 @@ def test_gradients_reset_each_step(w):
 
 @points(1)
 def test_sample_returns_text(w):
-    """sample returns a non-empty string of the tokenizer's characters."""
+    """sample returns a string of the tokenizer's characters: max_new_tokens of them, 40 by default."""
     run = trained(w)
     text = w.call((LAB, "sample"), run.model, run.tok, "hello", max_new_tokens=10)
     if not (type(text) is str and len(text) in (10, 15) and set(text) <= set(TEXT)):
         fail(f"sample(model, tok, 'hello', max_new_tokens=10) should return 10 new characters (with or without the "
              f"prompt), got {str(text)[:80]!r}.", "sampling")
+    text = w.call((LAB, "sample"), run.model, run.tok, "hello")
+    if not (type(text) is str and len(text) in (40, 45)):
+        fail(f"sample(model, tok, 'hello') should return max_new_tokens=40 new characters by default (with or without "
+             f"the prompt), got {len(text) if type(text) is str else type(text).__name__}: {str(text)[:80]!r}.",
+             "defaults")
 
 
 @points(1)

@@ -100,6 +100,10 @@ HINTS = {
     "optimizer_params": ("Give the optimizer every parameter of the model: torch.optim.AdamW(model.parameters(), lr=lr).",
                          "A parameter the optimizer does not hold is never updated, and its .grad is never cleared by "
                          "optimizer.zero_grad()."),
+    "defaults": ("Keep the contract's default values in the signature: the module docstring gives each one.",
+                 "A caller who leaves an argument out gets its default; another default changes what the call does."),
+    "gpt_args": ("TinyGPT must use the arguments it is given: vocab_size, d_model, n_heads, n_layers and dropout passed on "
+                 "to the modules it builds, max_seq_len kept as self.max_seq_len.", ""),
     "compare": ("Compare the expected and the actual values shown above: the first mismatch tells where your "
                 "computation departs from the contract's formula.",
                 "Recompute that entry by hand from the contract, on a small input, and print the intermediate tensors."),
