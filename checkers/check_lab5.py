@@ -42,21 +42,22 @@ def model_contract(V: int, D: int, H: int, KV: int, n_layers: int, d_ff: int) ->
     return {**want, "norm.weight": (D,), "lm_head.weight": (V, D)}
 
 
-def build(w, name: str, want: dict, *args, style="check", lab=LAB, **kwargs):
+def build(w, name: str, want: dict, *args, style="check", lab=LAB, hint="llama", **kwargs):
     """The student's `name`(*args) with exactly the contract's parameters, filled with the judge's values."""
     h = w.new(lab, name, *args, **kwargs)
-    what = f"{name}({', '.join(map(str, args))})"
-    expect_params(h, want, what, "llama")
+    what = f"{name}({', '.join([*map(str, args), *(f'{k}={v}' for k, v in kwargs.items())])})"
+    expect_params(h, want, what, hint)
     extra = sorted(set(h.params) - set(want) - {n for g in h.ties for n in g})
     if extra:
-        fail(f"{what} has parameters the contract does not list: {', '.join(extra)} (no biases in lab 5).", "llama")
+        fail(f"{what} has parameters the contract does not list: {', '.join(extra)} (no biases in lab 5).", hint)
     return h, fill(h, style=style)
 
 
-def build_gpt(w, V=11, d_model=D, n_heads=H, n_kv_heads=KV, n_layers=L, max_seq_len=SEQ_LEN, style="check", lab=LAB):
-    return build(w, "LlamaGPT", model_contract(V, d_model, n_heads, n_kv_heads, n_layers, 4 * d_model), V,
-               d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, n_layers=n_layers, max_seq_len=max_seq_len,
-               style=style, lab=lab)
+def build_gpt(w, V=11, d_model=D, n_heads=H, n_kv_heads=KV, n_layers=L, max_seq_len=SEQ_LEN, style="check", lab=LAB,
+              d_ff=None, hint="llama"):
+    return build(w, "LlamaGPT", model_contract(V, d_model, n_heads, n_kv_heads, n_layers, d_ff or 4 * d_model), V,
+                 d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, n_layers=n_layers, max_seq_len=max_seq_len,
+                 style=style, lab=lab, hint=hint, **({} if d_ff is None else {"d_ff": d_ff}))
 
 
 def tokens(B, T, V=11):
@@ -169,15 +170,19 @@ def test_swiglu_matches_formula(w):
 
 @points(2)
 def test_rope_matches_formula(w):
-    """rope turns each adjacent pair (2i, 2i+1) by position * theta ** (-2i / d): positions (T,) or (B, 1, T), any theta."""
+    """rope turns each adjacent pair (2i, 2i+1) by position * theta ** (-2i / d): positions (T,) or (B, 1, T), any theta
+    (10000 by default)."""
     x = randn(2, 3, 7, 8)
-    cases = ((torch.arange(7), 10000.0, "positions 0..6"), (torch.randint(0, 50, (2, 1, 7)), 10000.0,
-             "positions of shape (2, 1, 7)"), (torch.arange(7) + 3, 100.0, "positions 3..9 and theta=100"))
-    for positions, theta, what in cases:
-        out = w.call((LAB, "rope"), x, positions, theta)
+    cases = ((torch.arange(7), 10000.0, "positions 0..6"),
+             (torch.randint(0, 50, (2, 1, 7)), 10000.0, "positions of shape (2, 1, 7)"),
+             (torch.arange(7) + 3, 100.0, "positions 3..9 and theta=100"),
+             (torch.arange(7) + 5, None, "positions 5..11, theta left to its default (10000)"))  # last: the rest passed
+    for positions, given, what in cases:
+        theta = given or 10000.0
+        out = w.call((LAB, "rope"), x, positions, *(() if given is None else (given,)))
         out = expect_tensor(out, f"rope(x of shape {tuple(x.shape)}, {what})", x.shape, "rope")
         expect_close(out, rope(x, positions, theta), f"rope with {what}", atol=1e-4,
-                     hint=lambda: rope_mistake(x, positions, out, theta), fallback="rope")
+                     hint=(lambda: rope_mistake(x, positions, out, theta)) if given else "defaults", fallback="rope")
 
 
 @points(1)
@@ -264,11 +269,24 @@ def test_block_matches_oracle(w):
 
 @points(2)
 def test_model_matches_oracle(w):
-    """LlamaGPT's logits: tok_emb, the blocks, norm, lm_head, recomputed from its own parameters."""
+    """LlamaGPT's logits: tok_emb, the blocks, norm, lm_head, recomputed from its own parameters, at other sizes given
+    (d_model, n_heads, n_kv_heads, n_layers, d_ff) and at the defaults."""
     gpt, wts = build_gpt(w)
     idx = tokens(2, 10)
     logits = expect_tensor(gpt.run(NO_GRAD, idx).out, "logits", (2, 10, 11), "llama")
     expect_close(logits, llama_of(wts, H, KV, L)(idx), "LlamaGPT logits", atol=1e-4, hint="llama")
+    # other sizes, each given: d_model, n_heads, n_kv_heads, n_layers and d_ff are passed on
+    gpt, wts = build_gpt(w, d_model=24, n_heads=6, n_kv_heads=3, n_layers=1, d_ff=40, hint="llama_args")
+    logits = expect_tensor(gpt.run(NO_GRAD, idx).out, "logits", (2, 10, 11), "llama")
+    expect_close(logits, llama_of(wts, 6, 3, 1)(idx), "LlamaGPT(11, d_model=24, n_heads=6, n_kv_heads=3, n_layers=1, "
+                 "d_ff=40) logits", atol=1e-4, hint="llama_args")
+    # the defaults: LlamaGPT(11) is d_model=32, n_heads=4, n_kv_heads=2, n_layers=2, max_seq_len=32, d_ff=4 * d_model
+    gpt, wts = build(w, "LlamaGPT", model_contract(11, 32, 4, 2, 2, 128), 11, hint="defaults")
+    if gpt.attr("max_seq_len") != 32:
+        fail(f"LlamaGPT(11).max_seq_len should be 32 by default, got {gpt.attr('max_seq_len')!r}.", "defaults")
+    logits = expect_tensor(gpt.run(NO_GRAD, idx).out, "LlamaGPT(11) logits", (2, 10, 11), "defaults")
+    expect_close(logits, llama_of(wts, 4, 2, 2)(idx), "LlamaGPT(11) logits, against n_heads=4 and n_kv_heads=2 (the "
+                 "defaults)", atol=1e-4, hint="defaults")
 
 
 @points(1)

@@ -187,7 +187,8 @@ def test_each_cache_is_its_own(w):
 
 @points(2)
 def test_prefill_matches_uncached(w):
-    """forward(idx, cache, start_pos=0) gives lab 5's logits, fills the cache with T positions, and cache=None is lab 5's forward."""
+    """forward(idx, cache, start_pos=0) gives lab 5's logits, fills the cache with T positions, start_pos defaults to
+    0, and cache=None (the default) is lab 5's forward."""
     gpt, _, full = build(w)
     idx = tokens(2, 7)
     want = full(idx)
@@ -201,6 +202,14 @@ def test_prefill_matches_uncached(w):
     if length(cache) != 7:
         fail(f"after forward on 7 tokens with a new cache, cache.length should be 7, got {length(cache)}.",
              length_hint(cache, 7))
+    fresh = cache_of(w)  # start_pos left to its default: 0
+    got = expect_tensor(gpt.run(NO_GRAD, idx, cache=fresh).out, "forward(idx, cache)", (2, 7, V), "defaults")
+    expect_close(got, want, "forward(idx, cache) with start_pos left to its default (0)", atol=ATOL, hint="defaults")
+    keys, again = cache.get("keys"), fresh.get("keys")
+    if isinstance(keys, list) and isinstance(again, list) and isinstance(keys[0], torch.Tensor):
+        expect_close(expect_tensor(again[0], "cache.keys[0] after forward(idx, cache)", keys[0].shape, "defaults"),
+                     keys[0], "cache.keys[0] after forward(idx, cache) (start_pos left to its default, 0) against "
+                     "forward(idx, cache, start_pos=0)", atol=1e-5, hint="defaults")
 
 
 @points(3)
@@ -349,7 +358,8 @@ def test_cached_greedy_matches_uncached(w):
 @points(1)
 def test_sampling_options(w):
     """generate_cached samples: with top_k=3 only the 3 most likely tokens, more than one of them at temperature 2; at
-    temperatures 0.5 and 2 the frequencies of 2000 draws follow softmax(logits / temperature)."""
+    temperatures 0.5, 2 and 1 (the default, with top_k's default None) the frequencies of 2000 draws follow
+    softmax(logits / temperature)."""
     gpt, wts, full = build(w, style="default")
     prompt = tokens(1, 4)
     allowed = set(full(prompt)[0, -1].topk(3).indices.tolist())
@@ -367,20 +377,29 @@ def test_sampling_options(w):
     gpt.load({"norm.weight": wts["norm.weight"]})
     short, n = tokens(1, 2), 2000
     logits = llama_of(wts, H, KV, L)(short)[0, -1]
-    for T in (0.5, 2.0):
-        out = expect_tensor(w.call((LAB, "generate_cached"), gpt, short.repeat(n, 1), 1, temperature=T),
-                            f"generate_cached(idx of shape ({n}, 2), 1, temperature={T})", (n, 3), "sampling")
+    for T in (0.5, 2.0, 1.0):  # the last with temperature and top_k left to their defaults (1.0, None)
+        given = {} if T == 1.0 else {"temperature": T}
+        said = f"temperature={T}" if given else "temperature and top_k left to their defaults (1.0 and None)"
+        out = expect_tensor(w.call((LAB, "generate_cached"), gpt, short.repeat(n, 1), 1, **given),
+                            f"generate_cached(idx of shape ({n}, 2), 1{', temperature=' + str(T) if given else ''})",
+                            (n, 3), "sampling")
         picked = out[:, -1].long()
         if int(picked.min()) < 0 or int(picked.max()) >= V:
             fail(f"with temperature={T}, generate_cached picked token ids outside [0, {V}).", "sampling")
         freq = torch.bincount(picked, minlength=V).double() / n
         gap = lambda p: 0.5 * float((freq - p).abs().sum())  # noqa: E731  (total variation)
         want, plain = torch.softmax(logits / T, -1), torch.softmax(logits, -1)
+        m = int((freq > 0).sum())
+        kept = (logits / T).masked_fill(logits < logits.topk(m).values[-1], float("-inf")).softmax(-1)
+        if gap(want) > 0.06 and m < V and gap(kept) < min(0.06, gap(want)):
+            fail(f"with {said}, top_k not given, only the {m} most likely tokens were ever drawn in {n} samples: top_k "
+                 "defaults to None (every token kept).", "defaults")
         if gap(want) > 0.06:
-            fail(f"with temperature={T}, the frequencies of {n} sampled tokens are {gap(want):.2f} (total variation) "
+            fail(f"with {said}, the frequencies of {n} sampled tokens are {gap(want):.2f} (total variation) "
                  f"from softmax(logits / {T}); sampling noise stays under 0.06"
                  + (f"; they are {gap(plain):.2f} from softmax(logits): the temperature is ignored." if gap(plain) <
-                    gap(want) else "."), "temperature" if gap(plain) < gap(want) else "sampling")
+                    gap(want) else "."), "defaults" if not given else "temperature" if gap(plain) < gap(want)
+                 else "sampling")
 
 
 @points(1)

@@ -155,6 +155,8 @@ HINTS = {
                        "x = x + ffn(norm2(x)).", ""),
     "llama_blocks": ("Build n_layers separate LlamaBlocks: nn.ModuleList([LlamaBlock(...) for _ in range(n_layers)]).",
                      "[block] * n_layers repeats one block: every layer then shares the same weights."),
+    "llama_args": ("LlamaGPT must pass its arguments on: d_model, n_heads, n_kv_heads and d_ff to each LlamaBlock (and "
+                   "LlamaBlock its own to GQAttention and SwiGLU), n_layers blocks in all.", ""),
     "gqa_theta": ("GQAttention must rotate with the theta it was given: rope(q, positions, self.theta) and the same "
                   "for k.", ""),
     "llama_train": ("If the earlier lab 5 checks pass, the model trains: look for a forward that changes between calls or "
