@@ -21,6 +21,51 @@ from judge.shared import device_error, draw, expect_device_discipline, expect_no
 from checkers.check_lab5 import D, H, KV, L, build_gpt, tokens
 from judge.oracles import causal, greedy_of, llama_block, llama_of, llama_steps, rms_norm, rope
 
+# Each contract item of the stub (tests/test_contract.py) and the checks that would fail were it wrong; `f(arg=)` is
+# the default, exercised by a call that leaves the argument out. `attend` is the stub's helper for the cached forward:
+# what observes it is that forward.
+UPDATE, GROWS, PREFILL = "test_cache_update_appends", "test_cache_grows_one_position_per_step", "test_prefill_matches_uncached"
+STEPS_, GREEDY, SAMPLING = "test_cached_steps_match_uncached_logits", "test_cached_greedy_matches_uncached", "test_sampling_options"
+CONTRACT = {
+    "KVCache": (UPDATE, "test_each_cache_is_its_own"),
+    "KVCache(n_layers)": (UPDATE, GROWS),
+    "KVCache.keys": (UPDATE, GROWS, "test_each_cache_is_its_own"),
+    "KVCache.values": (UPDATE, GROWS),
+    "KVCache.update": (UPDATE,),
+    "KVCache.update(layer)": (UPDATE,),
+    "KVCache.update(k)": (UPDATE,),
+    "KVCache.update(v)": (UPDATE,),
+    "KVCache.length": (UPDATE, GROWS, PREFILL, "test_each_cache_is_its_own"),
+    "LlamaGPT": (PREFILL, STEPS_),
+    "LlamaGPT.forward": (PREFILL, STEPS_),
+    "LlamaGPT.forward(idx)": (PREFILL, STEPS_),
+    "LlamaGPT.forward(cache)": (PREFILL, STEPS_, GROWS),
+    "LlamaGPT.forward(cache=)": (PREFILL,),
+    "LlamaGPT.forward(start_pos)": (STEPS_, GROWS),
+    "LlamaGPT.forward(start_pos=)": (PREFILL,),
+    "attend": (STEPS_, PREFILL),
+    "attend(attn)": (STEPS_,),
+    "attend(x)": (STEPS_,),
+    "attend(cache)": (STEPS_, GROWS),
+    "attend(layer)": (STEPS_, GROWS),
+    "attend(start_pos)": (STEPS_, GROWS),
+    "generate_cached": (GREEDY, "test_one_token_per_step"),
+    "generate_cached(model)": (GREEDY,),
+    "generate_cached(idx)": (GREEDY,),
+    "generate_cached(max_new_tokens)": (GREEDY, "test_one_token_per_step"),
+    "generate_cached(temperature)": (SAMPLING,),
+    "generate_cached(temperature=)": (SAMPLING,),
+    "generate_cached(top_k)": (SAMPLING, GREEDY),
+    "generate_cached(top_k=)": (SAMPLING,),
+    "sentence: each instance has lists of its own": ("test_each_cache_is_its_own",),
+    "sentence: keys cached after rope, each at its own position": (GROWS,),
+    "sentence: query i may see cached positions 0..start_pos+i": (STEPS_, "test_chunks_and_long_generation"),
+    "sentence: the prompt through forward once, then only the newest token": ("test_one_token_per_step",),
+    "sentence: a fresh KVCache per call": (GREEDY,),
+    "sentence: no gradients": ("test_one_token_per_step",),
+    "sentence: positions run past max_seq_len (no crop)": ("test_chunks_and_long_generation",),
+}
+
 LAB = "lab6_kvcache"
 V, PROMPT_LEN, STEPS = 11, 5, 6
 ATOL = 1e-4  # a cached step's logits against the full forward's, float32 against float64
