@@ -395,7 +395,7 @@ def expect_loss_before_the_step(w, vocab: dict, V: int):
         late = abs(logged - moved) < abs(logged - want)
         fail(f"on a text of one repeated character, train(steps=1, lr=0.1) logged {logged:.4f}; the step's batch has "
              f"loss {want:.4f} under the weights before the step and {moved:.4f} after it"
-             + (": log the loss computed before optimizer.step()." if late else "."),
+             + (": log the loss computed before the optimizer's step." if late else "."),
              "loss_before_step" if late else "train")
 
 

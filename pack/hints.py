@@ -95,8 +95,8 @@ HINTS = {
     "loss_rows": ("The loss is the mean cross-entropy over every row and position of the batch: "
                   "F.cross_entropy(logits.view(-1, vocab_size), y.view(-1)).",
                   "A loss of one row trains on one window per step and logs a noisy number."),
-    "loss_before_step": ("Log the loss of the step's own batch, the one backward ran on: losses.append(loss.item()), "
-                         "not a loss recomputed after optimizer.step().", ""),
+    "loss_before_step": ("Log the loss of the step's own batch, the one backward ran on (its loss.item()), "
+                         "not a loss recomputed after the optimizer's step.", ""),
     "optimizer_params": ("Give the optimizer every parameter of the model: torch.optim.AdamW(model.parameters(), lr=lr).",
                          "A parameter the optimizer does not hold is never updated, and its .grad is never cleared by "
                          "optimizer.zero_grad()."),
