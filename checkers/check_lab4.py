@@ -607,21 +607,21 @@ def test_train_honours_its_arguments(w):
 
 
 def expect_train_defaults(w, data, V: int):
-    """train's defaults, on a small model (max_seq_len=4): steps=200 (with lr=0), and, for one step, batches of
-    batch_size=16 x max_seq_len and AdamW's first update of lr=3e-3 (its first step moves each parameter with a
-    gradient by lr, whatever the gradient's size)."""
-    small = dict(style="default", d_model=8, n_heads=2, n_layers=1, max_seq_len=4, dropout=0.0)
+    """train's defaults, on a very small model (max_seq_len=2, so that 200 steps cost little): steps=200 (with lr=0),
+    and, for one step, batches of batch_size=16 x max_seq_len and AdamW's first update of lr=3e-3 (its first step
+    moves each parameter with a gradient by lr, whatever the gradient's size)."""
+    small = dict(style="default", d_model=4, n_heads=1, n_layers=0, max_seq_len=2, dropout=0.0)  # no block: cheap steps
     model, _ = build(w, V, **small)
-    losses = w.call((LAB, "train"), model, data, batch_size=1, seq_len=2, lr=0.0)
+    losses = w.call((LAB, "train"), model, data, batch_size=1, seq_len=1, lr=0.0)
     if not (isinstance(losses, (list, tuple)) and len(losses) == 200):
-        fail(f"train(model, data, batch_size=1, seq_len=2, lr=0.0), steps left to its default (200), logged "
+        fail(f"train(model, data, batch_size=1, seq_len=1, lr=0.0), steps left to its default (200), logged "
              f"{len(losses) if isinstance(losses, (list, tuple)) else losses!r} losses.", "defaults")
     model, before = build(w, V, **small)
     result = w.run(Options(watch=Watch(model.id, "")), (LAB, "train"), model, data, steps=1)
     shapes = sorted({tuple(shape) for shape, grad in result.watched or [] if type(shape) is list and grad})
-    if shapes != [(16, 4)]:
+    if shapes != [(16, 2)]:
         fail(f"train(model, data, steps=1), batch_size and seq_len left to their defaults, fed batches of shape "
-             f"{shapes}; (16, 4) expected (batch_size=16, seq_len=model.max_seq_len=4).", "defaults")
+             f"{shapes}; (16, 2) expected (batch_size=16, seq_len=model.max_seq_len=2).", "defaults")
     after = model.state()
     moved = max(float((after[n] - before[n]).abs().max()) for n in before if isinstance(after.get(n), torch.Tensor))
     if not 0.8 * 3e-3 <= moved <= 1.25 * 3e-3:
