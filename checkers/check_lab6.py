@@ -24,8 +24,9 @@ from judge.oracles import causal, greedy_of, llama_block, llama_of, llama_steps,
 # Each contract item of the stub (tests/test_contract.py) and the checks that would fail were it wrong; `f(arg=)` is
 # the default, exercised by a call that leaves the argument out. `attend` is the stub's helper for the cached forward:
 # what observes it is that forward.
-UPDATE, GROWS, PREFILL = "test_cache_update_appends", "test_cache_grows_one_position_per_step", "test_prefill_matches_uncached"
-STEPS_, GREEDY, SAMPLING = "test_cached_steps_match_uncached_logits", "test_cached_greedy_matches_uncached", "test_sampling_options"
+UPDATE, GROWS = "test_cache_update_appends", "test_cache_grows_one_position_per_step"
+PREFILL, STEPS_ = "test_prefill_matches_uncached", "test_cached_steps_match_uncached_logits"
+GREEDY, SAMPLING = "test_cached_greedy_matches_uncached", "test_sampling_options"
 CONTRACT = {
     "KVCache": (UPDATE, "test_each_cache_is_its_own"),
     "KVCache(n_layers)": (UPDATE, GROWS),
