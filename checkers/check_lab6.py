@@ -11,6 +11,7 @@ key projection were given, counted in the worker, names the mistake; it never de
 import secrets
 
 import torch
+import torch.nn.functional as F
 
 from judge.client import NO_GRAD, On, Options, StudentError
 from protocol.messages import Swap, Watch
@@ -18,7 +19,52 @@ from judge.checks import fail, points
 from judge.compare import expect_close, expect_tensor, first_match
 from judge.shared import device_error, draw, expect_device_discipline, expect_no_shortcuts, expect_own_chain
 from checkers.check_lab5 import D, H, KV, L, build_gpt, tokens
-from judge.oracles import causal, greedy_of, llama_of, llama_steps
+from judge.oracles import causal, greedy_of, llama_block, llama_of, llama_steps, rms_norm, rope
+
+# Each contract item of the stub (tests/test_contract.py) and the checks that would fail were it wrong; `f(arg=)` is
+# the default, exercised by a call that leaves the argument out. `attend` is the stub's helper for the cached forward:
+# what observes it is that forward.
+UPDATE, GROWS = "test_cache_update_appends", "test_cache_grows_one_position_per_step"
+PREFILL, STEPS_ = "test_prefill_matches_uncached", "test_cached_steps_match_uncached_logits"
+GREEDY, SAMPLING = "test_cached_greedy_matches_uncached", "test_sampling_options"
+CONTRACT = {
+    "KVCache": (UPDATE, "test_each_cache_is_its_own"),
+    "KVCache(n_layers)": (UPDATE, GROWS),
+    "KVCache.keys": (UPDATE, GROWS, "test_each_cache_is_its_own"),
+    "KVCache.values": (UPDATE, GROWS),
+    "KVCache.update": (UPDATE,),
+    "KVCache.update(layer)": (UPDATE,),
+    "KVCache.update(k)": (UPDATE,),
+    "KVCache.update(v)": (UPDATE,),
+    "KVCache.length": (UPDATE, GROWS, PREFILL, "test_each_cache_is_its_own"),
+    "LlamaGPT": (PREFILL, STEPS_),
+    "LlamaGPT.forward": (PREFILL, STEPS_),
+    "LlamaGPT.forward(idx)": (PREFILL, STEPS_),
+    "LlamaGPT.forward(cache)": (PREFILL, STEPS_, GROWS),
+    "LlamaGPT.forward(cache=)": (PREFILL,),
+    "LlamaGPT.forward(start_pos)": (STEPS_, GROWS),
+    "LlamaGPT.forward(start_pos=)": (PREFILL,),
+    "attend": (STEPS_, PREFILL),
+    "attend(attn)": (STEPS_,),
+    "attend(x)": (STEPS_,),
+    "attend(cache)": (STEPS_, GROWS),
+    "attend(layer)": (STEPS_, GROWS),
+    "attend(start_pos)": (STEPS_, GROWS),
+    "generate_cached": (GREEDY, "test_one_token_per_step"),
+    "generate_cached(model)": (GREEDY,),
+    "generate_cached(idx)": (GREEDY,),
+    "generate_cached(max_new_tokens)": (GREEDY, "test_one_token_per_step"),
+    "generate_cached(temperature)": (SAMPLING,),
+    "generate_cached(temperature=)": (SAMPLING,),
+    "generate_cached(top_k)": (SAMPLING, GREEDY),
+    "generate_cached(top_k=)": (SAMPLING,),
+    "sentence: each instance has lists of its own": ("test_each_cache_is_its_own",),
+    "sentence: keys cached after rope, each at its own position": (GROWS,),
+    "sentence: query i may see cached positions 0..start_pos+i": (STEPS_,),
+    "sentence: the prompt through forward once, then only the newest token": ("test_one_token_per_step",),
+    "sentence: a fresh KVCache per call": (GREEDY,),
+    "sentence: no gradients": ("test_one_token_per_step",),
+}
 
 LAB = "lab6_kvcache"
 V, PROMPT_LEN, STEPS = 11, 5, 6
@@ -41,6 +87,60 @@ def length(cache) -> int:
     if type(value) is not int:
         fail(f"KVCache.length must be an int (a property), got {type(value).__name__}: {str(value)[:60]}.", "cache_update")
     return value
+
+
+def empty(cache) -> bool:
+    """The cache's keys are a list of Nones only (nothing is cached in it)."""
+    keys = cache.get("keys")
+    return isinstance(keys, list) and all(k is None for k in keys)
+
+
+def length_hint(cache, want: int) -> str:
+    """A wrong length: "cache_length" when layer 0's keys do hold `want` positions (length miscounts them),
+    "cache_update" when the cache itself is wrong."""
+    keys = cache.get("keys")
+    held = keys[0] if isinstance(keys, list) and keys else None
+    return "cache_length" if isinstance(held, torch.Tensor) and held.dim() == 4 and held.size(2) == want \
+        else "cache_update"
+
+
+def cached_keys_values(wts: dict, idx: torch.Tensor, n_layers=L, n_heads=H, n_kv_heads=KV) -> list:
+    """What each layer's cache must hold after idx (B, T) went through the cached forward: (keys, values), each
+    (B, T, n_kv_heads, d_head) as the oracles lay them out (the cache's (B, n_kv_heads, T, d_head) with time and heads
+    moved back: see `as_oracle`), the keys turned by rope at their own positions 0..T-1, in float64."""
+    wts = {n: t.double() for n, t in wts.items()}
+    x, T = F.embedding(idx, wts["tok_emb.weight"]), idx.size(1)
+    held = []
+    for i in range(n_layers):
+        blk = {n[len(f"blocks.{i}."):]: t for n, t in wts.items() if n.startswith(f"blocks.{i}.")}
+        h = rms_norm(blk["norm1.weight"], x)
+        k, v = (F.linear(h, blk[f"attn.{n}.weight"]).unflatten(-1, (n_kv_heads, -1)) for n in ("wk", "wv"))
+        held.append((rope(k, torch.arange(T)[:, None]), v))
+        x = llama_block(blk, x, n_heads, n_kv_heads)
+    return held
+
+
+def as_oracle(entry) -> torch.Tensor:
+    """A cache entry (B, n_kv_heads, T, d_head) in the oracles' layout (B, T, n_kv_heads, d_head)."""
+    return entry.movedim(1, 2) if isinstance(entry, torch.Tensor) and entry.dim() == 4 else entry
+
+
+def first_difference(got: torch.Tensor, want: torch.Tensor) -> tuple:
+    """(row, column) of the earliest column where two (B, T) token tensors differ, in the first row differing there:
+    the row a message shows is the row the position comes from."""
+    col = int((got != want).any(0).nonzero()[0])
+    return int((got[:, col] != want[:, col]).nonzero()[0]), col
+
+
+def length_counts_wrong(w) -> bool:
+    """A fresh KVCache's length, after 3 and then 2 positions in every layer, is not 0, 3, 5."""
+    cache, seen = cache_of(w), []
+    seen.append(cache.get("length"))
+    for n in (3, 2):
+        for layer in range(L):
+            cache.method("update", layer, torch.randn(1, KV, n, 4), torch.randn(1, KV, n, 4))
+        seen.append(cache.get("length"))
+    return seen != [0, 3, 5]
 
 
 def step_logits(gpt, cache, idx, start_pos, what):
@@ -100,7 +200,9 @@ def test_cache_update_appends(w):
     """KVCache.update appends keys and values along time, layer by layer, returns what the layer holds; length counts."""
     cache = cache_of(w, 2)
     if length(cache) != 0:
-        fail(f"a new KVCache should have length 0, got {length(cache)}.", "cache_update")
+        fail(f"a new KVCache should have length 0, got {length(cache)}"
+             + ("." if empty(cache) else ", and its keys are already filled (by another instance?)."),
+             "cache_length" if empty(cache) else "cache_stale")
     k1, v1, k2, v2 = (torch.randn(1, KV, n, 4) for n in (3, 3, 2, 2))
     for step, (k, v, want_k, want_v) in enumerate(((k1, v1, k1, v1), (k2, v2, torch.cat([k1, k2], 2),
                                                                         torch.cat([v1, v2], 2)))):
@@ -112,7 +214,7 @@ def test_cache_update_appends(w):
                          f"update's {name} after call {step + 1} (everything layer 0 holds, oldest first)", atol=0,
                          hint="cache_update")
     if length(cache) != 5:
-        fail(f"after appending 3 and then 2 positions, KVCache.length should be 5, got {length(cache)}.", "cache_update")
+        fail(f"after appending 3 and then 2 positions, KVCache.length should be 5, got {length(cache)}.", "cache_length")
     keys = cache.get("keys")
     if not (isinstance(keys, list) and len(keys) == 2 and keys[1] is None):
         fail("KVCache.keys must be a list with one entry per layer, None for a layer not yet filled.", "cache_update")
@@ -122,6 +224,11 @@ def test_cache_update_appends(w):
 def test_each_cache_is_its_own(w):
     """Two KVCache instances share nothing: filling one leaves the other empty (no class-level lists)."""
     first, second = cache_of(w), cache_of(w)
+    if length(second) != 0:
+        fail(f"a new KVCache has length {length(second)}: " + (
+            "length counts cached positions, 0 when empty." if empty(second) else
+            "it already holds keys another cache was given: give each instance lists of its own, made in __init__."),
+             "cache_length" if empty(second) else "cache_stale")
     first.method("update", 0, torch.randn(1, KV, 3, 4), torch.randn(1, KV, 3, 4))
     keys = second.get("keys")
     if length(second) != 0 or not (isinstance(keys, list) and keys[0] is None):
@@ -131,7 +238,8 @@ def test_each_cache_is_its_own(w):
 
 @points(2)
 def test_prefill_matches_uncached(w):
-    """forward(idx, cache, start_pos=0) gives lab 5's logits, fills the cache with T positions, and cache=None is lab 5's forward."""
+    """forward(idx, cache, start_pos=0) gives lab 5's logits, fills the cache with T positions, start_pos defaults to
+    0, and cache=None (the default) is lab 5's forward."""
     gpt, _, full = build(w)
     idx = tokens(2, 7)
     want = full(idx)
@@ -143,7 +251,16 @@ def test_prefill_matches_uncached(w):
                  hint=lambda: first_match({"cache_positions": [lambda i: full(i, rope_on=("q",))]}, idx, got),
                  fallback="cache")
     if length(cache) != 7:
-        fail(f"after forward on 7 tokens with a new cache, cache.length should be 7, got {length(cache)}.", "cache_update")
+        fail(f"after forward on 7 tokens with a new cache, cache.length should be 7, got {length(cache)}.",
+             length_hint(cache, 7))
+    fresh = cache_of(w)  # start_pos left to its default: 0
+    got = expect_tensor(gpt.run(NO_GRAD, idx, cache=fresh).out, "forward(idx, cache)", (2, 7, V), "defaults")
+    expect_close(got, want, "forward(idx, cache) with start_pos left to its default (0)", atol=ATOL, hint="defaults")
+    keys, again = cache.get("keys"), fresh.get("keys")
+    if isinstance(keys, list) and isinstance(again, list) and isinstance(keys[0], torch.Tensor):
+        expect_close(expect_tensor(again[0], "cache.keys[0] after forward(idx, cache)", keys[0].shape, "defaults"),
+                     keys[0], "cache.keys[0] after forward(idx, cache) (start_pos left to its default, 0) against "
+                     "forward(idx, cache, start_pos=0)", atol=1e-5, hint="defaults")
 
 
 @points(3)
@@ -163,19 +280,27 @@ def test_cached_steps_match_uncached_logits(w):
 
 @points(1)
 def test_cache_grows_one_position_per_step(w):
-    """Each one-token step adds exactly one position to every layer's keys and values, (B, n_kv_heads, T, d_head)."""
-    gpt, _, _ = build(w)
+    """Each one-token step adds exactly one position to every layer's keys and values, (B, n_kv_heads, T, d_head);
+    the cached keys are after rope, each turned once at its own position."""
+    gpt, wts, _ = build(w)
     idx, cache = tokens(2, 8), cache_of(w)
     for start, end in ((0, 4), (4, 5), (5, 6), (6, 7), (7, 8)):  # a 4-token prompt, then one token per step
         step_logits(gpt, cache, idx[:, start:end], start, f"logits at start_pos={start}")
         if length(cache) != end:
             fail(f"after {'a 4-token prompt' + (f' and {end - 4} one-token step(s)' if end > 4 else '')}, cache.length "
-                 f"should be {end}, got {length(cache)}.", "cache_update")
+                 f"should be {end}, got {length(cache)}.", length_hint(cache, end))
         for name in ("keys", "values"):
             held = cache.get(name)
             for layer in range(L):
                 entry = held[layer] if isinstance(held, list) and len(held) == L else None
                 expect_tensor(entry, f"cache.{name}[{layer}] after {end} positions", (2, KV, end, D // H), "cache_update")
+    held = [cache.get(name) for name in ("keys", "values")]
+    for layer, (keys, values) in enumerate(cached_keys_values(wts, idx)):
+        expect_close(as_oracle(held[1][layer]), values, f"cache.values[{layer}] after a 4-token prompt and 4 steps "
+                     "(values: no rope), indexed (batch, position, head, feature)", atol=1e-4, hint="cache_update")
+        expect_close(as_oracle(held[0][layer]), keys, f"cache.keys[{layer}] after a 4-token prompt and 4 steps, against "
+                     "the keys turned by rope at their own positions 0..7, indexed (batch, position, head, feature)",
+                     atol=1e-4, hint="cache_keys")
 
 
 def changing_weights(gpt, prompt: torch.Tensor, steps: int) -> tuple:
@@ -236,11 +361,11 @@ def test_one_token_per_step(w):
     calls = [(shape, grad) for shape, grad in result.watched or [] if type(shape) is list and len(shape) >= 2]
     lengths = [shape[1] for shape, _ in calls]
     if not torch.equal(out.long(), want):
-        at = int((out.long() != want).any(0).nonzero()[0]) - 6 + 1
+        row, col = first_difference(out.long(), want)
         said = (f"with the judge's weights changed before each call of the model's forward, generating {steps} tokens "
-                f"from a 6-token prompt gave tokens that no cached generation gives, from generated token {at} "
-                f"(of {steps}) on:\n"
-                f"  expected {want[0].tolist()}\n  got      {out[0].tolist()}\n")
+                f"from a 6-token prompt gave tokens that no cached generation gives, from generated token {col - 6 + 1} "
+                f"(of {steps}) on, in row {row}:\n"
+                f"  expected {want[row].tolist()}\n  got      {out[row].tolist()}\n")
         shown = lengths[:12] + (["..."] if len(lengths) > 12 else [])
         if not lengths:
             fail(said + "generate_cached never called the model's forward: run the prompt and each step through "
@@ -274,16 +399,20 @@ def test_cached_greedy_matches_uncached(w):
                             (prompt.size(0), prompt.size(1) + 12), "cache")
         want = greedy_of(full, prompt, 12)
         if not torch.equal(out.long(), want):
-            at = int((out.long() != want).any(0).nonzero()[0])
-            fail(f"generate_cached's greedy tokens differ from greedy decoding without a cache from position {at} on:\n"
-                 f"  expected {want[0].tolist()}\n  got      {out[0].tolist()}",
-                 (lambda: greedy_mistake(full, prompt, 12, out)) if prompt.size(1) == 5 else "cache_stale")
+            row, at = first_difference(out.long(), want)
+            fail(f"generate_cached's greedy tokens differ from greedy decoding without a cache from position {at} on, "
+                 f"in row {row}:\n  expected {want[row].tolist()}\n  got      {out[row].tolist()}"
+                 + ("" if prompt.size(1) == 5 else "\n(the first call, on a 5-token prompt, gave the right tokens)"),
+                 (lambda: greedy_mistake(full, prompt, 12, out)) if prompt.size(1) == 5 else
+                 (lambda: "cache_length" if length_counts_wrong(w) else "cache_stale"))
 
 
 @points(1)
 def test_sampling_options(w):
-    """generate_cached samples: with top_k=3 only the 3 most likely tokens, more than one of them at temperature 2."""
-    gpt, _, full = build(w, style="default")
+    """generate_cached samples: with top_k=3 only the 3 most likely tokens, more than one of them at temperature 2; at
+    temperatures 0.5, 2 and 1 (the default, with top_k's default None) the frequencies of 2000 draws follow
+    softmax(logits / temperature)."""
+    gpt, wts, full = build(w, style="default")
     prompt = tokens(1, 4)
     allowed = set(full(prompt)[0, -1].topk(3).indices.tolist())
     out = expect_tensor(w.call((LAB, "generate_cached"), gpt, prompt.repeat(200, 1), 1, temperature=2.0, top_k=3),
@@ -295,6 +424,34 @@ def test_sampling_options(w):
     if len(picked) < 2:
         fail("with top_k=3 and temperature=2.0, 200 samples all picked the same token: sample with torch.multinomial "
              "rather than argmax.", "sampling")
+    # temperature: norm's gain at 4 spreads the logits, so that dividing them by 0.5 or 2 visibly changes the draws
+    wts = {**wts, "norm.weight": wts["norm.weight"] * 4}
+    gpt.load({"norm.weight": wts["norm.weight"]})
+    short, n = tokens(1, 2), 2000
+    logits = llama_of(wts, H, KV, L)(short)[0, -1]
+    for T in (0.5, 2.0, 1.0):  # the last with temperature and top_k left to their defaults (1.0, None)
+        given = {} if T == 1.0 else {"temperature": T}
+        said = f"temperature={T}" if given else "temperature and top_k left to their defaults (1.0 and None)"
+        out = expect_tensor(w.call((LAB, "generate_cached"), gpt, short.repeat(n, 1), 1, **given),
+                            f"generate_cached(idx of shape ({n}, 2), 1{', temperature=' + str(T) if given else ''})",
+                            (n, 3), "sampling")
+        picked = out[:, -1].long()
+        if int(picked.min()) < 0 or int(picked.max()) >= V:
+            fail(f"with temperature={T}, generate_cached picked token ids outside [0, {V}).", "sampling")
+        freq = torch.bincount(picked, minlength=V).double() / n
+        gap = lambda p: 0.5 * float((freq - p).abs().sum())  # noqa: E731  (total variation)
+        want, plain = torch.softmax(logits / T, -1), torch.softmax(logits, -1)
+        m = int((freq > 0).sum())
+        kept = (logits / T).masked_fill(logits < logits.topk(m).values[-1], float("-inf")).softmax(-1)
+        if gap(want) > 0.06 and m < V and gap(kept) < min(0.06, gap(want)):
+            fail(f"with {said}, top_k not given, only the {m} most likely tokens were ever drawn in {n} samples: top_k "
+                 "defaults to None (every token kept).", "defaults")
+        if gap(want) > 0.06:
+            fail(f"with {said}, the frequencies of {n} sampled tokens are {gap(want):.2f} (total variation) "
+                 f"from softmax(logits / {T}); sampling noise stays under 0.06"
+                 + (f"; they are {gap(plain):.2f} from softmax(logits): the temperature is ignored." if gap(plain) <
+                    gap(want) else "."), "defaults" if not given else "temperature" if gap(plain) < gap(want)
+                 else "sampling")
 
 
 @points(1)

@@ -332,12 +332,20 @@ OURS = "the trained weights (the grader's own greedy decoding)"
 def expect_continuation(prompt: str, want: str, texts: list, loss_after: float, hint) -> list:
     """Greedy text after training (labs 4 and 5): each (text, whose) of `texts` must be `want`, the judge's own
     decoding of the trained weights first (when the weights are wrong, the training is to blame, not the sampler).
-    `hint(at, whose)` names the mistake. Returns the sample as a figure (attached to the failure too)."""
+    `hint(at, whose)` names the mistake. Returns the sample as a figure; a failure shows the text it is about,
+    labelled with whose it is, and says what the texts before it (the trained weights' own) did."""
     shown = [Figure("text", label="greedy sample", text=str(texts[-1][0]))]
     for text, whose in texts:
         text = str(text)
         if text != want:
             at = next((i for i, (a, b) in enumerate(zip(text, want)) if a != b), min(len(text), len(want)))
+            if whose == OURS:
+                why = (f"the trained weights do not continue the text yet (loss after training: {loss_after:.3f}, "
+                       "by the grader's own computation): training left them short of the pattern")
+            else:
+                why = (f"the grader's own greedy decoding of the same trained weights continues it exactly, so "
+                       f"training worked; {whose} decoded them differently")
             fail(f"greedy continuation of {prompt!r} by {whose} went wrong at character {at}:\n  expected {want!r}\n"
-                 f"  got      {text[:80]!r}\n(loss after training: {loss_after:.3f})", hint(at, whose), figures=shown)
+                 f"  got      {text[:80]!r}\n{why}.", hint(at, whose),
+                 figures=[Figure("text", label=f"greedy text by {whose}", text=text)])
     return shown

@@ -84,6 +84,29 @@ HINTS = {
     "train_args": ("train must honour its arguments: steps, batch_size and seq_len for get_batch, lr for the "
                    "optimizer.",
                    "Hard-coded values pass the default run but not a caller who asks for something else."),
+    "tokenizer_own": ("Keep each tokenizer's vocabulary on the instance (self.stoi, self.itos, self.vocab_size set in "
+                      "__init__), not on the class or in a module-level dict.",
+                      "Two tokenizers built on different texts must not see each other's characters."),
+    "reseed": ("Do not call torch.manual_seed inside generate, get_batch or train: seed once, in the caller (main).",
+               "Reseeding at each call makes every call draw the same random numbers: the same windows, the same "
+               "samples."),
+    "top_k_large": ("top_k may be larger than the vocabulary: keep min(top_k, logits.size(-1)) tokens "
+                    "(torch.topk raises when k exceeds the dimension).", ""),
+    "loss_rows": ("The loss is the mean cross-entropy over every row and position of the batch: "
+                  "F.cross_entropy(logits.view(-1, vocab_size), y.view(-1)).",
+                  "A loss of one row trains on one window per step and logs a noisy number."),
+    "loss_before_step": ("Log the loss of the step's own batch, the one backward ran on (its loss.item()), "
+                         "not a loss recomputed after the optimizer's step.", ""),
+    "optimizer_params": ("Give the optimizer every parameter of the model: torch.optim.AdamW(model.parameters(), lr=lr).",
+                         "A parameter the optimizer does not hold is never updated, and its .grad is never cleared by "
+                         "optimizer.zero_grad()."),
+    "defaults": ("Keep the contract's default values in the signature: the module docstring gives each one.",
+                 "A caller who leaves an argument out gets its default; another default changes what the call does."),
+    "gpt_args": ("TinyGPT must use the arguments it is given: vocab_size, d_model, n_heads, n_layers and dropout passed on "
+                 "to the modules it builds, max_seq_len kept as self.max_seq_len.", ""),
+    "compare": ("Compare the expected and the actual values shown above: the first mismatch tells where your "
+                "computation departs from the contract's formula.",
+                "Recompute that entry by hand from the contract, on a small input, and print the intermediate tensors."),
     # lab 5
     "rms_sqrt": ("RMSNorm divides by the root of the mean square: x / sqrt(mean(x**2, dim=-1, keepdim=True) + eps), "
                  "or x * torch.rsqrt(...).",
@@ -124,6 +147,18 @@ HINTS = {
                 "Turning only one of them makes scores depend on absolute positions."),
     "llama": ("LlamaGPT: tok_emb, the blocks (x = x + attn(norm1(x)); x = x + ffn(norm2(x))), norm, lm_head; no "
               "biases and no position table.", ""),
+    "llama_prenorm": ("Pre-norm: x = x + attn(norm1(x)), then x = x + ffn(norm2(x)); norm1 feeds attention, norm2 "
+                      "the feed-forward (SwiGLU).",
+                      "Normalising after the residual add (post-norm) or reusing norm1 for the feed-forward gives "
+                      "another function of the same weights."),
+    "llama_residual": ("Add each sub-layer's output back onto its input: x = x + attn(norm1(x)), then "
+                       "x = x + ffn(norm2(x)).", ""),
+    "llama_blocks": ("Build n_layers separate LlamaBlocks: nn.ModuleList([LlamaBlock(...) for _ in range(n_layers)]).",
+                     "[block] * n_layers repeats one block: every layer then shares the same weights."),
+    "llama_args": ("LlamaGPT must pass its arguments on: d_model, n_heads, n_kv_heads and d_ff to each LlamaBlock (and "
+                   "LlamaBlock its own to GQAttention and SwiGLU), n_layers blocks in all.", ""),
+    "gqa_theta": ("GQAttention must rotate with the theta it was given: rope(q, positions, self.theta) and the same "
+                  "for k.", ""),
     "llama_train": ("If the earlier lab 5 checks pass, the model trains: look for a forward that changes between calls or "
                     "parameters left out of the module tree (a plain list instead of nn.ModuleList).", ""),
     # lab 6
@@ -141,6 +176,12 @@ HINTS = {
                          "start_pos + T), and generate_cached feeds the newest token at start_pos = tokens so far - 1.", ""),
     "cache_positions": ("Rotate queries and keys at their real positions, start_pos + 0..T-1, not from 0 on each call.",
                         "rope's angles come from positions: without start_pos every step looks like position 0."),
+    "cache_keys": ("Cache the keys after rope, each rotated once at its own position (start_pos + 0..T-1): "
+                   "rope(k, positions) before cache.update.",
+                   "Keys cached unrotated, or rotated at other positions, give the same scores only by the relative "
+                   "property of rope; the cache's contract is keys after rope at their positions."),
+    "cache_length": ("KVCache.length is the number of cached positions: the time size of layer 0's keys "
+                     "(keys[0].size(2)), 0 when empty; not the number of layers filled.", ""),
     "cache_recompute": ("After the prompt, pass only the newest token (idx[:, -1:]) to forward, with the cache.",
                         "Recomputing the whole sequence each step costs O(T) per token; the cache makes it O(1) in the "
                         "model's matmuls."),

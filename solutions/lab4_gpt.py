@@ -4,17 +4,22 @@ Contract:
 
 PATTERN: a short repeating training text.
 class CharTokenizer(text): encode(str) -> list[int], decode(list[int]) -> str, vocab_size.
+    Each tokenizer has a vocabulary of its own (two built on different texts do not share one).
 class TinyGPT(nn.Module)
     __init__(self, vocab_size, d_model=32, n_heads=4, n_layers=2, max_seq_len=32, dropout=0.0)
         tok_emb, pos_emb (learned: nn.Embedding(max_seq_len, d_model)), blocks (nn.ModuleList
         of lab 3's TransformerBlock), ln_f, lm_head (bias optional, weight tying allowed)
     forward(idx (B, T)) -> logits (B, T, vocab_size)
     generate(idx, max_new_tokens, temperature=1.0, top_k=None) -> (B, T + max_new_tokens)
-        no gradients; feeds only the last max_seq_len tokens, so it can run past max_seq_len.
+        no gradients; feeds only the last max_seq_len tokens, so it can run past max_seq_len;
+        max_new_tokens=0 returns idx; top_k may exceed vocab_size (then every token is kept).
 get_batch(data, batch_size, seq_len) -> (x, y): x windows of data, y the same windows shifted by one.
+    Each row's window starts at random, drawn afresh on every call: any window may be drawn, the last one
+    (start len(data) - seq_len - 1) included, and data may be as short as seq_len + 1 tokens (one window).
 train(model, data, steps=200, batch_size=16, seq_len=None, lr=3e-3) -> list[float]
-    AdamW + cross-entropy on next-token prediction, one loss per step;
-    seq_len defaults to model.max_seq_len.
+    AdamW on every parameter + cross-entropy on next-token prediction, one loss per step: the mean over the
+    whole batch, as computed before that step's update; seq_len defaults to model.max_seq_len.
+No torch.manual_seed inside generate, get_batch or train: the caller seeds.
 sample(model, tokenizer, prompt, max_new_tokens=40, temperature=1.0, top_k=None) -> str
 
 Run `python grader.py lab4`, then `python labs/lab4_gpt.py` to train and sample.
