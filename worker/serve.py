@@ -215,7 +215,7 @@ class Server:
         if not (isinstance(picked, torch.Tensor) and picked.requires_grad):
             return m.Grads(connected=False)
         module = owner if isinstance(owner, nn.Module) else next((a for a in args if isinstance(a, nn.Module)), None)
-        params = dict(module.named_parameters()) if module is not None else {}
+        params = dict(module.named_parameters(remove_duplicate=False)) if module is not None else {}
         for p in params.values():
             p.grad = None
         inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad and a.is_leaf]
@@ -347,7 +347,7 @@ def swap_forward(module: nn.Module, states) -> callable:
 def watch_resets(module: nn.Module, name: str, resets: list) -> list:
     """For each backward that reaches parameter `name`: True when its .grad afterwards holds more than this
     backward's gradient (the previous step's was never cleared). Returns the hooks' undos."""
-    param = dict(module.named_parameters()).get(name)
+    param = dict(module.named_parameters(remove_duplicate=False)).get(name)
     if param is None:
         return []
     incoming = []
