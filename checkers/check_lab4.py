@@ -12,7 +12,7 @@ import torch
 from judge.client import NO_GRAD, Handle, Options, StudentError
 from judge.checks import fail, points
 from judge.compare import expect_close, expect_tensor, first_match, randn
-from judge.shared import (expect_causal, expect_device_discipline, expect_dropout_only_in_training,
+from judge.shared import (device_error, expect_causal, expect_device_discipline, expect_dropout_only_in_training,
                           expect_every_parameter_gets_a_gradient, expect_no_shortcuts, expect_own_chain, expect_params,
                           fill, gelu_flavour)
 from judge.shared import OURS, TrainingRun
@@ -673,9 +673,20 @@ def test_no_shortcuts(w):
 
 @points(1)
 def test_device_discipline(w):
-    """forward builds positions and every other tensor on the input's device."""
+    """forward builds positions and every other tensor on the input's device; sample puts the prompt on the model's."""
     model, _ = build(w)
     expect_device_discipline(w, model, tokens(2, 8, 11), "TinyGPT forward")
+    tok = w.new(LAB, "CharTokenizer", TEXT)  # the model is now on the probe's device (CUDA, or meta)
+    target = "cuda" if w.device == "cuda" else "meta"
+    try:
+        w.run(Options(device_guard=True, no_grad=True), (LAB, "sample"), model, tok, TEXT[:4], 3)
+    except StudentError as exc:
+        if exc.undecided:  # the probe ran out of values where the text is decoded: every op before had one device
+            return
+        if device_error(exc):
+            fail(f"sample(model, tokenizer, {TEXT[:4]!r}, 3) with the model on {target} failed: {exc.message}. Make "
+                 "the prompt's tensor on the model's device (next(model.parameters()).device).", "device")
+        raise
 
 
 @points(2, hidden=True)

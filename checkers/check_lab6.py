@@ -266,16 +266,18 @@ def test_prefill_matches_uncached(w):
 @points(3)
 def test_cached_steps_match_uncached_logits(w):
     """After a 5-token prompt, 6 steps of one token each (start_pos = tokens so far) give the full forward's last logits
-    at every step (tolerance 1e-4)."""
-    gpt, _, full = build(w)
-    idx = tokens(2, PROMPT_LEN + STEPS)
-    cache = cache_of(w)
-    step_logits(gpt, cache, idx[:, :PROMPT_LEN], 0, "logits of the prompt")
-    for t in range(PROMPT_LEN, PROMPT_LEN + STEPS):
-        got = step_logits(gpt, cache, idx[:, t:t + 1], t, f"logits of the step at position {t}")
-        expect_close(got, full(idx[:, :t + 1])[:, -1:], f"logits of the step at position {t} (start_pos={t}) against "
-                     f"the full forward over all {t + 1} tokens", atol=ATOL,
-                     hint=lambda: steps_mistake(full, idx[:, :t + 1], PROMPT_LEN, got), fallback="cache")
+    at every step (tolerance 1e-4); and 3 steps of a model with 8 query heads in groups of 4 over 2 key/value heads."""
+    for config, steps in (({}, STEPS), ({"n_heads": 8}, 3)):  # groups of 2 query heads, then of 4 (not n_kv_heads)
+        gpt, _, full = build(w, **config)
+        idx = tokens(2, PROMPT_LEN + steps)
+        cache = cache_of(w)
+        said = f" of LlamaGPT({V}, n_heads=8, n_kv_heads={KV})" if config else ""
+        step_logits(gpt, cache, idx[:, :PROMPT_LEN], 0, f"logits of the prompt{said}")
+        for t in range(PROMPT_LEN, PROMPT_LEN + steps):
+            got = step_logits(gpt, cache, idx[:, t:t + 1], t, f"logits of the step at position {t}{said}")
+            expect_close(got, full(idx[:, :t + 1])[:, -1:], f"logits of the step at position {t} (start_pos={t}){said} "
+                         f"against the full forward over all {t + 1} tokens", atol=ATOL,
+                         hint=lambda: steps_mistake(full, idx[:, :t + 1], PROMPT_LEN, got), fallback="cache")
 
 
 @points(1)
@@ -409,9 +411,9 @@ def test_cached_greedy_matches_uncached(w):
 
 @points(1)
 def test_sampling_options(w):
-    """generate_cached samples: with top_k=3 only the 3 most likely tokens, more than one of them at temperature 2; at
-    temperatures 0.5, 2 and 1 (the default, with top_k's default None) the frequencies of 2000 draws follow
-    softmax(logits / temperature)."""
+    """generate_cached samples: with top_k=3 only the 3 most likely tokens, more than one of them at temperature 2, and
+    a top_k above the vocabulary keeps them all; at temperatures 0.5, 2 and 1 (the default, with top_k's default None)
+    the frequencies of 2000 draws follow softmax(logits / temperature)."""
     gpt, wts, full = build(w, style="default")
     prompt = tokens(1, 4)
     allowed = set(full(prompt)[0, -1].topk(3).indices.tolist())
@@ -424,6 +426,15 @@ def test_sampling_options(w):
     if len(picked) < 2:
         fail("with top_k=3 and temperature=2.0, 200 samples all picked the same token: sample with torch.multinomial "
              "rather than argmax.", "sampling")
+    try:  # a top_k above the vocabulary keeps every token, whatever the number of rows
+        wide = w.call((LAB, "generate_cached"), gpt, prompt.repeat(20, 1), 2, top_k=50)
+    except StudentError as exc:
+        fail(f"generate_cached(idx of shape (20, 4), 2, top_k=50) with a vocabulary of {V} raised {exc.type}: "
+             f"{exc.message[:160]}", "top_k_large")
+    wide = expect_tensor(wide, f"generate_cached(idx of shape (20, 4), 2, top_k=50) with a vocabulary of {V}", (20, 6),
+                         "top_k_large")
+    if not set(wide[:, 4:].flatten().tolist()) <= set(range(V)):
+        fail(f"with top_k=50 and {V} tokens, generate_cached picked ids outside [0, {V}).", "top_k_large")
     # temperature: norm's gain at 4 spreads the logits, so that dividing them by 0.5 or 2 visibly changes the draws
     wts = {**wts, "norm.weight": wts["norm.weight"] * 4}
     gpt.load({"norm.weight": wts["norm.weight"]})

@@ -21,6 +21,7 @@ train(model, data, steps=200, batch_size=16, seq_len=None, lr=3e-3) -> list[floa
     whole batch, as computed before that step's update; seq_len defaults to model.max_seq_len.
 No torch.manual_seed inside generate, get_batch or train: the caller seeds.
 sample(model, tokenizer, prompt, max_new_tokens=40, temperature=1.0, top_k=None) -> str
+    the prompt encoded as a (1, T) tensor on the model's device, then generate and decode.
 
 Run `python grader.py lab4`, then `python labs/lab4_gpt.py` to train and sample.
 """

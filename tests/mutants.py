@@ -639,3 +639,16 @@ MUTANTS += [
     Mutant("lab3-mlp-sequential-no-mlp-residual", "lab3", L3_SEQUENTIAL_AFTER + [(L3_MLP, "x = self.mlp(self.ln2(x))")],
            {"test_residual_gradient"}, "residual"),
 ]
+MUTANTS += [
+    # found by tools/mutate.py: sample builds the prompt on the CPU whatever the model's device
+    Mutant("lab4-sample-prompt-on-cpu", "lab4", [
+        ("torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)",
+         "torch.tensor([tokenizer.encode(prompt)], dtype=torch.long)")], {"test_device_discipline"}, "device"),
+    # the group size taken as the number of key/value heads (the same at 4 heads over 2)
+    Mutant("lab6-group-is-n-kv-heads", "lab6", [
+        ("group = attn.n_heads // attn.n_kv_heads", "group = attn.n_kv_heads")],
+           {"test_cached_steps_match_uncached_logits"}),
+    # top_k capped by the number of rows instead of the vocabulary
+    Mutant("lab6-top-k-capped-by-rows", "lab6", [
+        ("min(top_k, last.size(-1))", "min(top_k, last.size(-2))")], {"test_sampling_options"}, "top_k_large"),
+]

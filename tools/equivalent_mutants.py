@@ -21,9 +21,9 @@ EQUIVALENT = {
     "lab5:rope:drop keyword:torch.arange(0, d, 2, device=x.device, dtype=torch.float32) -> "
     "torch.arange(0, d, 2, device=x.device)": "an integer arange divided by d is float32 anyway (true division)",
     "lab1:scaled_dot_product_attention:swap name:q -> k": "the contract: q and k share their last dimension d_k",
+    "lab5:GQAttention.forward:drop keyword:torch.arange(T, device=x.device) -> torch.arange(T)":
+        "rope takes positions as any ints and moves them to x's device, so positions made on the CPU work anywhere",
     "lab6:attend:swap name:k -> v #3": "the cache holds as many values as keys: k.size(2) is v.size(2)",
-    "lab6:generate_cached:constant:0 -> 1": "rope is relative: shifting every position by one changes no attention "
-                                            "score, so the prompt at positions 1..T gives the same logits",
     "lab6:generate_cached:drop keyword:model(idx, cache=cache, start_pos=0) -> model(idx, cache=cache)":
         "start_pos defaults to 0",
 }
