@@ -391,9 +391,48 @@ def test_one_token_per_step(w):
         fail("generate_cached ran the model with gradients enabled: decorate it with @torch.no_grad().", "sampling")
 
 
+def placed(wts, prompt: torch.Tensor, steps: int, first: int, then) -> tuple:
+    """(greedy tokens, the smallest gap between a step's top two logits) of the contract's cached generation with
+    the prompt fed at start_pos=first and each new token at start_pos=then(tokens so far, the new one included)."""
+    step = llama_steps(H, KV, L)
+    logits, past = step(wts, prompt, None, first)
+    idx, margin = prompt, float("inf")
+    for _ in range(steps):
+        top = logits[:, -1].topk(2).values
+        margin = min(margin, float((top[:, 0] - top[:, 1]).min()))
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        idx = torch.cat([idx, nxt], 1)
+        logits, past = step(wts, nxt, past, then(idx.size(1)))
+    return idx, margin
+
+
+# cached generations whose positions are off by one: (what, the prompt's start_pos, each new token's)
+MISPLACED = (("the prompt fed at start_pos=1, so its last token shares a position with the first new one", 1,
+              lambda n: n - 1),
+             ("each new token fed one position ahead (start_pos = tokens so far, the new one included)", 0, lambda n: n),
+             ("each new token fed one position behind (start_pos = tokens so far - 2)", 0, lambda n: n - 2))
+
+
 @points(2)
 def test_cached_greedy_matches_uncached(w):
-    """With top_k=1, generate_cached gives the same tokens as greedy decoding over the whole sequence, call after call."""
+    """With top_k=1, generate_cached gives the same tokens as greedy decoding over the whole sequence, call after call,
+    and on weights for which a position off by one gives other tokens."""
+    gpt, _, full = build(w, style="default")
+    for _ in range(TRIES):  # weights and prompts on which every position off by one shows in the greedy tokens
+        wts, prompt = draw(gpt, secrets.randbits(62)), tokens(8, 5)
+        want, margin = placed(wts, prompt, 12, 0, lambda n: n - 1)
+        wrong = {what: placed(wts, prompt, 12, first, then)[0] for what, first, then in MISPLACED}
+        if margin >= MARGIN and all(not torch.equal(t, want) for t in wrong.values()):
+            break
+    gpt.load(wts)
+    out = expect_tensor(w.call((LAB, "generate_cached"), gpt, prompt, 12, top_k=1),
+                        "generate_cached(idx of shape (8, 5), 12, top_k=1)", (8, 17), "cache")
+    if not torch.equal(out.long(), want):
+        row, at = first_difference(out.long(), want)
+        said = next((what for what, t in wrong.items() if torch.equal(out.long(), t)), None)
+        fail(f"on these weights, generate_cached's greedy tokens differ from greedy decoding without a cache from "
+             f"position {at} on, in row {row}:\n  expected {want[row].tolist()}\n  got      {out[row].tolist()}"
+             + (f"\nthese are the tokens of {said}." if said else ""), "cache_off_by_one" if said else "cache")
     gpt, _, full = build(w, style="default")
     for prompt in (tokens(2, 5), tokens(2, 3)):  # a second call must not see the first one's cache
         out = expect_tensor(w.call((LAB, "generate_cached"), gpt, prompt, 12, top_k=1),

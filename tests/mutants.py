@@ -652,3 +652,11 @@ MUTANTS += [
     Mutant("lab6-top-k-capped-by-rows", "lab6", [
         ("min(top_k, last.size(-1))", "min(top_k, last.size(-2))")], {"test_sampling_options"}, "top_k_large"),
 ]
+MUTANTS += [
+    # positions off by one in generate_cached, seen in the greedy tokens on weights the judge picks to show them
+    Mutant("lab6-prompt-at-start-pos-1", "lab6", [
+        ("logits = model(idx, cache=cache, start_pos=0)", "logits = model(idx, cache=cache, start_pos=1)")],
+           {"test_cached_greedy_matches_uncached"}, "cache_off_by_one"),
+    Mutant("lab6-new-token-one-ahead", "lab6", [(L6_STEP, L6_STEP.replace("idx.size(1) - 1", "idx.size(1)"))],
+           {"test_cached_greedy_matches_uncached"}, "cache_off_by_one"),
+]
