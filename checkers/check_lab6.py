@@ -418,6 +418,18 @@ def test_cached_greedy_matches_uncached(w):
     """With top_k=1, generate_cached gives the same tokens as greedy decoding over the whole sequence, call after call,
     and on weights for which a position off by one gives other tokens."""
     gpt, _, full = build(w, style="default")
+    for prompt in (tokens(2, 5), tokens(2, 3)):  # a second call must not see the first one's cache
+        out = expect_tensor(w.call((LAB, "generate_cached"), gpt, prompt, 12, top_k=1),
+                            f"generate_cached(idx of shape {tuple(prompt.shape)}, 12, top_k=1)",
+                            (prompt.size(0), prompt.size(1) + 12), "cache")
+        want = greedy_of(full, prompt, 12)
+        if not torch.equal(out.long(), want):
+            row, at = first_difference(out.long(), want)
+            fail(f"generate_cached's greedy tokens differ from greedy decoding without a cache from position {at} on, "
+                 f"in row {row}:\n  expected {want[row].tolist()}\n  got      {out[row].tolist()}"
+                 + ("" if prompt.size(1) == 5 else "\n(the first call, on a 5-token prompt, gave the right tokens)"),
+                 (lambda: greedy_mistake(full, prompt, 12, out)) if prompt.size(1) == 5 else
+                 (lambda: "cache_length" if length_counts_wrong(w) else "cache_stale"))
     for _ in range(TRIES):  # weights and prompts on which every position off by one shows in the greedy tokens
         wts, prompt = draw(gpt, secrets.randbits(62)), tokens(8, 5)
         want, margin = placed(wts, prompt, 12, 0, lambda n: n - 1)
@@ -432,20 +444,8 @@ def test_cached_greedy_matches_uncached(w):
         said = next((what for what, t in wrong.items() if torch.equal(out.long(), t)), None)
         fail(f"on these weights, generate_cached's greedy tokens differ from greedy decoding without a cache from "
              f"position {at} on, in row {row}:\n  expected {want[row].tolist()}\n  got      {out[row].tolist()}"
-             + (f"\nthese are the tokens of {said}." if said else ""), "cache_off_by_one" if said else "cache")
-    gpt, _, full = build(w, style="default")
-    for prompt in (tokens(2, 5), tokens(2, 3)):  # a second call must not see the first one's cache
-        out = expect_tensor(w.call((LAB, "generate_cached"), gpt, prompt, 12, top_k=1),
-                            f"generate_cached(idx of shape {tuple(prompt.shape)}, 12, top_k=1)",
-                            (prompt.size(0), prompt.size(1) + 12), "cache")
-        want = greedy_of(full, prompt, 12)
-        if not torch.equal(out.long(), want):
-            row, at = first_difference(out.long(), want)
-            fail(f"generate_cached's greedy tokens differ from greedy decoding without a cache from position {at} on, "
-                 f"in row {row}:\n  expected {want[row].tolist()}\n  got      {out[row].tolist()}"
-                 + ("" if prompt.size(1) == 5 else "\n(the first call, on a 5-token prompt, gave the right tokens)"),
-                 (lambda: greedy_mistake(full, prompt, 12, out)) if prompt.size(1) == 5 else
-                 (lambda: "cache_length" if length_counts_wrong(w) else "cache_stale"))
+             + (f"\nthese are the tokens of {said}." if said else ""),
+             "cache_off_by_one" if said else lambda: greedy_mistake(llama_of(wts, H, KV, L), prompt, 12, out))
 
 
 @points(1)
