@@ -397,7 +397,7 @@ def placed(wts, prompt: torch.Tensor, steps: int, first: int, then) -> tuple:
     step = llama_steps(H, KV, L)
     logits, past = step(wts, prompt, None, first)
     idx, margin = prompt, float("inf")
-    for _ in range(steps):
+    for _step in range(steps):
         top = logits[:, -1].topk(2).values
         margin = min(margin, float((top[:, 0] - top[:, 1]).min()))
         nxt = logits[:, -1].argmax(-1, keepdim=True)
