@@ -5,6 +5,8 @@
     python grader.py all --solutions           # grade the reference solutions
     python grader.py all --submission DIR      # grade a folder holding the lab files
     python grader.py lab1 --json results.json  # also write Gradescope-format results
+    python grader.py all --batch DIR --roster roster.csv   # a class into grades.csv, with a report beside it
+    python grader.py merge grades.csv shard*.csv           # join the gradebooks of --shard I/N runs
 
 Each lab is judged in a child process (the judge) that never runs student code: it asks a worker process, forked
 from a zygote that holds torch and nothing of the grader, to run the student's code, and decides every verdict
@@ -48,7 +50,14 @@ def parse_args(argv):
     p.add_argument("--hints", action="store_true", help="show the longer second hint for each failure")
     p.add_argument("-v", "--verbose", action="store_true", help="show each failure's student frames and the output")
     p.add_argument("--batch", metavar="DIR", help="grade every sub-folder of DIR (one submission each) into --csv")
-    p.add_argument("--csv", metavar="PATH", default="grades.csv", help="batch results, one row per submission")
+    p.add_argument("--csv", metavar="PATH", default="grades.csv",
+                   help="the gradebook, one row per submission (beside it: its checks file and the class report)")
+    p.add_argument("--roster", metavar="PATH",
+                   help="with --batch: a CSV with a folder or id column (and name, email), or Gradescope's "
+                        "submission_metadata.yml, for each row's student id, name and email")
+    p.add_argument("--regrade", nargs="+", metavar="NAME", help="with --batch: grade these submissions again")
+    p.add_argument("--shard", metavar="I/N", help="with --batch: grade only shard I of N (join them with merge)")
+    p.add_argument("--canvas", metavar="PATH", help="with --batch: also write the grades as Canvas imports them")
     p.add_argument("--gradescope", action="store_true",
                    help="grade $GRADESCOPE_ROOT/submission (default /autograder) into results/results.json")
     p.add_argument("--visibility", default="visible", choices=VISIBILITY,
@@ -89,6 +98,17 @@ def parse_args(argv):
         p.error("--hide goes with grading on this machine: the image sees none of its folders anyway")
     if args.docker and (args.batch or args.gradescope):
         p.error("--docker grades one submission; run --batch or --gradescope inside the image instead")
+    for flag in ("roster", "regrade", "shard", "canvas"):
+        if getattr(args, flag) and not args.batch:
+            p.error(f"--{flag} goes with --batch")
+    if args.shard:
+        from parent.gradebook import parse_shard  # standard library only
+        try:
+            args.shard = parse_shard(args.shard)
+        except ValueError as exc:
+            p.error(str(exc))
+    if args.roster and not Path(args.roster).is_file():
+        p.error(f"--roster {args.roster}: no such file")
     if args.timeout <= 0 or args.memory < 0 or args.jobs < 1:
         p.error("--timeout and --jobs must be positive, --memory not negative")
     return args
@@ -151,8 +171,22 @@ def watch(source: Path, labs, args, device: str, display: str, hide) -> int:
         return 0
 
 
+def merge_main(argv) -> int:
+    """`grader.py merge OUT PART.csv...`: shards' gradebooks (--batch --shard I/N) joined into one."""
+    p = argparse.ArgumentParser(prog="grader.py merge", description="Join the gradebooks of a batch's shards.")
+    p.add_argument("out", metavar="OUT", help="the gradebook to write (a CSV; its checks file and report beside it)")
+    p.add_argument("parts", nargs="+", metavar="PART", help="the shards' CSVs (each with its checks file beside it)")
+    p.add_argument("--canvas", metavar="PATH", help="also write the grades as Canvas imports them")
+    args = p.parse_args(argv)
+    from parent.batch import merge
+    return merge(args.out, args.parts, args)
+
+
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["merge"]:
+        return merge_main(argv[1:])
+    args = parse_args(argv)
     missing = missing_package()
     if missing:
         print(f"grader.py: error: the package {missing!r} is not installed for {sys.executable}.\n"
@@ -176,9 +210,6 @@ def main(argv=None) -> int:
     started, results, error = time.monotonic(), [], None
     display = str(source)
     try:  # from here on, whatever happens, --json (Gradescope's results.json) is written below
-        if args.gradescope:
-            from parent.submission import find_lab_files
-            source = find_lab_files(source)
         from parent.verdict import clean_name
         display = clean_name(os.path.relpath(source) if not os.path.relpath(source).startswith("..") else source)
         device = resolve_device(args.device)

@@ -21,20 +21,25 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=
     or with args.own_labs on the submission's own.
     """
     own_labs = getattr(args, "own_labs", False)
-    results, tasks = {}, []
+    results, tasks, found = {}, [], {}
+
+    def found_notes(key, lab):  # which upload was graded as the lab's file, when it was not simply that file
+        note = found.get(key, {}).get(FILES[lab])
+        return [note] if note else []
+
     hide = covering((*hide, *(str(Path(source).resolve()) for _, source, _ in submissions)))
     for key, source, display in submissions:
         display = clean_name(display)
         try:  # one submission's boundary: whatever its files do to the reader, it gets its own reason
-            sources, refused = read_submission(Path(source), args.memory)
+            sources, refused, found[key] = read_submission(Path(source), args.memory)
         except Exception as exc:  # noqa: BLE001
-            sources, refused = {}, {FILES[lab]: f"the grader could not read this submission ({type(exc).__name__})"
+            sources, found[key], refused = {}, {}, {FILES[lab]: f"the grader could not read this submission ({type(exc).__name__})"
                                     for lab in labs}
         results[key] = {}
         for lab in sorted(labs, key=order, reverse=True):  # the longest lab (lab 4) first: the others fit beside it
             file = FILES[lab]
             if file not in sources:
-                why = refused.get(file, f"{display}/{file} not found")
+                why = refused.get(file) or found[key].get(file) or f"{display}/{file} not found"
                 missing = LabResult(lab, "error", why, expected_checks(lab, args.check))
                 for c in missing.checks:
                     c.message = "not run: the file is missing" if file not in refused else f"not run: {why}"
@@ -50,6 +55,8 @@ def grade_submissions(submissions, labs, args, device: str, on_done=None, probe=
         try:
             text = task.sources[FILES[task.lab]].decode(errors="replace")
             results[task.key][task.lab] = decide(outcome, expected_checks(task.lab, task.select), text)
+            for view in {id(r): r for r in (results[task.key][task.lab], results[task.key][task.lab].shown) if r}.values():
+                view.notes[:0] = found_notes(task.key, task.lab)
         except Exception as exc:  # noqa: BLE001  (the grader's own bug, met on this lab: its row says so)
             results[task.key][task.lab] = LabResult(task.lab, "error", f"the grader failed on this lab "
                                                     f"({type(exc).__name__}: {clean(exc)})",

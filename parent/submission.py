@@ -8,6 +8,7 @@ without recursion before it is parsed, an export is read token by token (no synt
 upload's lab files is bounded in depth and count.
 """
 import ast
+import codecs
 import io
 import itertools
 import json
@@ -16,6 +17,7 @@ import re
 import stat
 import tokenize
 from pathlib import Path
+from typing import NamedTuple
 
 from pack.labs import REGISTRY
 from pack.memory import capped as memory_cap
@@ -50,45 +52,186 @@ def read_lab_file(path: str, limit: int = MAX_BYTES) -> bytes:
     return data
 
 
-def read_submission(source: Path, memory: float = 4.0) -> tuple:
-    """({file: bytes}, {file: why it was refused}) for the lab files: nothing else of a submission is read; every
-    judge and worker works from these bytes. Never raises for what a submission holds: each lab's reason is its own.
-    Each read may use at most `memory` GiB (--memory) beyond what this process already holds."""
-    sources, refused = {}, {}
+class Submission(NamedTuple):
+    """What the parent read of one submission: {file: UTF-8 bytes}, {file: why it was refused} and {file: which
+    upload it graded, when that was not simply the file by its own name, or for a lab with no file, the files that
+    were there instead} (a note for the scorecard)."""
+    sources: dict
+    refused: dict
+    found: dict
+
+
+def read_submission(source: Path, memory: float = 4.0) -> Submission:
+    """The lab files of a submission, found wherever the upload put them (find_uploads): nothing else of a
+    submission is read; every judge and worker works from these bytes. Never raises for what a submission holds:
+    each lab's reason is its own. Each read may use at most `memory` GiB (--memory) beyond what this process
+    already holds."""
+    sources, refused, found = {}, {}, {}
+    try:
+        uploads, others = find_uploads(Path(source))
+    except OSError as exc:
+        return Submission({}, {lab.file: f"the submission could not be read ({exc.strerror or exc})"
+                               for lab in REGISTRY}, {})
     for lab in REGISTRY:
+        candidates = uploads.get(lab.name, [])
+        if not candidates:
+            if others:  # no lab file: the note is why (names a student may have meant)
+                found[lab.file] = (f"expected {lab.file} (or {lab.notebook}); found: "
+                                     + ", ".join(others[:MAX_LISTED]) + (", ..." if len(others) > MAX_LISTED else ""))
+            continue
+        chosen = candidates[0]
         try:
             with memory_cap(memory):
-                sources[lab.file] = read_lab(source, lab)
-        except FileNotFoundError:
-            pass
+                sources[lab.file] = read_lab(Path(source) / chosen.path, chosen.kind)
         except MemoryError:
             refused[lab.file] = f"it needs more than --memory ({memory:g} GiB) for the grader to read it"
         except (OSError, ValueError) as exc:
             refused[lab.file] = str(getattr(exc, "strerror", None) or exc)
         except Exception as exc:  # noqa: BLE001  (a bug of the reader's: this lab's reason, not the batch's end)
             refused[lab.file] = f"the grader could not read it ({type(exc).__name__})"
-    return sources, refused
+        note = found_note(lab, candidates)
+        if note:
+            found[lab.file] = note
+    return Submission(sources, refused, found)
 
 
-def read_lab(source: Path, lab) -> bytes:
-    """A lab's text from its file, its notebook or a notebook export; FileNotFoundError when there is none."""
-    try:
-        data = read_lab_file(str(source / lab.file))
-    except FileNotFoundError:
+class Upload(NamedTuple):
+    path: str  # relative to the submission's folder, "/"-separated
+    kind: str  # "file" (a .py, or a notebook downloaded as a script) or "notebook" (.ipynb)
+    mtime: int  # nanoseconds
+    exact: bool  # the lab's own name (in whichever folder)
+
+
+def lab_of(name: str):
+    """(Lab, kind) for a file name an upload may give a lab: the lab's own name in any case, through the copies
+    browsers and Drive make ("lab3_block (1).py", "Copy of lab3_block.py", "lab3_block - Copy.py", "lab3_block
+    copy 2.py"), spaces or hyphens for underscores; None for any other name."""
+    stem, dot, ext = name.rpartition(".")
+    kind = {"py": "file", "ipynb": "notebook"}.get(ext.lower()) if dot else None
+    if kind is None or len(stem) > 200:
+        return None
+    stem = _COPY_OF.sub("", stem.strip().lower())
+    while True:
+        shorter = _COPY_MARK.sub("", stem).strip()
+        if shorter == stem:
+            break
+        stem = shorter
+    lab = _MODULES.get(re.sub(r"[\s\-]+", "_", stem))
+    return (lab, kind) if lab else None
+
+
+_COPY_OF = re.compile(r"^(?:copy\s+of\s+)+")
+_COPY_MARK = re.compile(r"(?:\s*\(\d{1,4}\)|\s*-\s*copy|\s+copy(?:\s+\d{1,4})?)$")
+_MODULES = {lab.module: lab for lab in REGISTRY}
+SKIPPED = {"__macosx", ".ipynb_checkpoints", "__pycache__", ".git", ".venv", "venv", "node_modules"}
+MAX_LISTED = 6
+
+
+def find_uploads(folder: Path) -> tuple:
+    """({lab: [Upload, ...] best first}, [other .py and .ipynb files seen]) for a submission's folder: its files and
+    those of its sub-folders, breadth first, at most MAX_DEPTH levels and MAX_ENTRIES entries looked at, links not
+    followed, with folders no lab lives in (a zip's __MACOSX, Jupyter's checkpoints, caches, hidden folders)
+    skipped. The newest candidate of a lab comes first; between equally new ones, its own name, then a .py before a
+    notebook, then the shallower, then by path."""
+    uploads, others, seen = {}, [], 0
+    level = [""]
+    top = os.fspath(folder)
+    for depth in range(MAX_DEPTH + 1):
+        below = []
+        for rel in sorted(level):
+            try:
+                with os.scandir(os.path.join(top, rel) if rel else top) as entries:
+                    listed = sorted(entries, key=lambda e: e.name)
+            except OSError:
+                if not rel:
+                    raise
+                continue
+            for entry in listed:
+                seen += 1
+                if seen > MAX_ENTRIES:
+                    return _ranked(uploads), others
+                path = f"{rel}/{entry.name}" if rel else entry.name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if entry.name.lower() not in SKIPPED and not entry.name.startswith("."):
+                            below.append(path)
+                        continue
+                    match = lab_of(entry.name)
+                    if match is None:
+                        if entry.name.lower().endswith((".py", ".ipynb")) and len(others) <= MAX_LISTED:
+                            others.append(path)
+                        continue
+                    mtime = entry.stat(follow_symlinks=False).st_mtime_ns
+                except OSError:
+                    continue
+                lab, kind = match
+                exact = entry.name in (lab.file, lab.notebook)
+                uploads.setdefault(lab.name, []).append((Upload(path, kind, mtime, exact), depth))
+        level = below
+        if not level:
+            break
+    return _ranked(uploads), others
+
+
+def _ranked(uploads: dict) -> dict:
+    return {lab: [u for u, _ in sorted(found, key=lambda f: (-f[0].mtime, not f[0].exact, f[0].kind != "file",
+                                                            f[1], f[0].path))]
+            for lab, found in uploads.items()}
+
+
+def found_note(lab, candidates) -> str:
+    """What the scorecard says about the upload graded as `lab`: nothing when it is the lab's own file, alone."""
+    chosen = candidates[0]
+    if len(candidates) == 1 and chosen.exact:
+        return ""
+    from parent.verdict import clean_name
+    shown = lambda u: clean_name(u.path)  # noqa: E731
+    note = f"graded {shown(chosen)} as {lab.file}" if not chosen.exact else f"graded {shown(chosen)}"
+    if len(candidates) > 1:
+        rest = [shown(u) for u in candidates[1:MAX_LISTED]] + (["..."] if len(candidates) > MAX_LISTED else [])
+        note += f" (the newest of {len(candidates)}; also found: {', '.join(rest)})"
+    return note
+
+
+def read_lab(path: Path, kind: str = "file") -> bytes:
+    """A lab's text (UTF-8) from its file, its notebook or a notebook export."""
+    if kind == "notebook":
+        name = path.name
+        notebook = text_bytes(read_lab_file(str(path), limit=MAX_NOTEBOOK))
         try:
-            notebook = read_lab_file(str(source / lab.notebook), limit=MAX_NOTEBOOK)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise OSError(f"{lab.notebook}: {exc.strerror or exc}") from None
-        try:
-            return capped(lab_source_from_notebook(notebook), lab.notebook)
+            return capped(lab_source_from_notebook(notebook), name)
         except ValueError as exc:
-            raise ValueError(f"{lab.notebook}: {exc}") from None
+            raise ValueError(f"{name}: {exc}") from None
+    data = text_bytes(read_lab_file(str(path)))
     if b"run_cell_magic" in data:
         exported = lab_source_from_export(data.decode("utf-8", errors="replace"))
         if exported is not None:
-            return capped(exported, lab.file)
+            return capped(exported, path.name)
+    return data
+
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+
+
+def text_bytes(data: bytes) -> bytes:
+    """A text file's bytes as UTF-8 with no byte-order mark: a file an editor saved as UTF-8 with a BOM, or as
+    UTF-16 or UTF-32 (Windows' "Unicode"), with a BOM or, for UTF-16, without one (every other byte zero). Anything
+    else is returned as it is (a lab's reader then decodes it as UTF-8)."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data[len(bom):].decode(encoding).encode("utf-8", errors="surrogatepass")
+            except UnicodeError:
+                return data
+    if len(data) >= 2 and b"\0" in data[:4096]:
+        head = data[:4096]
+        for encoding, zeros in (("utf-16-le", head[1::2]), ("utf-16-be", head[0::2])):
+            if zeros.count(0) >= 0.9 * len(zeros):
+                try:
+                    return data.decode(encoding).encode("utf-8", errors="surrogatepass")
+                except UnicodeError:
+                    pass
     return data
 
 
@@ -160,29 +303,3 @@ def lab_source_from_export(text: str):
     except Exception:  # noqa: BLE001  (tokenize's and literal_eval's refusals: not an export)
         return None
     return "\n\n\n".join(found) + "\n" if found else None
-
-
-def find_lab_files(folder: Path) -> Path:
-    """The folder holding the lab files: `folder` itself, or the first sub-folder (breadth first, at most MAX_DEPTH
-    levels and MAX_ENTRIES entries looked at, links not followed) that an upload unpacked them into."""
-    names = {*(lab.file for lab in REGISTRY), *(lab.notebook for lab in REGISTRY)}  # a notebook stands for its file
-    level, seen = [str(folder)], 0
-    for _ in range(MAX_DEPTH + 1):
-        below = []
-        for path in sorted(level):
-            try:
-                with os.scandir(path) as entries:
-                    for entry in entries:
-                        seen += 1
-                        if seen > MAX_ENTRIES:
-                            return folder
-                        if entry.name in names and entry.is_file(follow_symlinks=False):
-                            return Path(path)
-                        if entry.is_dir(follow_symlinks=False):
-                            below.append(entry.path)
-            except OSError:
-                continue
-        level = below
-        if not level:
-            break
-    return folder

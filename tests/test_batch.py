@@ -22,7 +22,7 @@ def test_batch_grades_records_and_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr
     graded = rows(out)
     assert set(graded) == {"good", "broken", "hanging", "crashing", "empty"}
-    assert graded["good"]["score"] == graded["good"]["max_score"] == str(TOTAL)
+    assert graded["good"]["total"] == graded["good"]["max_total"] == str(TOTAL)
     assert graded["broken"]["lab3_status"] == "failed" and graded["broken"]["lab1_status"] == "passed"
     # the hang costs the checks that need the trained model, not the whole lab (10 s: room for a loaded machine)
     assert graded["hanging"]["lab4_status"] == "timeout" and int(graded["hanging"]["lab4_score"]) < 25
@@ -48,6 +48,6 @@ def test_batch_warns_when_workers_cannot_be_confined(tmp_path):
 
 
 def test_csv_cells_are_text(tmp_path):
-    from parent.batch import cell
+    from parent.gradebook import cell
     assert cell("=cmd|' /C calc'!A0") == "'=cmd|' /C calc'!A0" and cell("+1") == "'+1" and cell("@x") == "'@x"
     assert cell("-2") == "'-2" and cell("alice") == "alice" and cell("a\x1b[31mb\x07") == "a[31mb"

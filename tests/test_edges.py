@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from parent.grade import covering
-from parent.submission import (MAX_BYTES, MAX_NESTING, find_lab_files, json_nesting_ok, lab_source_from_export,
+from parent.submission import (MAX_BYTES, MAX_NESTING, find_uploads, json_nesting_ok, lab_source_from_export,
                                lab_source_from_notebook, read_submission)
 from parent.verdict import clean, clean_name, expected_checks
 from tests.helpers import LAB_FILES, ROOT, run_grader, submission
@@ -85,7 +85,7 @@ def test_one_cap_on_a_labs_text_whatever_its_source(tmp_path):
         folder = tmp_path / name
         folder.mkdir()
         (folder / (NOTEBOOK if name == "notebook" else LAB1)).write_text(text)
-        sources, refused = read_submission(folder)
+        sources, refused, _ = read_submission(folder)
         assert LAB1 not in sources and "1 MB" in refused[LAB1], (name, refused)
 
 
@@ -94,11 +94,11 @@ def test_the_upload_search_is_bounded(tmp_path):
     leaf = nest(deep, 1100)  # Path.rglob raised RecursionError here
     try:
         shutil.copyfile(ROOT / "solutions" / LAB1, os.path.join(leaf, LAB1))
-        assert find_lab_files(deep) == deep  # too deep to look for: the folder itself (every lab "not found")
+        assert find_uploads(deep) == ({}, [])  # too deep to look for: every lab "not found"
         shallow = deep / "my-labs"
         shallow.mkdir()
         (shallow / LAB1).write_text(SOLUTION)
-        assert find_lab_files(deep) == shallow
+        assert [u.path for u in find_uploads(deep)[0]["lab1"]] == [f"my-labs/{LAB1}"]
     finally:
         unnest(deep, 1100)
 
@@ -251,7 +251,7 @@ def test_the_parents_read_runs_under_the_memory_cap(tmp_path):
     assert (tmp_path / NOTEBOOK).stat().st_size < 20 << 20
     def read(memory):  # in a fresh process, as the parent reads it: the cap is on memory beyond what it holds
         code = ("import json, sys; from pathlib import Path; from parent.submission import read_submission\n"
-                "sources, refused = read_submission(Path(sys.argv[1]), float(sys.argv[2]))\n"
+                "sources, refused, _ = read_submission(Path(sys.argv[1]), float(sys.argv[2]))\n"
                 "print(json.dumps([{k: v.decode() for k, v in sources.items()}, refused]))")
         done = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(memory)], capture_output=True,
                               text=True, cwd=ROOT, timeout=120)

@@ -538,7 +538,7 @@ def assert_row(row, name, results):
     assert buf.getvalue().count("\n") == 2  # the header and one row, one line each
     back = list(csv.DictReader(io.StringIO(buf.getvalue())))
     assert back == [{k: str(out.get(k, "")) for k in fields}]
-    for key in [k for k in fields if k == "submission" or k.endswith("_notes")]:
+    for key in [k for k in fields if k == "submission" or k.endswith("_reason")]:
         assert_cell(lambda text: text, back[0][key])
 
 
@@ -742,9 +742,9 @@ def test_a_submission_folder_of_any_name_and_bytes(tmp_path_factory, name, files
     for file, data in files.items():
         with open(folder + b"/" + file.encode(), "wb") as f:
             f.write(data)
-    sources, refused = read_submission(os.fsdecode(folder))
+    sources, refused, found = read_submission(os.fsdecode(folder))
     assert all(type(v) is bytes for v in sources.values()) and all(type(v) is str and v for v in refused.values())
-    assert not set(sources) & set(refused)
+    assert not set(sources) & set(refused) and all(type(v) is str and v for v in found.values())
     assert_name_safe(clean_name, os.fsdecode(name))
 
 
