@@ -78,7 +78,8 @@ def gradescope_problems(results) -> list:
             "output": (text, "a string"), "output_format": fmt,
             "tags": (lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v), "a list of strings"),
             "visibility": vis, "extra_data": (lambda v: isinstance(v, dict), "an object")})
-    for i, entry in enumerate(results.get("leaderboard") or [] if isinstance(results.get("leaderboard"), list) else []):
+    board = results.get("leaderboard")
+    for i, entry in enumerate(board if isinstance(board, list) else []):
         if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
                 and (is_number(entry.get("value")) or isinstance(entry.get("value"), str))
                 and entry.get("order", "desc") in ("asc", "desc")):
@@ -232,9 +233,10 @@ def test_the_solution_gets_full_marks_on_gradescope(labs, upload, autograder, tm
     proc, results = run_autograder(autograder(labs), tmp_path / "autograder", upload)
     best = sum(c.points for lab in labs for c in expected_checks(lab))
     assert best > 0 and len(results["tests"]) == sum(len(expected_checks(lab)) for lab in labs)
-    assert results["score"] == sum(t["score"] for t in results["tests"]) == sum(t["max_score"] for t in results["tests"]) \
-        == best, results["output"]
-    assert all(t["status"] == "passed" for t in results["tests"]), [t for t in results["tests"] if t["status"] != "passed"]
+    tests = results["tests"]
+    assert results["score"] == sum(t["score"] for t in tests) == sum(t["max_score"] for t in tests) == best, \
+        results["output"]
+    assert all(t["status"] == "passed" for t in tests), [t for t in tests if t["status"] != "passed"]
     assert {lab: r["status"] for lab, r in results["extra_data"]["labs"].items()} == dict.fromkeys(labs, "passed")
     assert "grader.py exited with status 0" in proc.stdout
 
