@@ -218,6 +218,7 @@ def print_scorecard(results, out: Console, hints=False, verbose=False, source=""
                    style="bold green" if total == best and all(r.status == "passed" for r in results) else "bold"))
 
 
+ADVICE = "Advice only (0 points: this does not change your score):"
 WHEN = {"after_due_date": "after the due date", "after_published": "once grades are published",
         "hidden": "to the course staff only", "visible": "with the others"}
 
@@ -225,7 +226,9 @@ WHEN = {"after_due_date": "after the due date", "after_published": "once grades 
 def results_json(results, elapsed: float, error: str = None, visibility: str = "visible",
                  hidden_visibility: str = "after_due_date") -> dict:
     """Gradescope's results.json: one test per check, tagged with its lab; checks held back for submission get
-    `hidden_visibility`. A lab's notes (fix an earlier lab first) go in the summary and in its checks' output.
+    `hidden_visibility`. A lab's notes (fix an earlier lab first) go in the summary and in its checks' output. A check
+    worth 0 points that did not pass is never a failed test (Gradescope would show it as a red 0/0 failure): it is
+    a passed test whose output starts with ADVICE and says what the check found.
 
     When the held-back checks are not shown with the others (`hidden_visibility` is not `visibility`), what shows
     with the others (the summary, `output`, and every visible test) is the lab as its visible checks alone have it
@@ -245,8 +248,14 @@ def results_json(results, elapsed: float, error: str = None, visibility: str = "
                 output = c.message
             if lab.status not in ("passed", "failed"):
                 output = f"[lab {lab.status}: {lab.detail}]\n{output}".strip()
+            # a check worth no points is advice: Gradescope shows a failed test as a red failure even at 0/0, so it
+            # stays a passed test (it costs nothing) and its output says what it found
+            advice = not c.passed and c.points == 0
+            if advice:
+                output = f"{ADVICE}\n{output}"
             tests.append({"name": f"{r.lab} · {c.title}", "number": f"{LABS[r.lab].number}.{i}", "score": c.score,
-                          "max_score": c.points, "status": "passed" if c.passed and c.score == c.points else "failed",
+                          "max_score": c.points,
+                          "status": "passed" if advice or c.passed and c.score == c.points else "failed",
                           "output": output.strip(), "output_format": "text", "tags": [r.lab],
                           "visibility": hidden_visibility if c.hidden else visibility})
     summary = []

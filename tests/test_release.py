@@ -130,6 +130,8 @@ def test_gradescope_zip_layout_and_scripts(autograder_zip):
         setup = zf.read("setup.sh").decode()
     assert "grader.py all --gradescope --visibility after_due_date" in run
     assert run.rstrip().splitlines()[-1] == "exit 0"
+    for script in (run, setup):  # Gradescope's root unless GRADESCOPE_ROOT names another (a zip tried locally)
+        assert 'root="${GRADESCOPE_ROOT:-/autograder}"' in script and "/autograder/" not in script
     pin = torch_pin((ROOT / "requirements.txt").read_text())
     assert f"pip install {pin} --index-url https://download.pytorch.org/whl/cpu" in setup
     assert "grep -v '^torch==' requirements.txt" in setup
@@ -162,7 +164,7 @@ def test_a_gradescope_autograder_for_one_lab(tmp_path):
     build_zip(out, labs=["lab1"])
     with zipfile.ZipFile(out) as zf:
         run = zf.read("run_autograder").decode()
-    assert "python3 grader.py lab1 --gradescope" in run and "chmod 0700 /autograder/results" in run
+    assert "python3 grader.py lab1 --gradescope" in run and 'chmod 0700 "$GRADESCOPE_ROOT/results"' in run
     with pytest.raises(ValueError):
         build_zip(tmp_path / "bad.zip", labs=["lab9"])
     build_zip(tmp_path / "bonus.zip", labs=["bonus"])  # the bonus labs on their own

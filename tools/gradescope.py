@@ -9,6 +9,11 @@ copies run_autograder to /autograder/run_autograder, which it runs for each subm
 in /autograder/submission). run_autograder calls `grader.py LABS --gradescope`, which writes
 /autograder/results/results.json, and exits 0 whatever the scores: a non-zero exit is an autograder failure to
 Gradescope. The zip holds the grader, the checkers and the pins; no solutions, no stubs, no tests.
+
+Both scripts take their root from GRADESCOPE_ROOT (default /autograder), so a built zip can be tried on any machine:
+unzip it into ROOT/source, copy ROOT/source/run_autograder to ROOT/run_autograder, put an upload in ROOT/submission
+and run `GRADESCOPE_ROOT=ROOT ROOT/run_autograder` (README, Gradescope). run_autograder uses ROOT/venv (setup.sh's)
+when there is one, else the python3 on PATH.
 """
 import argparse
 import shlex
@@ -27,7 +32,6 @@ from tools.release import PACKAGES, package_files  # noqa: E402
 
 FILES = ("grader.py", "pytest.ini", "requirements.txt")
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
-VENV = "/autograder/venv"
 # a fixed timestamp makes the zip depend on its contents only
 DATE_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -35,7 +39,8 @@ SETUP_SH = """\
 #!/usr/bin/env bash
 # Gradescope runs this once, as root, when it builds the autograder image (Ubuntu with python3).
 set -euo pipefail
-cd /autograder/source
+root="${GRADESCOPE_ROOT:-/autograder}"
+cd "$root/source"
 missing=()
 for pkg in python3-pip python3-venv; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
@@ -45,24 +50,32 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 # a virtual environment: recent Ubuntu refuses pip installs into the system python (PEP 668)
-python3 -m venv @VENV@
+python3 -m venv "$root/venv"
 export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch from its CPU index: the default index would pull several GB of CUDA packages that Gradescope cannot use
-@VENV@/bin/pip install @TORCH@ --index-url @INDEX@
+"$root"/venv/bin/pip install @TORCH@ --index-url @INDEX@
 grep -v '^torch==' requirements.txt > /tmp/requirements-extra.txt
-@VENV@/bin/pip install -r /tmp/requirements-extra.txt
+"$root"/venv/bin/pip install -r /tmp/requirements-extra.txt
 rm /tmp/requirements-extra.txt
 """
 
 RUN_AUTOGRADER = """\
 #!/usr/bin/env bash
-# Gradescope runs this for each submission. grader.py reads /autograder/submission and always writes
-# /autograder/results/results.json; its exit code says whether every check passed, which is not an autograder
-# failure, so this script exits 0 and the scores speak through results.json.
-cd /autograder/source || exit 0
-export PATH="@VENV@/bin:$PATH" PYTHONDONTWRITEBYTECODE=1
+# Gradescope runs this for each submission. grader.py reads $GRADESCOPE_ROOT/submission and always writes
+# $GRADESCOPE_ROOT/results/results.json (the root is /autograder unless GRADESCOPE_ROOT says otherwise: a zip tried
+# on another machine); its exit code says whether every check passed, which is not an autograder failure, so this
+# script exits 0 and the scores speak through results.json.
+root="${GRADESCOPE_ROOT:-/autograder}"
+case "$root" in /*) ;; *) root="$PWD/$root" ;; esac
+export GRADESCOPE_ROOT="$root"
+cd "$GRADESCOPE_ROOT/source" || exit 0
+# setup.sh's virtual environment where there is one, else the python3 already on PATH
+if [ -d "$GRADESCOPE_ROOT/venv/bin" ]; then
+    export PATH="$GRADESCOPE_ROOT/venv/bin:$PATH"
+fi
+export PYTHONDONTWRITEBYTECODE=1
 # student code runs under uids of its own (numeric, no account needed): close what it must not reach
-mkdir -p /autograder/results && chmod 0700 /autograder/results /autograder/source
+mkdir -p "$GRADESCOPE_ROOT/results" && chmod 0700 "$GRADESCOPE_ROOT/results" "$GRADESCOPE_ROOT/source"
 python3 grader.py @LABS@ --gradescope@ARGS@
 echo "grader.py exited with status $? (0: every check passed; the scores are in results.json)"
 exit 0
@@ -108,9 +121,9 @@ def build_zip(out: Path, grader_args: str = "", labs=("all",)) -> list:
     if bad:
         raise ValueError(f"--labs: unknown lab {bad[0]!r} ({', '.join(LAB_FILES)}, all or bonus)")
     scripts = {
-        "setup.sh": _fill(SETUP_SH, venv=VENV, index=TORCH_INDEX,
+        "setup.sh": _fill(SETUP_SH, index=TORCH_INDEX,
                           torch=torch_pin((ROOT / "requirements.txt").read_text())),
-        "run_autograder": _fill(RUN_AUTOGRADER, venv=VENV, labs=" ".join(labs), args=grader_flags(grader_args, labs)),
+        "run_autograder": _fill(RUN_AUTOGRADER, labs=" ".join(labs), args=grader_flags(grader_args, labs)),
     }
     files = [Path(name) for name in FILES] + [path for package in PACKAGES for path in package_files(package)]
     out = Path(out)
