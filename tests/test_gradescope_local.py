@@ -217,13 +217,12 @@ def lab1_notebook(folder: Path):
     (folder / "notebooks" / name).write_text(expected_notebooks(filled=True)[name], encoding="utf-8")
 
 
-RENAMED = pytest.mark.xfail(reason="renamed uploads: discovery", strict=False)
 UPLOADS = [
     pytest.param(("lab1",), solution("lab1"), id="flat"),
     pytest.param(("lab1", "lab2"), solution("lab1", "lab2"), id="flat-lab1-lab2"),
     pytest.param(("lab1",), solution("lab1", into="myproject"), id="subfolder"),
     pytest.param(("lab1",), lab1_notebook, id="notebook"),
-    *(pytest.param(("lab1",), solution("lab1", renamed=name), id=f"renamed {name}", marks=RENAMED)
+    *(pytest.param(("lab1",), solution("lab1", renamed=name), id=f"renamed {name}")
       for name in ("lab1_attention (1).py", "Copy of lab1_attention.py", "Lab1_Attention.py")),
 ]
 
