@@ -5,6 +5,7 @@
     python grader.py all --solutions           # grade the reference solutions
     python grader.py all --submission DIR      # grade a folder holding the lab files
     python grader.py lab1 --json results.json  # also write Gradescope-format results
+    python grader.py report grades.csv         # a class report (HTML) from a batch's CSV
 
 Each lab is judged in a child process (the judge) that never runs student code: it asks a worker process, forked
 from a zygote that holds torch and nothing of the grader, to run the student's code, and decides every verdict
@@ -152,7 +153,17 @@ def watch(source: Path, labs, args, device: str, display: str, hide) -> int:
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:  # grader.py report grades.csv [--html PATH]: the class report (needs no torch)
+        p = argparse.ArgumentParser(prog="grader.py report",
+                                    description="Write a class report (one self-contained HTML page) from a batch.")
+        p.add_argument("csv", metavar="CSV", help="a batch's grades.csv (and the .checks.json beside it, if any)")
+        p.add_argument("--html", metavar="PATH", help="where to write the page (default: beside the CSV, "
+                                                      "grades.csv -> grades.report.html)")
+        opts = p.parse_args(argv[1:])
+        from parent.classreport import run
+        return run(opts.csv, opts.html)
+    args = parse_args(argv)
     missing = missing_package()
     if missing:
         print(f"grader.py: error: the package {missing!r} is not installed for {sys.executable}.\n"
