@@ -7,6 +7,7 @@
     python grader.py lab1 --json results.json  # also write Gradescope-format results
     python grader.py all --batch DIR --roster roster.csv   # a class into grades.csv, with a report beside it
     python grader.py merge grades.csv shard*.csv           # join the gradebooks of --shard I/N runs
+    python grader.py report grades.csv                     # the class report (HTML) from a batch's gradebook
 
 Each lab is judged in a child process (the judge) that never runs student code: it asks a worker process, forked
 from a zygote that holds torch and nothing of the grader, to run the student's code, and decides every verdict
@@ -182,10 +183,34 @@ def merge_main(argv) -> int:
     return merge(args.out, args.parts, args)
 
 
+def report_main(argv) -> int:
+    """`grader.py report grades.csv [--html PATH] [--canvas PATH]`: the class report (needs no torch)."""
+    p = argparse.ArgumentParser(prog="grader.py report",
+                                description="Write a class report (one self-contained HTML page) from a batch.")
+    p.add_argument("csv", metavar="CSV", help="a batch's grades.csv (and the .checks.json beside it, if any)")
+    p.add_argument("--html", metavar="PATH", help="where to write the page (default: beside the CSV, "
+                                                  "grades.csv -> grades.report.html)")
+    p.add_argument("--canvas", metavar="PATH", help="also write the grades as Canvas imports them")
+    opts = p.parse_args(argv)
+    from parent.classreport import run
+    code = run(opts.csv, opts.html)
+    if code == 0 and opts.canvas:
+        from parent import gradebook
+        from parent.report import write_atomic
+        try:
+            write_atomic(opts.canvas, gradebook.canvas_text(gradebook.load(opts.csv)))
+        except (gradebook.GradebookError, OSError) as exc:
+            print(f"grader.py report: error: {exc}", file=sys.stderr)
+            return 2
+    return code
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["merge"]:
         return merge_main(argv[1:])
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
     args = parse_args(argv)
     missing = missing_package()
     if missing:
