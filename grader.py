@@ -241,7 +241,7 @@ def main(argv=None) -> int:
         from parent.grade import grade_submissions, preload, warn_if_unconfined
         if args.batch or args.gradescope:
             warn_if_unconfined(args.isolation)
-        preload(args.isolation)  # first: the zygote must fork before any checker is imported
+        preload(args.isolation, labs)  # first: the zygote must fork before any checker is imported
         from parent import report
         from parent.verdict import expected_checks
         if args.check:

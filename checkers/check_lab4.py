@@ -2,7 +2,7 @@
 
 The judge loads initial weights it chose into the student's model, has the student's own `train` train it on the
 judge's text in the worker, and then evaluates the state the worker reports with its own forward: the losses
-before and after, and the greedy continuation, are the judge's. Sizes: with max_seq_len=16, 150 steps reach a
+before and after, and the greedy continuation, are the judge's. Sizes: with max_seq_len=16, 60 steps at lr=1e-2 reach a
 perfect greedy continuation with tied or untied embeddings.
 """
 import math
@@ -328,7 +328,7 @@ def test_get_batch_shift(w):
 
 @points(1)
 def test_training_logs_every_step(w):
-    """train logs one finite loss per step (150 steps here; the lab asks for at least 20)."""
+    """train logs one finite loss per step (60 steps here; the lab asks for at least 20)."""
     run = trained(w)
     if len(run.losses) != STEPS:
         fail(f"train(steps={STEPS}) returned {len(run.losses)} losses; log one per step.", "train")
@@ -505,7 +505,19 @@ def test_temperature_scales_the_logits(w):
     2 the frequencies of 2000 samples match."""
     model, wts, approximate = peaky(w)
     prompt, n = tokens(1, 2, 11), 2000  # a short prompt: the sampling is what is measured, not the forward
-    logits = reference(wts, prompt, H, L, approximate)[0, -1].double()
+    best = None  # the gain at which the three temperatures' distributions lie furthest apart: never within the noise
+    for gain in (1.0, 2.0, 0.5, 4.0, 0.25):
+        trial = {**wts, "ln_f.weight": wts["ln_f.weight"] * gain}
+        logits = reference(trial, prompt, H, L, approximate)[0, -1].double()
+        apart = min(total_variation(torch.softmax(logits / a, -1), torch.softmax(logits / b, -1))
+                    for a, b in ((0.5, 1.0), (1.0, 2.0)))
+        if best is None or apart > best[0]:
+            best = (apart, gain, trial, logits)
+        if apart >= 0.2:
+            break
+    _, gain, wts, logits = best
+    if gain != 1.0:
+        model.load({"ln_f.weight": wts["ln_f.weight"]})
     for T in (0.5, 1.0, 2.0):  # T = 1 by leaving temperature (and top_k) to their defaults
         given = {} if T == 1.0 else {"temperature": T}
         out = expect_tensor(model.method("generate", prompt.repeat(n, 1), 1, **given),

@@ -82,10 +82,12 @@ def block_state(wts: dict, prefix: str = "") -> dict:
 
 
 def _layer(wts: dict, n_heads: int, approximate: str, norm_first: bool = True, prefix: str = ""):
-    """An empty TransformerEncoderLayer shaped like the block whose weights are under `prefix` in w."""
+    """An empty TransformerEncoderLayer shaped like the block whose weights are under `prefix` in w: made on the meta
+    device (no initialisation to throw away), to be loaded with load_state_dict(..., assign=True)."""
     width, D = wts[f"{prefix}mlp.fc.weight"].shape
-    return nn.TransformerEncoderLayer(D, n_heads, width, dropout=0.0, activation=_activation(approximate),
-                                      batch_first=True, norm_first=norm_first, dtype=torch.float64)
+    with torch.device("meta"):
+        return nn.TransformerEncoderLayer(D, n_heads, width, dropout=0.0, activation=_activation(approximate),
+                                          batch_first=True, norm_first=norm_first, dtype=torch.float64)
 
 
 def block(wts: dict, x: Tensor, n_heads: int, approximate: str = "none", norm_first: bool = True,
@@ -101,7 +103,7 @@ def block(wts: dict, x: Tensor, n_heads: int, approximate: str = "none", norm_fi
 
 def _block_layer(wts: dict, n_heads: int, approximate: str, norm_first: bool, eps) -> nn.Module:
     layer = _layer(wts, n_heads, approximate, norm_first)
-    layer.load_state_dict(block_state(wts))
+    layer.load_state_dict(block_state(wts), assign=True)
     layer.norm1.eps, layer.norm2.eps = (float(e) for e in eps)
     return layer
 
@@ -159,13 +161,14 @@ def gpt_of(wts: dict, n_heads: int, n_layers: int, approximate: str = "none"):
 def _gpt_of(wts: dict, n_heads: int, n_layers: int, approximate: str):
     wts = _double(wts)
     D = wts["tok_emb.weight"].shape[1]
-    stack = nn.TransformerEncoder(_layer(wts, n_heads, approximate, prefix="blocks.0."), n_layers,
-                                  norm=nn.LayerNorm(D, dtype=torch.float64), enable_nested_tensor=False)
+    with torch.device("meta"):
+        stack = nn.TransformerEncoder(_layer(wts, n_heads, approximate, prefix="blocks.0."), n_layers,
+                                      norm=nn.LayerNorm(D, dtype=torch.float64), enable_nested_tensor=False)
     state = {"norm.weight": wts["ln_f.weight"], "norm.bias": wts["ln_f.bias"]}
     for i in range(n_layers):
         blk = {n[len(f"blocks.{i}."):]: v for n, v in wts.items() if n.startswith(f"blocks.{i}.")}
         state.update(block_state(blk, f"layers.{i}."))
-    stack.load_state_dict(state)
+    stack.load_state_dict(state, assign=True)
     stack.eval()
 
     def forward(idx: Tensor) -> Tensor:

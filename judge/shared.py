@@ -116,7 +116,7 @@ class TrainingRun:
     model from `build` (a subclass's: the student's model with the judge's weights), lab 4's `train` for STEPS
     steps, and the state read back. What each lab measures on it (the judge's own losses, greedy text) is its own.
     `of(w)` makes it once per worker; later checks read the same run, or get the same failure."""
-    TEXT, STEPS, REPEAT = "hello transformer! ", 150, 20
+    TEXT, STEPS, REPEAT = "hello transformer! ", 60, 20
     PROMPT, NEW_TOKENS = "hello tr", 40  # the greedy continuation after training
     hint = "train"  # the hint of a run that breaks the contract
 
@@ -143,7 +143,7 @@ class TrainingRun:
         self.data, self.vocab_size = torch.tensor(ids, dtype=torch.long), vocab_size
         self.model, self.before = self.build(w, vocab_size)
         self.result = w.run(self.options(), ("lab4_gpt", "train"), self.model, self.data, steps=self.STEPS,
-                            batch_size=16, lr=3e-3)
+                            batch_size=16, lr=1e-2)
         self.model.method("eval")
         after = self.model.state()
         if type(after) is not dict:

@@ -87,7 +87,7 @@ STDLIB = ("math", "random", "itertools", "functools", "collections", "collection
           "torch.utils.data", "torch._dynamo", "safetensors.torch")
 
 
-def preload(isolation: str):
+def preload(isolation: str, labs=()):
     """Start the zygote, then import what every forked judge needs, so each starts in a fraction of a second.
 
     Order matters: the zygote is forked after torch (and the worker's own code) but before any checker module is
@@ -107,6 +107,11 @@ def preload(isolation: str):
     gc.freeze()  # workers' garbage collections skip torch's heap (and do not copy its pages)
     ZYGOTE["socket"] = zygote.start()
     importlib.import_module(JUDGE)  # only to fork judges from a warm heap: nothing of it is read here
+    for lab in labs:  # the checkers of the labs to grade, compiled once here rather than in each of their judges
+        try:
+            importlib.import_module(f"checkers.check_{lab}")
+        except ImportError:  # a lab whose checker is not in this copy of the pack: its judges say so
+            pass
     gc.freeze()  # the preloaded heap: children's garbage collections skip it (and do not copy its pages)
 
 

@@ -57,6 +57,7 @@ class _Child:
         self.outcome = Outcome(task)
         self.channel, self.kept = bytearray(), Kept()
         self.open_fds, self.pid, self.popen = set(), None, None
+        self.pidfd = None  # readable once the child has exited (Linux): the scheduler wakes then, not at its next poll
         self.start = time.monotonic()
 
 
@@ -167,16 +168,23 @@ def run_tasks(tasks, jobs: int = 1, isolation: str = "fork", on_done=None, poll:
             while pending and len(running) < max(1, jobs):
                 child = _Child(pending.pop(0))
                 try:
-                    _start(child, isolation, {fd for c in running for fd in c.open_fds}, zygote)
+                    _start(child, isolation, {fd for c in running for fd in (*c.open_fds, c.pidfd) if fd is not None},
+                           zygote)
                 except OSError as exc:
                     child.outcome.error = f"could not start the grading process: {exc}"
                     done[id(child.task)] = child.outcome
                     continue
                 for fd in child.open_fds:
                     sel.register(fd, selectors.EVENT_READ, child)
+                try:
+                    child.pidfd = os.pidfd_open(child.pid)
+                    sel.register(child.pidfd, selectors.EVENT_READ, child)
+                except (AttributeError, OSError):  # not Linux 5.3+: the poll below notices the exit
+                    child.pidfd = None
                 running.append(child)
             for key, _ in sel.select(timeout=poll):
-                _read(key.data, key.fd, sel)
+                if key.fd != key.data.pidfd:
+                    _read(key.data, key.fd, sel)
             now = time.monotonic()
             for child in list(running):
                 task, out = child.task, child.outcome
@@ -195,11 +203,17 @@ def run_tasks(tasks, jobs: int = 1, isolation: str = "fork", on_done=None, poll:
                         child.popen.returncode = -out.signal if out.signal is not None else out.exit_code
                     _kill_group(child.pid)  # anything it left behind in its group goes too
                     child.drain_deadline = now + 2.0
+                    if child.pidfd is not None:  # reaped: it would stay readable, and the loop would spin
+                        sel.unregister(child.pidfd)
+                        os.close(child.pidfd)
+                        child.pidfd = None
                 if child.open_fds and now < child.drain_deadline:
                     continue  # read what is left in the pipes first
-                for fd in list(child.open_fds):
+                for fd in [*child.open_fds, *([child.pidfd] if child.pidfd is not None else [])]:
                     sel.unregister(fd)
                     os.close(fd)
+                child.open_fds.clear()
+                child.pidfd = None
                 running.remove(child)
                 done[id(task)] = _finish(child)
                 if on_done:
@@ -211,5 +225,7 @@ def run_tasks(tasks, jobs: int = 1, isolation: str = "fork", on_done=None, poll:
                 os.waitpid(child.pid, 0)
             except ChildProcessError:
                 pass
+            if child.pidfd is not None:
+                os.close(child.pidfd)
         sel.close()
     return [done[id(t)] for t in tasks]

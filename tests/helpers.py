@@ -44,7 +44,7 @@ def grade_many(specs: dict, timeout: float = 30, memory: float = 4, jobs: int = 
         "import json, sys; from types import SimpleNamespace; import grader; from parent import grade\n"
         "req, opts = json.loads(sys.stdin.read()), json.loads(sys.argv[1])\n"
         "args = SimpleNamespace(check=None, isolation='fork', **opts)\n"
-        "grade.preload('fork'); out = {}\n"
+        "grade.preload('fork', sorted({l for _, ls in req.values() for l in ls})); out = {}\n"
         "def render(r):  # the scorecard in colour and without, at 80 and 160 columns: None, or why it broke\n"
         "    import io, traceback; from rich.console import Console; from parent import report\n"
         "    for width in (80, 160):\n"

@@ -1,6 +1,7 @@
 """What a student sees (captured with colour off): heatmaps, the loss sparkline, hints, trimmed tracebacks."""
 from pack.hints import HINTS
 from parent.verdict import expected_checks
+from judge.shared import TrainingRun
 from tests.helpers import run_grader, submission
 
 LAB1 = sum(c.points for c in expected_checks("lab1"))
@@ -31,7 +32,7 @@ def test_lab2_draws_head_0_when_causality_fails(tmp_path):
 
 def test_lab4_shows_the_loss_curve_and_the_sample():
     out = run_grader("lab4", "--solutions", "-k", "loss_drops_30_percent", "-k", "greedy_continues_pattern").stdout
-    line = next(l for l in out.splitlines() if "over 150 steps" in l)
+    line = next(l for l in out.splitlines() if f"over {TrainingRun.STEPS} steps" in l)
     assert set("▁▂▃▄▅▆▇█") & set(line)
     assert "greedy sample: 'hello transformer! hello" in out
 

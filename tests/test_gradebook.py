@@ -45,8 +45,12 @@ def test_a_batch_writes_a_gradebook_with_the_roster(tmp_path):
     roster.write_text("Name,Student ID,Email,Folder\nAlice Ames,1001,alice@x.edu,alice\nBob Burns,1002,bob@x.edu,bob\n"
                       "Carol Cole,1003,carol@x.edu,\n")
     out = tmp_path / "grades.csv"
-    proc = run_grader("lab1", "--batch", subs, "--csv", out, "--roster", roster, "--timeout", "30")
+    proc = run_grader("lab1", "--batch", subs, "--csv", out, "--roster", roster, "--timeout", "30",
+                      "--canvas", tmp_path / "canvas.csv")
     assert proc.returncode == 0, proc.stderr
+    assert "Bob" in (tmp_path / "grades.report.html").read_text()  # the class report, beside the gradebook
+    assert [line[0] for line in csv.reader(io.StringIO((tmp_path / "canvas.csv").read_text()))][1:] == [
+        "Points Possible", "Bob Burns", "Alice Ames", "", "Carol Cole"]
     assert ".trash (a hidden or system folder)" in proc.stderr and "README.txt (a file" in proc.stderr
     assert "not on the roster: zoe" in proc.stderr
     assert header(out) == ["submission", "id", "name", "email", "total", "max_total", "lab1_score", "lab1_max",

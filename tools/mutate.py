@@ -249,7 +249,7 @@ def grade(found: list, timeout: float = 30, memory: float = 4, jobs: int = 2, pr
 
     from parent import grade as grading
     args = SimpleNamespace(check=None, isolation="fork", timeout=timeout, memory=memory, jobs=jobs, own_labs=False)
-    grading.preload("fork")
+    grading.preload("fork", sorted({m.lab for m in found}))
     outcome = {}
     with tempfile.TemporaryDirectory(prefix="mutants-") as tmp:
         by_lab = {}
