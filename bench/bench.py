@@ -85,7 +85,8 @@ def round_robin(labels, runs, argv_for, measure=lambda seconds, stderr: seconds,
             wall, stderr = timed(argv_for(label, r), cwd_of(label))
             times[label].append(measure(wall, stderr))
             print(f"round {r + 1}/{runs}  {wall:6.2f} s  {label}", file=sys.stderr)
-    return {label: statistics.median(t) for label, t in times.items()}
+    return {label: tuple(map(statistics.median, zip(*t))) if isinstance(t[0], tuple) else statistics.median(t)
+            for label, t in times.items()}  # a measure of several figures: the median of each
 
 
 def make_submissions(folder: Path, count: int) -> int:
@@ -107,7 +108,7 @@ def check_csv(path: Path, count: int, broken: int):
     """A batch that skipped or mis-graded submissions timed something else: say so (the figures still print)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    failed = sum(row["total"] != row["max_total"] for row in rows)
+    failed = sum(row.get("total", row.get("score")) != row.get("max_total", row.get("max_score")) for row in rows)
     if len(rows) != count or failed != broken:
         print(f"bench: WARNING {path.name}: {len(rows)} rows, {failed} not full marks; expected {count}, {broken}",
               file=sys.stderr)
@@ -226,18 +227,29 @@ def main():
             broken = make_submissions(tmp / "subs", n)
             batch = {f"batch of {n}, --jobs {j}": [py, "grader.py", "all", "--batch", str(tmp / "subs"),
                                                    "--jobs", str(j), *device] for j in (1, 2)}
+            older = f"batch of {n}, --jobs 2 at {rev}" if args.against else None
+            if older:  # the same batch by the older tree, in the same rounds: a ratio the machine's speed cancels out of
+                batch[older] = batch[f"batch of {n}, --jobs 2"]
+                cwd[older] = tmp / "against"
             # a new CSV path for every run: an existing CSV makes the batch resume and skip what it lists
             fresh = itertools.count()
             both = round_robin(list(batch), args.batch_runs, lambda label, r: batch[label] + [
                 "--csv", str(tmp / f"grades-{next(fresh)}.csv")],
-                measure=lambda wall, err: (wall, float(GRADED_IN.search(err).group(1))))
+                measure=lambda wall, err: (wall, float(GRADED_IN.search(err).group(1))),
+                cwd_of=lambda label: cwd.get(label, ROOT))
             for path in tmp.glob("grades-*.csv"):
                 check_csv(path, n, broken)
+            then = both.pop(older) if older else None
             (wall1, grading1), (wall2, grading2) = both.values()
             for j, (label, (wall, grading)) in zip((1, 2), both.items()):
                 rows.append((label, f"{wall:.2f}", f"{n / grading:.2f} submissions/s after start-up "
                                                    f"({grading:.2f} s)",
                              f">= 1.0/s: {verdict(n / grading >= 1.0)}" if j == 2 else ""))
+            if then:
+                rows.append((older, f"{then[0]:.2f}", f"{n / then[1]:.2f} submissions/s after start-up "
+                                                      f"({then[1]:.2f} s)", ""))
+                rows.append((f"batch of {n}, --jobs 2: this tree / {rev}", "", f"{then[1] / grading2:.3f}x throughput",
+                             f">= 1.5x: {verdict(then[1] / grading2 >= 1.5)}"))
             scaling = grading1 / grading2
             rows.append(("batch scaling, jobs 1 -> 2", "", f"{scaling:.3f}x throughput ({wall1 / wall2:.3f}x "
                          "whole command)", f">= 1.7x: {verdict(scaling >= 1.7)}"))
