@@ -146,13 +146,13 @@ def test_each_hostile_submission_gets_its_own_row(hostile_class):
     assert set(graded) == {"honest-a", "honest-b", "deep-notebook", "deep-export", "huge-cell", "surrogate",
                            "caf\\xe9-\\xff"}, graded.keys()
     for honest in ("honest-a", "honest-b", "caf\\xe9-\\xff"):  # the odd name is an honest classmate too
-        assert graded[honest]["score"] == graded[honest]["max_score"] == str(LAB1_POINTS), graded[honest]
+        assert graded[honest]["total"] == graded[honest]["max_total"] == str(LAB1_POINTS), graded[honest]
     assert graded["deep-notebook"]["lab1_status"] == "error"
-    assert "nested more than" in graded["deep-notebook"]["lab1_notes"]
-    assert "at most 1 MB" in graded["huge-cell"]["lab1_notes"]
+    assert "nested more than" in graded["deep-notebook"]["lab1_reason"]
+    assert "at most 1 MB" in graded["huge-cell"]["lab1_reason"]
     assert graded["huge-cell"]["lab1_status"] == "error"
-    assert graded["deep-export"]["lab1_status"] == "forbidden" and graded["deep-export"]["score"] == "0"
-    assert "nests too deeply" in graded["deep-export"]["lab1_notes"]  # Python could not compile it either
+    assert graded["deep-export"]["lab1_status"] == "forbidden" and graded["deep-export"]["total"] == "0"
+    assert "nests too deeply" in graded["deep-export"]["lab1_reason"]  # Python could not compile it either
     assert graded["surrogate"]["lab1_status"] == "failed"
 
 
@@ -178,7 +178,7 @@ def test_a_class_of_5000_long_names(tmp_path):
     graded = rows(out)
     assert len(graded) == 5001
     honest = graded[f"9999-{'h' * 195}"]
-    assert honest["score"] == honest["max_score"] == str(LAB1_POINTS), honest
+    assert honest["total"] == honest["max_total"] == str(LAB1_POINTS), honest
 
 
 def test_a_large_legal_lab_file_under_spawn(tmp_path):

@@ -130,5 +130,5 @@ def test_the_note_reaches_the_scorecard_json_and_csv(cases, tmp_path):
     proc = run_grader("lab2", "lab3", "--batch", batch, "--csv", tmp_path / "grades.csv")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = {r["submission"]: r for r in csv.DictReader(open(tmp_path / "grades.csv"))}
-    assert "fix lab 2 first" in rows["ann"]["lab3_notes"] and rows["ann"]["lab3_score"] == str(MAX["lab3"])
-    assert rows["bob"]["lab3_notes"] == "" and rows["bob"]["score"] == str(MAX["lab2"] + MAX["lab3"])
+    assert "fix lab 2 first" in rows["ann"]["lab3_reason"] and rows["ann"]["lab3_score"] == str(MAX["lab3"])
+    assert rows["bob"]["lab3_reason"] == "" and rows["bob"]["total"] == str(MAX["lab2"] + MAX["lab3"])

@@ -275,7 +275,7 @@ def test_code_left_by_one_worker_is_gone_for_the_next(tmp_path, shared_folder, m
         remove_planted(where, name)
     assert graded["trudy"]["lab1_score"] == "0", graded["trudy"]
     for who in ("alice", "bob", "mallory"):
-        assert graded[who]["score"] == graded[who]["max_score"] != "0", graded[who]
+        assert graded[who]["total"] == graded[who]["max_total"] != "0", graded[who]
     assert left == [], f"left on the machine after the batch: {left}"
 
 
@@ -289,7 +289,7 @@ def test_the_attack_works_without_the_defence(tmp_path, shared_folder, mode):
         graded = grade_batch(subs, tmp_path / "grades.csv", CONTROLS[mode])
     finally:
         remove_planted(where, name)
-    assert graded["trudy"]["lab1_score"] == graded["trudy"]["max_score"] != "0", graded["trudy"]
+    assert graded["trudy"]["lab1_score"] == graded["trudy"]["max_total"] != "0", graded["trudy"]
 
 
 # ---- --hide ---------------------------------------------------------------------------------------------------------
@@ -389,8 +389,8 @@ def test_shared_memory_left_by_one_worker_is_gone_for_the_next(tmp_path, mode, d
         graded = grade_batch(subs, tmp_path / "grades.csv", (IPC_MODES if defended else IPC_CONTROLS)[mode])
     finally:
         remove_segment(key)
-    assert graded["mallory"]["score"] == graded["mallory"]["max_score"] != "0", graded["mallory"]
+    assert graded["mallory"]["total"] == graded["mallory"]["max_total"] != "0", graded["mallory"]
     if defended:
         assert graded["trudy"]["lab1_score"] == "0", graded["trudy"]
     else:  # the control: with the defence off, the attack works
-        assert graded["trudy"]["lab1_score"] == graded["trudy"]["max_score"] != "0", graded["trudy"]
+        assert graded["trudy"]["lab1_score"] == graded["trudy"]["max_total"] != "0", graded["trudy"]

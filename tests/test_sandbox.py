@@ -183,7 +183,7 @@ def test_the_batch_finishes_with_every_row(batch):
 def test_classmates_keep_their_exact_scores(batch):
     graded = rows(batch["csv"])
     for name in ("alice", "bob"):
-        assert graded[name]["score"] == graded[name]["max_score"] == str(TOTAL), graded[name]
+        assert graded[name]["total"] == graded[name]["max_total"] == str(TOTAL), graded[name]
 
 
 @pytest.mark.parametrize("attacker", ["steal", "vandalise", "kill", "forge", "aftermath"])
@@ -193,7 +193,7 @@ def test_an_attacker_gains_nothing(batch, attacker):
     if attacker == "steal":  # a stub that ran a classmate's code would pass lab 1
         assert mine["lab1_score"] == "0" and mine["lab1_status"] in ("not started", "failed", "forbidden"), mine
     else:  # its own labs are correct: what it tried must not change its grade either way, nor anyone's
-        assert mine["score"] == str(TOTAL), mine
+        assert mine["total"] == str(TOTAL), mine
 
 
 def test_no_submission_was_changed(batch):
@@ -203,7 +203,7 @@ def test_no_submission_was_changed(batch):
 def test_the_results_are_the_graders_after_it_ends(batch):
     assert batch["csv"].read_bytes() == batch["first"]
     assert "attacker" not in batch["first"].decode()
-    assert sorted(p.name for p in batch["out"].iterdir()) == ["grades.csv"]
+    assert sorted(p.name for p in batch["out"].iterdir()) == ["grades.checks.json", "grades.csv", "grades.report.html"]
 
 
 def test_no_file_of_the_pack_changed(batch):
