@@ -159,10 +159,7 @@ def finish(book: dict, out: Path, args) -> int:
         from parent.report import write_atomic
         write_atomic(canvas, gradebook.canvas_text(book))
         print(f"wrote {cell(str(canvas))} (Canvas: Grades > Import)", file=sys.stderr)
-    try:
-        from parent.classreport import write_report
-    except ImportError:
-        return 0
+    from parent.classreport import write_report
     written = write_report(out)
     if written:
         print(f"wrote {cell(str(written))}", file=sys.stderr)

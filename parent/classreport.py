@@ -25,9 +25,10 @@ from pathlib import Path
 
 from pack.hints import hint_text
 from pack.labs import LABS
+from parent.gradebook import MAX_FILE, checks_path, uncell
 from parent.verdict import clean, clean_name
 
-MAX_BYTES = 256 * 1024 * 1024  # a CSV or checks JSON larger than this is refused, not read
+MAX_BYTES = MAX_FILE  # a CSV or checks JSON larger than this is refused, not read (as the gradebook's)
 SHOWN = 200  # characters of a name shown; a reason shows up to REASON
 REASON = 300
 SLOWEST = 10
@@ -47,9 +48,9 @@ class ReportError(Exception):
 
 
 def unguard(value) -> str:
-    """A CSV cell as it was before the spreadsheet guard: one leading apostrophe before = + - @ removed."""
-    text = "" if value is None else str(value)
-    return text[1:] if text[:1] == "'" and text[1:2] in ("=", "+", "-", "@") else text
+    """A CSV cell as it was before the spreadsheet guard (gradebook.cell): one leading apostrophe before = + - @
+    removed."""
+    return uncell("" if value is None else str(value))
 
 
 def number(value):
@@ -449,7 +450,7 @@ def build(csv_path, html_path=None) -> Path:
     csv_path = Path(csv_path)
     out = Path(html_path) if html_path else default_html(csv_path)
     labs, rows = read_csv(csv_path)
-    checks, note = read_checks(csv_path.with_suffix(".checks.json"))
+    checks, note = read_checks(checks_path(csv_path))
     page = render(csv_path, labs, rows, checks, note)
     try:
         if out.resolve() == csv_path.resolve():

@@ -23,7 +23,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pack.labs import LABS, REGISTRY
+from pack.labs import LABS
 
 HEAD = ["submission", "id", "name", "email", "total", "max_total"]
 PER_LAB = ("score", "max", "status", "reason")
@@ -193,7 +193,7 @@ def columns(labs) -> list:
 
 
 def row(entry: Entry, labs) -> dict:
-    out = {"submission": entry.submission if entry.submission else "", "id": cell(entry.id),
+    out = {"submission": entry.submission, "id": cell(entry.id),
            "name": cell(entry.name), "email": cell(entry.email)}
     recs = [entry.labs[lab] for lab in labs if lab in entry.labs]
     out["total"] = _tidy(sum(r.score for r in recs))
@@ -420,5 +420,3 @@ def version() -> str:
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return f"{VERSION}+{digest.hexdigest()[:10]}"
 
-
-LAB_NAMES = tuple(lab.name for lab in REGISTRY)
