@@ -1,7 +1,9 @@
 """The pack as a whole: solutions pass, stubs are "not started", exit codes, JSON, stubs generated from solutions."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -180,3 +182,53 @@ def test_every_pin_installs_on_the_pythons_courses_run(python, tmp_path):
         proc = subprocess.run(pip + ["download", "--no-deps", "--python-version", python, "--only-binary=:all:",
                                      "-d", str(tmp_path), f"{name}=={version}"], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, (name, python, proc.stderr[-800:])
+
+
+@pytest.mark.parametrize("python", ["3.10", "3.13"])
+def test_the_pins_resolve_together_on_the_pythons_courses_run(python, tmp_path):
+    """Not only each pin alone: every pin (torch aside: its wheel is ~0.5 GB) with all it depends on resolves as one
+    set there, JupyterLab's own dependencies included, so `pip install -r requirements-notebooks.txt` works."""
+    from packaging.markers import Marker
+    env = {"python_version": python, "python_full_version": python + ".0"}
+    wanted = [f"{name}=={version}" for name, version, marker in requirement_pins()
+              if name != "torch" and (not marker or Marker(marker).evaluate(env))]
+    assert "jupyterlab" in {w.split("==")[0] for w in wanted}  # a front end: README's `jupyter lab` command
+    (tmp_path / "pins.txt").write_text("\n".join(wanted) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "--dry-run",
+                           "--ignore-installed", "--python-version", python, "--only-binary=:all:",
+                           "--target", str(tmp_path / "target"), "-r", str(tmp_path / "pins.txt")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "Would install" in proc.stdout, (python, proc.stderr[-1500:])
+
+
+def test_readmes_jupyter_command_starts_a_server(tmp_path):
+    """README's `.venv/bin/jupyter lab notebooks/`: the pinned front end starts and serves (headless, a free port,
+    no browser), and its kernel spec is there."""
+    import socket
+    import time
+    import urllib.request
+    jupyter = Path(sys.executable).with_name("jupyter")
+    assert jupyter.is_file()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
+           "JUPYTER_DATA_DIR": str(tmp_path / "data")}
+    server = subprocess.Popen([str(jupyter), "lab", str(ROOT / "notebooks"), "--no-browser", "--allow-root",
+                               f"--ServerApp.port={port}", "--ServerApp.port_retries=0", "--IdentityProvider.token=t",
+                               "--ServerApp.ip=127.0.0.1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline, answer = time.monotonic() + 120, None
+        while answer is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/kernelspecs?token=t", timeout=5) as r:
+                    answer = json.loads(r.read())
+            except OSError:
+                time.sleep(0.5)
+        assert answer is not None, server.stderr.read1().decode(errors="replace")[-1500:] if server.poll() is not None else "no answer"
+        assert "python3" in answer["kernelspecs"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab?token=t", timeout=10) as r:
+            assert r.status == 200 and b"JupyterLab" in r.read()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -2,6 +2,7 @@
 
     python tools/release.py OUT_DIR            # OUT_DIR must be missing or empty
     python tools/release.py OUT_DIR --force    # empty OUT_DIR first
+    python tools/release.py OUT_DIR --pack-url URL   # also OUT_DIR.zip, to host at URL for Colab (--zip PATH)
 
 The release holds labs/ (stubs regenerated from solutions/, so never stale), notebooks/ (generated from those;
 --pack-url tells them where to fetch the pack on Colab), checkers/ without the checks held back for submission
@@ -11,11 +12,18 @@ grader.py, pytest.ini, requirements.txt, requirements-notebooks.txt, Dockerfile,
 its instructors-only regions (from a line `<!-- instructors-only -->` to a line `<!-- /instructors-only -->`, markers
 included). No solutions/, tools/, tests/ or bench/, and not the stand-ins that are plain code (lab 4's:
 HELD_BACK_FILES): a student's copy grades the later labs on the student's own lab 4.
+
+With --pack-url, the release is also zipped (the same bytes for the same release: entries sorted, times fixed), and
+OUT_DIR's notebooks get the URL and the zip's SHA-256, which their setup cell checks before it unpacks anything on
+Colab. The notebooks inside the zip carry neither (a checksum cannot be part of what it sums); they find the pack
+around them. Publish OUT_DIR's notebooks (a public GitHub repository) and host the zip at URL.
 """
 import argparse
 import ast
+import hashlib
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,14 +93,14 @@ def without_hidden_checks(source: str) -> str:
     return text
 
 
-def write_release(out: Path, pack_url: str = "") -> list:
-    """Write the release into `out` (missing or empty); returns the paths of the files written. `pack_url`: where the
-    notebooks' setup cell fetches the pack from on Colab (the URL of this release, zipped, once published)."""
+def write_release(out: Path) -> list:
+    """Write the release into `out` (missing or empty); returns the paths of the files written (its notebooks find
+    the pack around them; `publish` gives them a URL and checksum to fetch it from on Colab)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty")
     texts = {Path("labs", name): text for name, text in expected_stubs().items()}
-    texts.update({Path("notebooks", name): text for name, text in expected_notebooks(pack_url).items()})
+    texts.update({Path("notebooks", name): text for name, text in expected_notebooks().items()})
     texts[Path("README.md")] = student_readme((ROOT / "README.md").read_text())
     copies = [Path(name) for name in FILES] + [Path(name) for name in OPTIONAL_FILES if (ROOT / name).is_file()]
     copies += [path for package in PACKAGES for path in package_files(package) if path not in HELD_BACK_FILES]
@@ -111,6 +119,27 @@ def write_release(out: Path, pack_url: str = "") -> list:
     return written
 
 
+def write_zip(folder: Path, path: Path, top: str = "transformer-labs") -> str:
+    """Zip `folder` into `path` under one folder `top`, the same bytes for the same files (sorted, fixed times and
+    modes); returns the zip's SHA-256."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    with zipfile.ZipFile(path, "w") as archive:
+        for file in files:
+            info = zipfile.ZipInfo(f"{top}/{file.relative_to(folder).as_posix()}", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+            archive.writestr(info, file.read_bytes())
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def publish(out: Path, pack_url: str, zip_path: Path) -> str:
+    """Zip the release in `out` into `zip_path`, then give `out`'s notebooks the URL and the zip's SHA-256; returns
+    the checksum."""
+    sha256 = write_zip(out, zip_path)
+    for name, text in expected_notebooks(pack_url, sha256=sha256).items():
+        (out / "notebooks" / name).write_text(text)
+    return sha256
+
+
 def empty_folder(folder: Path):
     """Remove everything inside `folder` (a symlink is removed, never followed)."""
     for child in folder.iterdir():
@@ -126,7 +155,11 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true", help="empty OUT_DIR first when it is not empty")
     parser.add_argument("--pack-url", default="", metavar="URL",
                         help="where the notebooks fetch the pack from on Colab (this release, zipped and published)")
+    parser.add_argument("--zip", type=Path, metavar="PATH", help="with --pack-url: where to write the zip "
+                        "(default OUT_DIR.zip)")
     args = parser.parse_args(argv)
+    if args.zip and not args.pack_url:
+        parser.error("--zip goes with --pack-url")
     out = args.out.resolve()
     if out.exists() and not out.is_dir():
         parser.error(f"{args.out} exists and is not a folder")
@@ -136,8 +169,15 @@ def main(argv=None) -> int:
         if not args.force:
             parser.error(f"{args.out} is not empty (use --force to empty it first)")
         empty_folder(out)
-    written = write_release(out, args.pack_url)
+    zip_path = (args.zip or out.with_name(out.name + ".zip")).resolve()
+    if args.pack_url and (zip_path == out or out in zip_path.parents):
+        parser.error(f"{zip_path} is inside {args.out}; write the zip elsewhere")
+    written = write_release(out)
     print(f"wrote {len(written)} files to {args.out}")
+    if args.pack_url:
+        sha256 = publish(out, args.pack_url, zip_path)
+        print(f"wrote {zip_path} (SHA-256 {sha256}): host it at {args.pack_url}; {args.out}/notebooks fetch it "
+              f"from there and refuse any other zip")
     return 0
 
 

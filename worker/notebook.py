@@ -8,6 +8,13 @@ done in a terminal is never overwritten by a stub and the kernel sees it. `grade
 subprocess (never in the kernel: the kernel is the student's process) and prints its scorecard, colours included.
 The `try_*` helpers let a student try their code; an error there is printed, not raised, so a notebook always runs
 to its grading cell.
+
+The earlier labs a lab builds on are loaded into the kernel by `earlier_labs`, not by a plain import: a lab file that
+is finished and runs is the student's own; one that still has a TODO (a `raise NotImplementedError`), does not parse
+or raises when run is replaced by the pack's stand-in (worker/standins/, the code grading uses in its place), or,
+where this copy of the pack has none, by a placeholder whose every name says which lab to finish first. Before each
+`%%lab` and `%%try` cell, a lab file changed since it was loaded is loaded again (and every earlier lab after it, as
+they import it), and the notebook's names that came from it are re-bound, so an edit needs no restart.
 """
 import ast
 import hashlib
@@ -15,9 +22,10 @@ import os
 import subprocess
 import sys
 import traceback
+import types
 from pathlib import Path
 
-from pack.labs import FILES, LABS
+from pack.labs import FILES, LABS, earlier
 
 STATE = {}
 
@@ -42,6 +50,150 @@ def setup(lab: str, root):
         shell.register_magic_function(lab_cell, "cell", "lab")
         shell.register_magic_function(try_cell, "cell", "try")
     print(f"Lab {LABS[lab].number}: running a %%lab cell saves it into {STATE['file'].relative_to(root)}; the last cell grades it.")
+    STATE["earlier"] = {}
+    for note in earlier_labs(shell.user_ns if shell is not None else None):
+        print(note)
+
+
+# ---- the earlier labs in the kernel -----------------------------------------------------------------------------
+class EarlierLab(NotImplementedError):
+    """Raised by a placeholder's names: the earlier lab they belong to is not finished and has no stand-in."""
+
+
+def unfinished(path: Path) -> str:
+    """Why the lab file at `path` cannot serve a later lab yet, or "" when it can: it is missing, does not parse, or
+    one of its functions or classes still raises NotImplementedError (a TODO)."""
+    try:
+        tree = ast.parse(path.read_bytes())
+    except OSError:
+        return "is missing"
+    except (SyntaxError, ValueError) as exc:
+        return f"has a syntax error (line {getattr(exc, 'lineno', '?')}: {getattr(exc, 'msg', exc)})"
+    for node in _defined(tree):
+        if node.name == "main":
+            continue
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Raise) and inner.exc is not None:
+                raised = inner.exc.func if isinstance(inner.exc, ast.Call) else inner.exc
+                if isinstance(raised, ast.Name) and raised.id == "NotImplementedError":
+                    return f"has a TODO left (line {inner.lineno}, in {node.name})"
+    return ""
+
+
+def _module(name: str, path: Path) -> types.ModuleType:
+    """Run the file at `path` as module `name`, registered in sys.modules (from its source, never a stale .pyc)."""
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    sys.modules[name] = module
+    try:
+        exec(compile(path.read_bytes(), str(path), "exec"), module.__dict__)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+class _Unfinished(type):
+    """The type of a placeholder's names: any public attribute of one (lab 5's `TinyGPT.generate`) is a function that
+    raises, as calling it does."""
+    def __getattr__(cls, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return cls.__init__
+
+
+def _placeholder(lab, why: str) -> types.ModuleType:
+    """A module standing for an unfinished lab without a stand-in: each name it is asked for is a class that raises
+    EarlierLab when called (or when a class built on it is), so importing from it works and using it says what to do."""
+    module = types.ModuleType(lab.module, f"placeholder: labs/{lab.file} {why}")
+    message = f"finish lab {lab.number} first: labs/{lab.file} {why}"
+
+    def refuse(*args, **kwargs):
+        raise EarlierLab(message)
+
+    def missing(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Unfinished(name, (), {"__init__": refuse, "__module__": lab.module, "__doc__": message})
+    module.__getattr__ = missing
+    module.placeholder = message
+    return module
+
+
+def _load(lab, path: Path) -> tuple:
+    """(module, note) for earlier lab `lab`: the student's file when it can serve, else the stand-in or a placeholder,
+    with a sentence saying which and why ("" for the student's own)."""
+    why = unfinished(path)
+    if not why:
+        try:
+            return _module(lab.module, path), ""
+        except Exception as exc:  # noqa: BLE001  (the student's file: say what it raised, use the pack's version)
+            why = f"raises {type(exc).__name__} when run ({str(exc).splitlines()[0] if str(exc) else 'no message'})"
+    standin = STATE["root"] / "worker" / "standins" / lab.file
+    if standin.is_file():
+        return _module(lab.module, standin), (f"Lab {lab.number}: labs/{lab.file} {why}, so this notebook runs the "
+                                              f"pack's lab {lab.number} in its place until it is finished "
+                                              f"(grading does the same).")
+    return _placeholder(lab, why), (f"Lab {lab.number}: labs/{lab.file} {why}. This lab builds on it: finish lab "
+                                    f"{lab.number} first to try your code here.")
+
+
+def _signature(path: Path):
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def earlier_labs(namespace: dict = None) -> list:
+    """Load each lab the notebook's lab builds on (see the module's docstring), again from the first one whose file
+    changed since it was loaded; re-bind the names in `namespace` (the kernel's) that came from a module replaced.
+    Returns the notes to print."""
+    loaded, notes, replaced = STATE.setdefault("earlier", {}), [], {}
+    stale = False
+    for name in earlier(STATE["lab"]):
+        lab = LABS[name]
+        path = STATE["root"] / "labs" / lab.file
+        signature, known = _signature(path), loaded.get(lab.module)
+        if not stale and known is not None and known[0] == signature and sys.modules.get(lab.module) is known[1]:
+            continue
+        stale = True
+        old = sys.modules.pop(lab.module, None)
+        module, note = _load(lab, path)
+        sys.modules[lab.module] = module
+        if known is not None:
+            note = f"labs/{lab.file} changed: loaded it again. {note}".rstrip()
+        if note:
+            notes.append(note)
+        loaded[lab.module] = (signature, module)
+        if old is not None and old is not module:
+            replaced[id(old)] = module
+    if replaced and namespace is not None:
+        notes += rebind(namespace, replaced)
+    return notes
+
+
+def rebind(namespace: dict, replaced: dict) -> list:
+    """Point the namespace's modules, functions and classes that came from a replaced module (`replaced`: id of the
+    old module -> the new one) at the new module's; returns a note for each class of the notebook's own built on an
+    old class (its cell must run again)."""
+    by_name = {module.__name__: module for module in replaced.values()}
+    for key, value in list(namespace.items()):
+        if isinstance(value, types.ModuleType) and id(value) in replaced:
+            namespace[key] = replaced[id(value)]
+        elif isinstance(value, (type, types.FunctionType)) and getattr(value, "__module__", None) in by_name:
+            new = getattr(by_name[value.__module__], value.__name__, None)
+            if new is not None:
+                namespace[key] = new
+    notes = []
+    for key, value in namespace.items():
+        if isinstance(value, type) and value.__module__ == "__main__":
+            old = [base.__name__ for base in value.__mro__[1:] if base.__module__ in by_name
+                   and getattr(by_name[base.__module__], base.__name__, None) is not base]
+            if old:
+                notes.append(f"run the cell that defines {key} again: it is built on the old {old[0]}.")
+    return notes
 
 
 # ---- one cell into the lab file ---------------------------------------------------------------------------------
@@ -116,16 +268,41 @@ def save(cell: str, shipped: str = "") -> str:
     return cell
 
 
+def _fresh(shell):
+    """Before a cell runs: the earlier labs loaded again where their files changed (their notes printed)."""
+    for note in earlier_labs(shell.user_ns):
+        print(note)
+
+
+def _todo(shell, etype, value, tb, tb_offset=None):
+    """A TODO reached while a cell ran (NotImplementedError): one line, not a traceback."""
+    print(f"{value}." if isinstance(value, EarlierLab) else f"not written yet: {value}")
+
+
+def _run(shell, source: str):
+    """Run `source` as a cell, a NotImplementedError shown by _todo (any other error keeps its traceback)."""
+    saved = shell.custom_exceptions, shell.CustomTB
+    shell.set_custom_exc((NotImplementedError,), _todo)
+    try:
+        shell.run_cell(source)
+    finally:
+        shell.custom_exceptions, shell.CustomTB = saved
+
+
 def lab_cell(line: str, cell: str):
     """%%lab <digest>: save the cell into the lab file, then run it (or the file's version) in the kernel."""
     from IPython import get_ipython
-    get_ipython().run_cell(save(cell, line.strip()))
+    shell = get_ipython()
+    _fresh(shell)
+    _run(shell, save(cell, line.strip()))
 
 
 def try_cell(line: str, cell: str):
     """%%try: run the cell; an error is shown and the notebook goes on (to its grading cell)."""
     from IPython import get_ipython
-    get_ipython().run_cell(cell)
+    shell = get_ipython()
+    _fresh(shell)
+    _run(shell, cell)
 
 
 # ---- grading ------------------------------------------------------------------------------------------------------
@@ -148,6 +325,8 @@ def _guarded(fn):
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except EarlierLab as exc:
+            print(f"{exc}.")
         except NotImplementedError as exc:
             print(f"not written yet: {exc}")
         except Exception:  # noqa: BLE001  (the student's code: show what went wrong, keep the notebook going)
