@@ -98,6 +98,8 @@ def test_a_shipped_notebook_runs_and_grades_not_started(lab, shipped):
     for name in LAB_FILES:  # beneath it (lab 2's module-level `mha` no longer stops labs 3 to 6 at their imports)
         if name < lab and name != "lab4":
             assert f"runs the pack's lab {name[3]} in its place" in outputs[lab][0], outputs[lab][0]
+    if lab in ("lab5", "lab6"):  # the release has no lab 4 stand-in: the cells that need it say what to do first
+        assert "labs/lab4_gpt.py has a TODO left" in everything and "finish lab 4 first" in everything
     assert (folder / "labs" / LAB_FILES[lab]).read_text() == expected_stubs()[LAB_FILES[lab]]  # nothing was saved
 
 
@@ -141,6 +143,31 @@ def test_a_notebook_runs_on_its_own_cells_while_the_earlier_labs_are_stubs(lab, 
             "lab4": "greedy sample: 'hello transformer!"}[lab] in everything, everything[-1500:]
     assert "lab 2 in its place" in outputs[lab][0] and "# TODO" not in (folder / "labs" / LAB_FILES[lab]).read_text()
     assert "# TODO" in (folder / "labs" / LAB_FILES["lab2"]).read_text()  # nothing but the lab's own file was written
+
+
+def test_an_earlier_lab_that_does_not_run_is_replaced_and_the_reason_given(tmp_path):
+    """Finished but broken earlier labs: one does not parse, one raises when imported; with no stand-in (lab 4 left
+    out of the release), a placeholder whose names raise EarlierLab, class bodies and subclasses included."""
+    folder = tmp_path / "pack"
+    write_release(folder)
+    labs = folder / "labs"
+    (labs / LAB_FILES["lab1"]).write_text((ROOT / "solutions" / LAB_FILES["lab1"]).read_text() + "\ndef oops(:\n")
+    (labs / LAB_FILES["lab2"]).write_text((ROOT / "solutions" / LAB_FILES["lab2"]).read_text() + "\nraise ValueError('boom')\n")
+    (labs / LAB_FILES["lab3"]).write_text((ROOT / "solutions" / LAB_FILES["lab3"]).read_text())
+    script = (
+        "import sys\nsys.path.insert(0, '.')\nfrom worker import notebook\nnotebook.setup('lab5', '.')\n"
+        "import lab3_block, lab4_gpt\nprint('lab3 from', lab3_block.__file__)\n"
+        "from lab4_gpt import TinyGPT\n"
+        "class Llama(TinyGPT):\n    generate = TinyGPT.generate\n    def __init__(self):\n        super().__init__(5)\n"
+        "try:\n    Llama()\nexcept notebook.EarlierLab as exc:\n    print('refused:', exc)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=folder, capture_output=True, text=True, timeout=300)
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert f"labs/{LAB_FILES['lab1']} has a syntax error (line" in out and "runs the pack's lab 1 in its place" in out
+    assert f"labs/{LAB_FILES['lab2']} raises ValueError when run (boom)" in out and "pack's lab 2 in its place" in out
+    assert f"lab3 from {labs / LAB_FILES['lab3']}".replace(str(folder) + "/", "") in out.replace(str(folder) + "/", "")
+    assert "finish lab 4 first to try your code here" in out
+    assert "refused: finish lab 4 first: labs/lab4_gpt.py has a TODO left (line" in out, out
 
 
 def cell(kind: str, text: str) -> dict:
