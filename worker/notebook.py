@@ -36,7 +36,8 @@ def digest(cell: str) -> str:
 
 
 def setup(lab: str, root):
-    """Prepare the kernel for `lab`: the labs folder on sys.path, the `%%lab` and `%%try` magics registered."""
+    """Prepare the kernel for `lab`: the labs folder on sys.path, the `%%lab` and `%%try` magics registered, the labs
+    it builds on loaded (`earlier_labs`)."""
     root = Path(root)
     folder = root / "labs"
     if str(folder) not in sys.path:
