@@ -118,6 +118,9 @@ def parse_args(argv):
 def resolve_device(requested: str) -> str:
     """auto -> cuda when a GPU is visible, else cpu, asked without initialising CUDA in this process (we fork)."""
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    # numpy's OpenBLAS (numpy comes with torch; safetensors uses it) would start a thread per core in every judge and
+    # worker that touches it, each spinning a while after every call: the grader's arrays are tiny, one thread does
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import torch
     available = torch.cuda.is_available()
     if requested == "cuda" and not available:

@@ -16,14 +16,13 @@ import time
 import traceback
 from pathlib import Path
 
-import torch
-
 from judge.checks import CheckFailure, Skipped, known_hint
 from judge.client import ContractMissing, StudentError, WorkerGone, meta_message
 from judge.static import Forbidden
 from pack.labs import BY_MODULE, FILES, LABS, earlier, lab_of_module
 from protocol import messages as m
 from protocol.messages import Fault, machine_busy
+from protocol.values import seed
 
 MAX_MESSAGE = 4000
 STANDINS = Path(__file__).resolve().parent.parent / "worker" / "standins"  # read here, compiled, run by the worker only
@@ -189,7 +188,7 @@ def run_check(name: str, check, worker, lab: str, display_dir: str = ".", rerun:
 
 
 def _run_once(name: str, check, worker, lab: str, display_dir: str) -> m.CheckDone:
-    torch.manual_seed(0)
+    seed(0, str(getattr(worker, "device", "cpu")).startswith("cuda"))
     start = time.perf_counter()
     try:
         figures = _figures(check(worker))

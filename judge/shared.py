@@ -86,14 +86,20 @@ def sub(values: dict, prefix: str) -> dict:
     return {n[len(prefix) + 1:]: v for n, v in values.items() if n.startswith(prefix + ".")}
 
 
+SAME_GELU = 1e-6  # below every tolerance a check compares with (1e-5 and up); the two GELUs differ by 4e-5 and up
+
+
 def gelu_flavour(out: Tensor, oracle) -> str:
-    """'none' or 'tanh': whichever GELU makes oracle(approximate) closest to the student's output."""
+    """'none' or 'tanh': whichever GELU makes oracle(approximate) closest to the student's output. 'none' without
+    building the tanh oracle when it already matches within SAME_GELU: any check then passes on it as on the other."""
     if not isinstance(out, Tensor) or out.device.type == "meta":
         return "none"
     err = {}
     for a in ("none", "tanh"):
         want = oracle(a)
         err[a] = float((want - out.to(want.dtype)).abs().max()) if want.shape == out.shape else float("inf")
+        if err[a] <= SAME_GELU:
+            return a
     return min(err, key=err.get)
 
 

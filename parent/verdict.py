@@ -97,8 +97,17 @@ class LabResult:
         return sum(c.points for c in self.checks)
 
 
+_PARSED = {}  # lab -> (the checker file's size and modification time, its tree): a batch reads each once
+
+
 def _checker(lab: str) -> ast.Module:
-    return ast.parse((CHECKERS / f"check_{lab}.py").read_text(encoding="utf-8"))
+    """The lab's checker, parsed (again only when the file changed: a batch asks twice per lab and submission)."""
+    path = CHECKERS / f"check_{lab}.py"
+    stat = path.stat()
+    known = _PARSED.get(lab)
+    if known is None or known[0] != (stat.st_size, stat.st_mtime_ns):
+        known = _PARSED[lab] = ((stat.st_size, stat.st_mtime_ns), ast.parse(path.read_text(encoding="utf-8")))
+    return known[1]
 
 
 def _marks(fn: ast.FunctionDef) -> tuple:

@@ -36,6 +36,10 @@ class ShortcutGuard(TorchFunctionMode):
     def __init__(self, hits: list, trusted: set = frozenset(), lab_dir: str = None):
         super().__init__()
         self.hits, self.trusted, self.lab_dir = hits, trusted, lab_dir
+        # functions seen to be none of the forbidden ones: a training step makes ~700 calls of a few dozen functions,
+        # so the name test runs once per function, not per call (a forbidden one is tested at every call: whether
+        # it is let through depends on its caller)
+        self.allowed = set()
 
     def _from_stand_in(self) -> bool:
         frame = sys._getframe(2)
@@ -48,10 +52,21 @@ class ShortcutGuard(TorchFunctionMode):
         return False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if (func in _FORBIDDEN_FUNCS or any(f in name for f in _FORBIDDEN_FRAGMENTS)) and not self._from_stand_in():
-            self.hits.append(name)
-            raise ForbiddenShortcut(f"the code called torch's built-in `{name}`")
+        try:
+            known = func in self.allowed
+        except TypeError:  # an unhashable callable: tested at every call
+            known = False
+        if not known:
+            name = getattr(func, "__name__", "")
+            if func in _FORBIDDEN_FUNCS or any(f in name for f in _FORBIDDEN_FRAGMENTS):
+                if not self._from_stand_in():
+                    self.hits.append(name)
+                    raise ForbiddenShortcut(f"the code called torch's built-in `{name}`")
+            else:
+                try:
+                    self.allowed.add(func)
+                except TypeError:
+                    pass
         return func(*args, **(kwargs or {}))
 
 

@@ -22,7 +22,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from pack.labs import ATTRS, BY_MODULE
 from protocol import messages as m
 from protocol.codec import ProtocolError, read_frame, write_frame
-from protocol.values import Packer, load_tensors, save_tensors
+from protocol.values import Packer, load_tensors, save_tensors, seed
 from worker.guards import FORBIDDEN_MODULES, ForbiddenShortcut, MetaShadow, MetaValueError, ShortcutGuard, Snapshot, code_objects
 
 KINDS = {"Linear": nn.Linear, "Embedding": nn.Embedding, "LayerNorm": nn.LayerNorm, "ModuleList": nn.ModuleList,
@@ -174,7 +174,7 @@ class Server:
         args = self.arg(list(req.args) if type(req.args) in (list, tuple) else [], tensors)
         kwargs = self.arg(req.kwargs if type(req.kwargs) is dict else {}, tensors)
         if opts.seed is not None:
-            torch.manual_seed(opts.seed)
+            seed(opts.seed, self.device.type == "cuda")
         owner = self.objects.get(req.target.owner) if req.target.kind == "handle" else None
         watched, removers, resets, captured = [], [], [], []
         if opts.swap:
