@@ -275,9 +275,14 @@ def _fresh(shell):
         print(note)
 
 
+def _todo_line(exc: NotImplementedError) -> str:
+    """A TODO reached (NotImplementedError), or an earlier lab to finish first (EarlierLab), in one line."""
+    return f"{exc}." if isinstance(exc, EarlierLab) else f"not written yet: {exc}"
+
+
 def _todo(shell, etype, value, tb, tb_offset=None):
-    """A TODO reached while a cell ran (NotImplementedError): one line, not a traceback."""
-    print(f"{value}." if isinstance(value, EarlierLab) else f"not written yet: {value}")
+    """IPython's handler for a NotImplementedError raised while a cell ran: one line, not a traceback."""
+    print(_todo_line(value))
 
 
 def _run(shell, source: str):
@@ -326,10 +331,8 @@ def _guarded(fn):
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except EarlierLab as exc:
-            print(f"{exc}.")
         except NotImplementedError as exc:
-            print(f"not written yet: {exc}")
+            print(_todo_line(exc))
         except Exception:  # noqa: BLE001  (the student's code: show what went wrong, keep the notebook going)
             print("your code raised an error (the last lines are yours):")
             traceback.print_exc(limit=-4, file=sys.stdout)
