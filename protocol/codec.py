@@ -53,11 +53,21 @@ def message(name: str):
 
 
 # ---- encoding ----------------------------------------------------------------------------------------
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+_FIELD_NAMES = {}  # dataclass -> its fields' names, worked out once per class
+
+
 def to_plain(value):
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    names = _FIELD_NAMES.get(kind)
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
         out = {TAG: value.TYPE}
-        for f in dataclasses.fields(value):
-            out[f.name] = to_plain(getattr(value, f.name))
+        for name in names:
+            out[name] = to_plain(getattr(value, name))
         return out
     if isinstance(value, enum.Enum):
         return value.value
@@ -87,12 +97,22 @@ def check_plain(value, depth: int = 0, count: list = None):
         for key, item in value.items():
             if type(key) is not str:
                 raise ProtocolError("a key is not a string")
-            check_plain(item, depth + 1, count)
+            _check_item(item, depth + 1, count)
     elif kind is list:
         for item in value:
-            check_plain(item, depth + 1, count)
-    elif kind not in (str, int, float, bool, type(None)):
+            _check_item(item, depth + 1, count)
+    elif kind not in _SCALARS:
         raise ProtocolError(f"a value of type {kind.__name__}")
+
+
+def _check_item(item, depth: int, count: list):
+    """check_plain(item, depth, count), with a leaf checked in place (most values are leaves)."""
+    if type(item) in _SCALARS and depth <= MAX_DEPTH:
+        count[0] += 1
+        if count[0] > MAX_ITEMS:
+            raise ProtocolError("a message is nested too deeply or holds too many values")
+    else:
+        check_plain(item, depth, count)
 
 
 def _hints(cls) -> dict:
@@ -103,73 +123,133 @@ def _hints(cls) -> dict:
     return cached
 
 
+_DECODERS = {}  # a field's declared type -> its decoder, made once (see _decoder)
+_CLASSES = {}  # message class -> (field names, [(name, decoder, where, required)])
+
+
 def _convert(value, kind, where: str):
+    """`value` (plain JSON) as the declared type `kind`; ProtocolError naming `where` for anything else."""
+    return _decoder(kind)(value, where)
+
+
+def _decoder(kind):
+    """decode(value, where) for the declared type `kind`: the type is looked at once, here, not at every value."""
+    try:
+        return _DECODERS[kind]
+    except KeyError:
+        found = _DECODERS[kind] = _make_decoder(kind)
+        return found
+
+
+def _plain(value, where):
+    return value
+
+
+def _make_decoder(kind):
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if kind is Value or kind is typing.Any:
-        return value
+        return _plain
     if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, option, where)
-            except ProtocolError as exc:
-                errors.append(str(exc))
-        raise ProtocolError(errors[0] if errors else f"{where}: unexpected null")
+        nullable = type(None) in args
+        options = [_decoder(a) for a in args if a is not type(None)]
+
+        def union(value, where):
+            if value is None and nullable:
+                return None
+            errors = []
+            for option in options:
+                try:
+                    return option(value, where)
+                except ProtocolError as exc:
+                    errors.append(str(exc))
+            raise ProtocolError(errors[0] if errors else f"{where}: unexpected null")
+        return union
     if origin in (list, tuple):
-        if type(value) is not list:
-            raise ProtocolError(f"{where}: expected a list")
-        item = args[0] if args else Value
-        items = [_convert(v, item, where) for v in value]
-        return tuple(items) if origin is tuple else items
+        item = _decoder(args[0] if args else Value)
+        as_tuple = origin is tuple
+
+        def sequence(value, where):
+            if type(value) is not list:
+                raise ProtocolError(f"{where}: expected a list")
+            items = [item(v, where) for v in value]
+            return tuple(items) if as_tuple else items
+        return sequence
     if origin is dict:
-        if type(value) is not dict:
-            raise ProtocolError(f"{where}: expected an object")
-        return {k: _convert(v, args[1], where) for k, v in value.items()}
+        entry = _decoder(args[1])
+
+        def mapping(value, where):
+            if type(value) is not dict:
+                raise ProtocolError(f"{where}: expected an object")
+            return {k: entry(v, where) for k, v in value.items()}
+        return mapping
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
-        try:
-            return kind(value)
-        except ValueError:
-            raise ProtocolError(f"{where}: {str(value)[:40]!r} is not a {kind.__name__}") from None
+        def member(value, where):
+            try:
+                return kind(value)
+            except ValueError:
+                raise ProtocolError(f"{where}: {str(value)[:40]!r} is not a {kind.__name__}") from None
+        return member
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
-        return from_plain(value, (kind,), where)
+        expect = (kind,)
+        return lambda value, where: from_plain(value, expect, where)  # made on first use: a class may nest itself
     if kind is float:
-        if type(value) not in (int, float):
-            raise ProtocolError(f"{where}: expected a number")
-        try:
-            return float(value)
-        except OverflowError:  # an integer past a float's range (10**400)
-            raise ProtocolError(f"{where}: a number out of range") from None
+        def number(value, where):
+            if type(value) not in (int, float):
+                raise ProtocolError(f"{where}: expected a number")
+            try:
+                return float(value)
+            except OverflowError:  # an integer past a float's range (10**400)
+                raise ProtocolError(f"{where}: a number out of range") from None
+        return number
     if kind in (str, int, bool):
-        if type(value) is not kind:
-            raise ProtocolError(f"{where}: expected {kind.__name__}, got {type(value).__name__}")
-        return value
+        def exact(value, where):
+            if type(value) is not kind:
+                raise ProtocolError(f"{where}: expected {kind.__name__}, got {type(value).__name__}")
+            return value
+        return exact
     if kind is type(None):
-        if value is not None:
-            raise ProtocolError(f"{where}: expected null")
-        return None
-    raise ProtocolError(f"{where}: no decoder for {kind!r}")
+        def null(value, where):
+            if value is not None:
+                raise ProtocolError(f"{where}: expected null")
+            return None
+        return null
+
+    def refuse(value, where):
+        raise ProtocolError(f"{where}: no decoder for {kind!r}")
+    return refuse
+
+
+def _fields(cls) -> tuple:
+    """(field names, [(name, decoder, where, required)]) of a message class, worked out once."""
+    found = _CLASSES.get(cls)
+    if found is None:
+        hints = _hints(cls)
+        fields = [(f.name, _decoder(hints[f.name]), f"{cls.TYPE}.{f.name}",
+                   f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+                  for f in dataclasses.fields(cls)]
+        found = _CLASSES[cls] = (frozenset(f[0] for f in fields), fields)
+    return found
 
 
 def from_plain(obj, expect=None, where: str = "message"):
     """The message `obj` (plain JSON) stands for; `expect`: the classes the caller accepts (default: any)."""
     if type(obj) is not dict:
         raise ProtocolError(f"{where}: expected an object")
-    cls = TYPES.get(obj.get(TAG)) if type(obj.get(TAG)) is str else None
+    tag = obj.get(TAG)
+    cls = TYPES.get(tag) if type(tag) is str else None
     if cls is None or (expect is not None and cls not in expect):
         wanted = ", ".join(c.TYPE for c in expect) if expect else "a known type"
-        raise ProtocolError(f"{where}: got type {str(obj.get(TAG))[:40]!r}, expected {wanted}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = [k for k in obj if k != TAG and k not in names]
-    if unknown:
+        raise ProtocolError(f"{where}: got type {str(tag)[:40]!r}, expected {wanted}")
+    names, fields = _fields(cls)
+    if len(obj) > len(names) + 1 or not names.issuperset(k for k in obj if k != TAG):
+        unknown = [k for k in obj if k != TAG and k not in names]
         raise ProtocolError(f"{cls.TYPE}: unknown field {unknown[0][:40]!r}")
-    hints, values = _hints(cls), {}
-    for f in dataclasses.fields(cls):
-        if f.name in obj:
-            values[f.name] = _convert(obj[f.name], hints[f.name], f"{cls.TYPE}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ProtocolError(f"{cls.TYPE}: missing field {f.name!r}")
+    values = {}
+    for name, decode_field, at, required in fields:
+        if name in obj:
+            values[name] = decode_field(obj[name], at)
+        elif required:
+            raise ProtocolError(f"{cls.TYPE}: missing field {name!r}")
     return cls(**values)
 
 
