@@ -12,8 +12,8 @@ and with --jobs 2, and `--watch`'s re-grade: from saving a lab file to the next 
 `--against REV` also times `all` and `bonus` from an export of commit REV (`git archive`), in the same rounds,
 and reports this tree's time over REV's: a change's cost measured side by side, on the same noise.
 Ratios from one interleaved run are what to compare; absolute seconds move with the machine's load. The batch's
-throughput is also given in floors (submissions graded in one floor's time), which moves less from a fast machine
-to a slow one than submissions per second; the targets stay in seconds.
+throughput is also given in floors (submissions graded in one floor's time), to read beside the floor of the same
+run; it has no target (the targets stay in seconds) and it too moves from run to run.
 This is a benchmark, not a test: pytest never collects it.
 """
 import argparse
@@ -247,8 +247,7 @@ def main():
                 rows.append((label, f"{wall:.2f}", f"{n / grading:.2f} submissions/s after start-up "
                                                    f"({grading:.2f} s)",
                              f">= 1.0/s: {verdict(n / grading >= 1.0)}" if j == 2 else ""))
-            # the same throughput in units of the floor: how many submissions one floor's time grades, a figure that
-            # moves less with the machine's speed than submissions/s (both pay the same Python-heavy interpreter)
+            # the same throughput in units of this run's floor: how many submissions one floor's time grades
             rows.append((f"batch of {n}, --jobs 2, in floors", "", f"{n / grading2 * floor:.2f} submissions per floor "
                          f"({floor:.2f} s)", ""))
             if then:
