@@ -114,6 +114,22 @@ def test_meta_probe_values_and_devices():
             mask & torch.ones(2, 2, dtype=torch.bool)  # made without the input's device
         with pytest.raises(MetaValueError):
             orphan.sum().item()
+        # made from Python data on the input's device (which bypasses the dispatcher): it has values too
+        made = torch.tensor([[1, 2, 3]], dtype=torch.long, device=mask.device)
+        assert made.device.type == "meta" and made.sum().item() == 6 and made[0].tolist() == [1, 2, 3]
+        assert torch.as_tensor([2.0], device="meta").item() == 2.0
+        assert torch.asarray([1.0], device="meta", requires_grad=True).requires_grad
+        assert torch.tensor([1, 2]).device.type == "cpu"  # without a device: the CPU, where it mixes as before
+        with pytest.raises(DeviceMixError):
+            made + torch.tensor([[1, 2, 3]])
+        # a functional op's outputs come from its shadow's (shape, strides, dtype); views and in-place ops still alias
+        t = torch.zeros(2, 3, device=mask.device)
+        assert (t @ t.T).shape == (2, 2) and (t.T * 1).stride() == (torch.zeros(2, 3).T * 1).stride() == t.T.stride()
+        t[0] += 1
+        row = t.view(-1)[:3]
+        row.mul_(4)
+        assert t.sum().item() == 12 and t.tolist() == [[4.0, 4.0, 4.0], [0.0, 0.0, 0.0]]
+    assert torch.tensor is torch._C._VariableFunctions.tensor  # the constructors are torch's own again after the probe
 
 
 def test_an_undecided_check_passes_and_torch_meta_words_never_reach_the_student():

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 
 from pack.labs import FORBIDDEN, FRAGMENTS
 
@@ -107,16 +107,39 @@ class DeviceGuard(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        self.check(func, args, kwargs)
+        self.check(func, tree_leaves((args, kwargs)))
         return func(*args, **kwargs)
 
     @staticmethod
-    def check(func, args, kwargs):
-        if func.__name__.split(".")[0] not in _COPIES:
-            devices = {t.device for t in tree_leaves((args, kwargs))
+    def check(func, leaves: list):
+        if _kind(func).name not in _COPIES:
+            devices = {t.device for t in leaves
                        if isinstance(t, torch.Tensor) and not (t.device.type == "cpu" and t.dim() == 0)}
             if len(devices) > 1:
-                raise DeviceMixError(f"`{func.__name__.split('.')[0]}` got tensors on {sorted(map(str, devices))}")
+                raise DeviceMixError(f"`{_kind(func).name}` got tensors on {sorted(map(str, devices))}")
+
+
+class _Kind:
+    """What the probe needs to know of an op, read once from its schema: its base name, and whether it is
+    functional (mutates none of its arguments and returns no alias of them), so that its outputs on meta are
+    fresh tensors whose shapes, strides and dtypes are those its shadow run produced."""
+    __slots__ = ("name", "functional")
+
+    def __init__(self, func):
+        self.name = func.__name__.split(".")[0]
+        schema = getattr(func, "_schema", None)
+        self.functional = (schema is not None and not schema.is_mutable
+                           and all(r.alias_info is None for r in schema.returns))
+
+
+_KINDS = {}
+
+
+def _kind(func) -> _Kind:
+    kind = _KINDS.get(func)
+    if kind is None:
+        kind = _KINDS[func] = _Kind(func)
+    return kind
 
 
 class MetaValueError(RuntimeError):
@@ -125,6 +148,34 @@ class MetaValueError(RuntimeError):
 
 _NO_SHADOW = object()
 META = torch.device("meta")
+CPU = torch.device("cpu")
+
+
+_FROM_DATA = ("tensor", "as_tensor", "asarray")  # torch's constructors from data, which bypass the dispatcher
+
+
+def _from_data(make):
+    def made(*args, **kwargs):
+        device = kwargs.get("device")
+        try:
+            meta = device is not None and torch.device(device) == META
+        except (RuntimeError, TypeError):
+            meta = False
+        if meta:
+            grad = kwargs.get("requires_grad", False)
+            try:
+                host = make(*args, **{k: v for k, v in kwargs.items() if k not in ("device", "requires_grad")})
+            except (RuntimeError, TypeError, ValueError):  # data on meta, or arguments it refuses: torch says why
+                host = None
+            if isinstance(host, torch.Tensor) and host.device.type == "cpu" and type(grad) is bool:
+                return host.to(META).requires_grad_(grad)  # the copy to meta is dispatched: it gets a shadow
+        return make(*args, **kwargs)
+    made.__wrapped__ = make
+    return made
+
+
+def _on_meta(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=META)
 
 
 class MetaShadow(DeviceGuard):
@@ -132,49 +183,72 @@ class MetaShadow(DeviceGuard):
     CPU shadow holding its values (`shadows`, a weak dict filled when the grader moves a module or an input to
     meta), and each op on meta tensors runs on their shadows too. So code that reads a value (`if mask.all():`,
     `.item()`, `torch.nonzero`, `.tolist()`) gets the value it would get on a real device, while every op still
-    runs on meta, where a tensor made without the input's device shows up as a second device. An op whose
-    shadows are missing (a tensor the grader did not give) runs on meta alone, as before."""
+    runs on meta, where a tensor made without the input's device shows up as a second device. A functional op's
+    outputs on meta are made from its shadow's outputs (meta's own kernels, many of them written in Python, would
+    cost more than the op); an op that mutates or returns a view runs on meta itself, so aliasing stays as it is.
+    An op whose shadows are missing (a tensor the grader did not give) runs on meta alone, as before."""
 
     def __init__(self, shadows):
         super().__init__()
         self.shadows = shadows
+        self.saved = {}
+
+    def __enter__(self):
+        # torch.tensor(data, device=...) and its kin make a tensor from Python data without passing the dispatcher:
+        # while the probe runs, one for meta is made on the CPU and copied to meta, so that it has a shadow too
+        self.saved = {name: getattr(torch, name) for name in _FROM_DATA}
+        for name, make in self.saved.items():
+            setattr(torch, name, _from_data(make))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for name, make in self.saved.items():
+            setattr(torch, name, make)
+        self.saved = {}
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        self.check(func, args, kwargs)
-        leaves = tree_leaves((args, kwargs))
+        leaves, spec = tree_flatten((args, kwargs))
+        self.check(func, leaves)
         on_meta = any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in leaves)
         if not on_meta and kwargs.get("device") != META:
             return func(*args, **kwargs)
-        missing = [False]
-
-        def shadow(t):
+        shadowed = []
+        for t in leaves:
             if isinstance(t, torch.Tensor) and t.device.type == "meta":
-                got = self.shadows.get(t, _NO_SHADOW)
-                if got is _NO_SHADOW:
-                    missing[0] = True
-                return got
-            return torch.device("cpu") if isinstance(t, torch.device) and t == META else t
-        s_args, s_kwargs = tree_map(shadow, (args, kwargs))
-        if missing[0]:
-            try:
-                return func(*args, **kwargs)
-            except (NotImplementedError, RuntimeError) as exc:
-                if "meta" not in str(exc).lower():
-                    raise
-                raise MetaValueError(f"`{func.__name__.split('.')[0]}` needs the values of a tensor that the "
-                                     "grader's device probe (on the meta device) holds none for") from None
+                t = self.shadows.get(t, _NO_SHADOW)
+                if t is _NO_SHADOW:
+                    break
+            elif isinstance(t, torch.device) and t == META:
+                t = CPU
+            shadowed.append(t)
+        else:
+            return self._shadowed(func, args, kwargs, *tree_unflatten(shadowed, spec))
+        try:
+            return func(*args, **kwargs)
+        except (NotImplementedError, RuntimeError) as exc:
+            if "meta" not in str(exc).lower():
+                raise
+            raise MetaValueError(f"`{_kind(func).name}` needs the values of a tensor that the "
+                                 "grader's device probe (on the meta device) holds none for") from None
+
+    def _shadowed(self, func, args, kwargs, s_args, s_kwargs):
         try:
             s_out = func(*s_args, **s_kwargs)
         except Exception:  # noqa: BLE001: the shadow is a help; the run on meta decides
             return func(*args, **kwargs)
-        try:
-            out = func(*args, **kwargs)
-        except (NotImplementedError, RuntimeError):  # meta has no value (item, nonzero, a copy out of meta)
-            to_host = func.__name__.split(".")[0] in _COPIES and kwargs.get("device") not in (None, META)
-            if to_host:
-                return s_out
-            out = tree_map(lambda t: torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t, s_out)
+        kind = _kind(func)
+        to_host = kind.name in _COPIES and kwargs.get("device") not in (None, META)
+        if to_host:  # a copy out of meta: meta has no values to give, its shadow has
+            return s_out
+        if kind.functional:
+            out = tree_map(lambda t: _on_meta(t) if isinstance(t, torch.Tensor) else t, s_out)
+        else:
+            try:
+                out = func(*args, **kwargs)
+            except (NotImplementedError, RuntimeError):  # meta has no value (item, nonzero)
+                out = tree_map(lambda t: _on_meta(t) if isinstance(t, torch.Tensor) else t, s_out)
         for a, b in zip(tree_leaves(out), tree_leaves(s_out)):
             if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.device.type == "meta":
                 self.shadows[a] = b
