@@ -158,24 +158,56 @@ def gpt_of(wts: dict, n_heads: int, n_layers: int, approximate: str = "none"):
     return _BUILT[key][0]
 
 
+class _Stack:
+    """torch's TransformerEncoder for one shape of lab 4 (width, heads, blocks, GELU), made once on the meta device
+    and loaded with each forward's weights when that forward runs (its tensors put in place, nothing copied): a
+    module costs far more to build than the few forwards that each set of weights gets."""
+    _made = {}
+
+    @classmethod
+    def of(cls, D: int, n_heads: int, width: int, n_layers: int, approximate: str) -> "_Stack":
+        key = (D, n_heads, width, n_layers, approximate)
+        if key not in cls._made:
+            cls._made[key] = cls(D, n_heads, width, n_layers, approximate)
+        return cls._made[key]
+
+    def __init__(self, D, n_heads, width, n_layers, approximate):
+        with torch.device("meta"):
+            layer = nn.TransformerEncoderLayer(D, n_heads, width, dropout=0.0, activation=_activation(approximate),
+                                               batch_first=True, norm_first=True, dtype=torch.float64)
+            self.module = nn.TransformerEncoder(layer, n_layers, norm=nn.LayerNorm(D, dtype=torch.float64),
+                                                enable_nested_tensor=False).eval()
+        self.slots = {name: (self.module.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2])
+                      for name, _ in self.module.named_parameters()}
+        self.loaded = None
+
+    def __call__(self, state: dict, x: Tensor, T: int) -> Tensor:
+        if self.loaded is not state:
+            if state.keys() != self.slots.keys():
+                raise KeyError(f"weights for {sorted(self.slots.keys() ^ state.keys())[:3]} do not fit the stack")
+            for name, value in state.items():
+                module, leaf = self.slots[name]
+                module._parameters[leaf] = value
+            self.loaded = state
+        return self.module(x, mask=~causal(T), is_causal=True)
+
+
 def _gpt_of(wts: dict, n_heads: int, n_layers: int, approximate: str):
     wts = _double(wts)
     D = wts["tok_emb.weight"].shape[1]
-    with torch.device("meta"):
-        stack = nn.TransformerEncoder(_layer(wts, n_heads, approximate, prefix="blocks.0."), n_layers,
-                                      norm=nn.LayerNorm(D, dtype=torch.float64), enable_nested_tensor=False)
     state = {"norm.weight": wts["ln_f.weight"], "norm.bias": wts["ln_f.bias"]}
     for i in range(n_layers):
         blk = {n[len(f"blocks.{i}."):]: v for n, v in wts.items() if n.startswith(f"blocks.{i}.")}
         state.update(block_state(blk, f"layers.{i}."))
-    stack.load_state_dict(state, assign=True)
-    stack.eval()
+    width = wts["blocks.0.mlp.fc.weight"].shape[0] if n_layers else 4 * D
+    stack = _Stack.of(D, n_heads, width, n_layers, approximate)
+    state = {n: nn.Parameter(v, requires_grad=False) for n, v in state.items()}  # as load_state_dict(assign=True)
 
     def forward(idx: Tensor) -> Tensor:
         T = idx.size(1)
         x = F.embedding(idx, wts["tok_emb.weight"]) + wts["pos_emb.weight"][:T]
         with torch.no_grad():
-            return F.linear(stack(x, mask=~causal(T), is_causal=True), wts["lm_head.weight"], wts.get("lm_head.bias"))
+            return F.linear(stack(state, x, T), wts["lm_head.weight"], wts.get("lm_head.bias"))
     return forward
 
 
