@@ -96,9 +96,13 @@ def block(wts: dict, x: Tensor, n_heads: int, approximate: str = "none", norm_fi
     approximate: "none" or "tanh" (the GELU), or "relu"; eps: ln1's and ln2's."""
     wts, x = _double(wts), x.to(torch.float64)
     T = x.size(1)
-    layer = _block_layer(wts, n_heads, approximate, norm_first, eps)
+    width, D = wts["mlp.fc.weight"].shape
+    layer = _Shell.of(("block", D, n_heads, width, approximate, norm_first), lambda: nn.TransformerEncoderLayer(
+        D, n_heads, width, dropout=0.0, activation=_activation(approximate), batch_first=True, norm_first=norm_first,
+        dtype=torch.float64)).load(block_state(wts))
+    layer.norm1.eps, layer.norm2.eps = (float(e) for e in eps)
     with torch.no_grad():
-        return layer.eval()(x, src_mask=~causal(T), is_causal=True)
+        return layer(x, src_mask=~causal(T), is_causal=True)
 
 
 def _block_layer(wts: dict, n_heads: int, approximate: str, norm_first: bool, eps) -> nn.Module:
@@ -158,38 +162,37 @@ def gpt_of(wts: dict, n_heads: int, n_layers: int, approximate: str = "none"):
     return _BUILT[key][0]
 
 
-class _Stack:
-    """torch's TransformerEncoder for one shape of lab 4 (width, heads, blocks, GELU), made once on the meta device
-    and loaded with each forward's weights when that forward runs (its tensors put in place, nothing copied): a
-    module costs far more to build than the few forwards that each set of weights gets."""
+class _Shell:
+    """One of torch's modules, made once per shape on the meta device and loaded with each call's weights (its
+    tensors put in place, nothing copied) when that call runs: a module costs far more to build than a forward."""
     _made = {}
 
     @classmethod
-    def of(cls, D: int, n_heads: int, width: int, n_layers: int, approximate: str) -> "_Stack":
-        key = (D, n_heads, width, n_layers, approximate)
+    def of(cls, key: tuple, make) -> "_Shell":
+        """The shell for `key` (everything its shape depends on); `make()` builds its module the first time."""
         if key not in cls._made:
-            cls._made[key] = cls(D, n_heads, width, n_layers, approximate)
+            with torch.device("meta"):
+                cls._made[key] = cls(make().eval())
         return cls._made[key]
 
-    def __init__(self, D, n_heads, width, n_layers, approximate):
-        with torch.device("meta"):
-            layer = nn.TransformerEncoderLayer(D, n_heads, width, dropout=0.0, activation=_activation(approximate),
-                                               batch_first=True, norm_first=True, dtype=torch.float64)
-            self.module = nn.TransformerEncoder(layer, n_layers, norm=nn.LayerNorm(D, dtype=torch.float64),
-                                                enable_nested_tensor=False).eval()
-        self.slots = {name: (self.module.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2])
-                      for name, _ in self.module.named_parameters()}
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.slots = {name: (module.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2])
+                      for name, _ in module.named_parameters()}
         self.loaded = None
 
-    def __call__(self, state: dict, x: Tensor, T: int) -> Tensor:
+    def load(self, state: dict) -> nn.Module:
+        """The module holding `state` ({parameter name: tensor}, every parameter), as load_state_dict(...,
+        assign=True) would leave it."""
         if self.loaded is not state:
             if state.keys() != self.slots.keys():
-                raise KeyError(f"weights for {sorted(self.slots.keys() ^ state.keys())[:3]} do not fit the stack")
+                raise KeyError(f"weights for {sorted(self.slots.keys() ^ state.keys())[:3]} do not fit the module")
             for name, value in state.items():
                 module, leaf = self.slots[name]
-                module._parameters[leaf] = value
+                module._parameters[leaf] = value if isinstance(value, nn.Parameter) else \
+                    nn.Parameter(value, requires_grad=False)
             self.loaded = state
-        return self.module(x, mask=~causal(T), is_causal=True)
+        return self.module
 
 
 def _gpt_of(wts: dict, n_heads: int, n_layers: int, approximate: str):
@@ -199,15 +202,19 @@ def _gpt_of(wts: dict, n_heads: int, n_layers: int, approximate: str):
     for i in range(n_layers):
         blk = {n[len(f"blocks.{i}."):]: v for n, v in wts.items() if n.startswith(f"blocks.{i}.")}
         state.update(block_state(blk, f"layers.{i}."))
+    state = {n: nn.Parameter(v, requires_grad=False) for n, v in state.items()}  # made once: each load puts them in
     width = wts["blocks.0.mlp.fc.weight"].shape[0] if n_layers else 4 * D
-    stack = _Stack.of(D, n_heads, width, n_layers, approximate)
-    state = {n: nn.Parameter(v, requires_grad=False) for n, v in state.items()}  # as load_state_dict(assign=True)
+    stack = _Shell.of(("gpt", D, n_heads, width, n_layers, approximate), lambda: nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(D, n_heads, width, dropout=0.0, activation=_activation(approximate),
+                                   batch_first=True, norm_first=True, dtype=torch.float64),
+        n_layers, norm=nn.LayerNorm(D, dtype=torch.float64), enable_nested_tensor=False))
 
     def forward(idx: Tensor) -> Tensor:
         T = idx.size(1)
         x = F.embedding(idx, wts["tok_emb.weight"]) + wts["pos_emb.weight"][:T]
         with torch.no_grad():
-            return F.linear(stack(state, x, T), wts["lm_head.weight"], wts.get("lm_head.bias"))
+            out = stack.load(state)(x, mask=~causal(T), is_causal=True)
+            return F.linear(out, wts["lm_head.weight"], wts.get("lm_head.bias"))
     return forward
 
 

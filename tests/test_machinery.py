@@ -170,6 +170,43 @@ def test_a_parameter_under_two_names_loads_once_in_the_modules_order():
         load_values(mlp, {"nope": one})
 
 
+def test_an_oracle_made_once_per_shape_computes_with_each_calls_weights(monkeypatch):
+    """The oracles build torch's modules once per shape and load each call's weights: forwards of several sets of
+    weights, called in turns, each agree with the solution's own module holding those weights."""
+    import sys
+
+    from judge import oracles
+    from tests.helpers import ROOT
+    monkeypatch.syspath_prepend(str(ROOT / "solutions"))
+    labs = ("lab1_attention", "lab2_multihead", "lab3_block", "lab4_gpt")
+    for name in labs:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    try:
+        import lab3_block
+        import lab4_gpt
+    finally:  # the solutions stay out of this process's modules (another test may import a lab by its name)
+        for name in labs:
+            sys.modules.pop(name, None)
+    torch.manual_seed(0)
+    gpts = [lab4_gpt.TinyGPT(11, d_model=16, n_heads=2, n_layers=2, max_seq_len=12).eval() for _ in range(3)]
+    blocks = [lab3_block.TransformerBlock(16, 2).eval() for _ in range(3)]
+    with torch.no_grad():
+        for models in (gpts, blocks):
+            for model in models:  # no two alike (LayerNorms start at ones): every parameter drawn afresh
+                for p in model.parameters():
+                    p.normal_(0, 0.3)
+    idx, x = torch.randint(11, (2, 9)), torch.randn(2, 9, 16)
+    forwards = [oracles.gpt_of(dict(m.named_parameters()), 2, 2) for m in gpts]
+    for _ in range(2):
+        for model, forward in zip(gpts, forwards):
+            with torch.no_grad():
+                assert torch.allclose(forward(idx).float(), model(idx), atol=1e-5)
+        for model in blocks:
+            with torch.no_grad():
+                want = model(x)
+            assert torch.allclose(oracles.block(dict(model.named_parameters()), x, 2).float(), want, atol=1e-5)
+
+
 # ---- the same verdict on every run ----------------------------------------------------------------
 def test_grading_is_the_same_whatever_the_hash_seed_and_jobs(tmp_path):
     mutants = [next(m for m in MUTANTS if m.lab == lab and not m.seen_from) for lab in ("lab2", "lab3")]
