@@ -81,13 +81,11 @@ def block_state(wts: dict, prefix: str = "") -> dict:
     return state
 
 
-def _layer(wts: dict, n_heads: int, approximate: str, norm_first: bool = True, prefix: str = ""):
-    """An empty TransformerEncoderLayer shaped like the block whose weights are under `prefix` in w: made on the meta
-    device (no initialisation to throw away), to be loaded with load_state_dict(..., assign=True)."""
-    width, D = wts[f"{prefix}mlp.fc.weight"].shape
-    with torch.device("meta"):
-        return nn.TransformerEncoderLayer(D, n_heads, width, dropout=0.0, activation=_activation(approximate),
-                                          batch_first=True, norm_first=norm_first, dtype=torch.float64)
+def _layer(D: int, n_heads: int, width: int, approximate: str, norm_first: bool = True) -> nn.Module:
+    """torch's TransformerEncoderLayer shaped like lab 3's block (D wide, an MLP `width` wide), in float64; made
+    under torch.device("meta") by its callers (no initialisation to throw away), then given the block's weights."""
+    return nn.TransformerEncoderLayer(D, n_heads, width, dropout=0.0, activation=_activation(approximate),
+                                      batch_first=True, norm_first=norm_first, dtype=torch.float64)
 
 
 def block(wts: dict, x: Tensor, n_heads: int, approximate: str = "none", norm_first: bool = True,
@@ -97,16 +95,18 @@ def block(wts: dict, x: Tensor, n_heads: int, approximate: str = "none", norm_fi
     wts, x = _double(wts), x.to(torch.float64)
     T = x.size(1)
     width, D = wts["mlp.fc.weight"].shape
-    layer = _Shell.of(("block", D, n_heads, width, approximate, norm_first), lambda: nn.TransformerEncoderLayer(
-        D, n_heads, width, dropout=0.0, activation=_activation(approximate), batch_first=True, norm_first=norm_first,
-        dtype=torch.float64)).load(block_state(wts))
+    layer = _Shell.of(("block", D, n_heads, width, approximate, norm_first),
+                      lambda: _layer(D, n_heads, width, approximate, norm_first)).load(block_state(wts))
     layer.norm1.eps, layer.norm2.eps = (float(e) for e in eps)
     with torch.no_grad():
         return layer(x, src_mask=~causal(T), is_causal=True)
 
 
 def _block_layer(wts: dict, n_heads: int, approximate: str, norm_first: bool, eps) -> nn.Module:
-    layer = _layer(wts, n_heads, approximate, norm_first)
+    """A layer of its own holding the block's weights as parameters (for gradients)."""
+    width, D = wts["mlp.fc.weight"].shape
+    with torch.device("meta"):
+        layer = _layer(D, n_heads, width, approximate, norm_first)
     layer.load_state_dict(block_state(wts), assign=True)
     layer.norm1.eps, layer.norm2.eps = (float(e) for e in eps)
     return layer
@@ -202,12 +202,11 @@ def _gpt_of(wts: dict, n_heads: int, n_layers: int, approximate: str):
     for i in range(n_layers):
         blk = {n[len(f"blocks.{i}."):]: v for n, v in wts.items() if n.startswith(f"blocks.{i}.")}
         state.update(block_state(blk, f"layers.{i}."))
-    state = {n: nn.Parameter(v, requires_grad=False) for n, v in state.items()}  # made once: each load puts them in
-    width = wts["blocks.0.mlp.fc.weight"].shape[0] if n_layers else 4 * D
+    state = {n: nn.Parameter(v, requires_grad=False) for n, v in state.items()}  # wrapped once, not at each load
+    width = wts["blocks.0.mlp.fc.weight"].shape[0]
     stack = _Shell.of(("gpt", D, n_heads, width, n_layers, approximate), lambda: nn.TransformerEncoder(
-        nn.TransformerEncoderLayer(D, n_heads, width, dropout=0.0, activation=_activation(approximate),
-                                   batch_first=True, norm_first=True, dtype=torch.float64),
-        n_layers, norm=nn.LayerNorm(D, dtype=torch.float64), enable_nested_tensor=False))
+        _layer(D, n_heads, width, approximate), n_layers, norm=nn.LayerNorm(D, dtype=torch.float64),
+        enable_nested_tensor=False))
 
     def forward(idx: Tensor) -> Tensor:
         T = idx.size(1)

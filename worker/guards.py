@@ -4,8 +4,10 @@ Code in the worker's process can disable anything here, so none of it is a defen
 static scan of the source (judge/static.py) is what rules on shortcuts, and every verdict is computed in the
 judge. What these add is a clear message for the honest student who reaches a built-in by accident.
 """
+import functools
 import sys
 from types import CodeType, FunctionType, ModuleType
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -119,27 +121,19 @@ class DeviceGuard(TorchDispatchMode):
                 raise DeviceMixError(f"`{_kind(func).name}` got tensors on {sorted(map(str, devices))}")
 
 
-class _Kind:
-    """What the probe needs to know of an op, read once from its schema: its base name, and whether it is
+class _Kind(NamedTuple):
+    """What the probe needs to know of an op, read once from its schema (`_kind`): its base name, and whether it is
     functional (mutates none of its arguments and returns no alias of them), so that its outputs on meta are
     fresh tensors whose shapes, strides and dtypes are those its shadow run produced."""
-    __slots__ = ("name", "functional")
-
-    def __init__(self, func):
-        self.name = func.__name__.split(".")[0]
-        schema = getattr(func, "_schema", None)
-        self.functional = (schema is not None and not schema.is_mutable
-                           and all(r.alias_info is None for r in schema.returns))
+    name: str
+    functional: bool
 
 
-_KINDS = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _kind(func) -> _Kind:
-    kind = _KINDS.get(func)
-    if kind is None:
-        kind = _KINDS[func] = _Kind(func)
-    return kind
+    schema = getattr(func, "_schema", None)
+    return _Kind(func.__name__.split(".")[0], schema is not None and not schema.is_mutable
+                 and all(r.alias_info is None for r in schema.returns))
 
 
 class MetaValueError(RuntimeError):
@@ -174,8 +168,11 @@ def _from_data(make):
     return made
 
 
-def _on_meta(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=META)
+def _on_meta(value):
+    """A tensor's like on meta (same shape, strides and dtype); anything else as it is."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    return torch.empty_strided(value.size(), value.stride(), dtype=value.dtype, device=META)
 
 
 class MetaShadow(DeviceGuard):
@@ -243,12 +240,12 @@ class MetaShadow(DeviceGuard):
         if to_host:  # a copy out of meta: meta has no values to give, its shadow has
             return s_out
         if kind.functional:
-            out = tree_map(lambda t: _on_meta(t) if isinstance(t, torch.Tensor) else t, s_out)
+            out = tree_map(_on_meta, s_out)
         else:
             try:
                 out = func(*args, **kwargs)
             except (NotImplementedError, RuntimeError):  # meta has no value (item, nonzero)
-                out = tree_map(lambda t: _on_meta(t) if isinstance(t, torch.Tensor) else t, s_out)
+                out = tree_map(_on_meta, s_out)
         for a, b in zip(tree_leaves(out), tree_leaves(s_out)):
             if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.device.type == "meta":
                 self.shadows[a] = b
